@@ -1,0 +1,128 @@
+"""onex-compose: build node services out of capability mixins chosen by name.
+
+Example:
+    >>> from onex_compose import NodeCompute, compose, explain
+    >>> Service = compose(NodeCompute, ["caching", "metrics"])
+    >>> Service.__composition__.capabilities
+    ('metrics', 'caching')
+
+The public surface is this module's ``__all__``; everything else lives in private modules named
+after their role (``_registry``, ``_resolve``, ``_build``, ``_explain``, ``_nodes``, ...).
+Names that need a capability module or Pydantic (the ``Mixin*`` classes, the service classes,
+contract models) are imported lazily on first access, so ``import onex_compose`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from onex_compose._build import Composition, cache_clear, cache_info, compose, has_capability
+from onex_compose._config import coerce_config
+from onex_compose._explain import explain
+from onex_compose._facility import facility
+from onex_compose._nodes import (
+    EnumNodeType,
+    NodeCompute,
+    NodeCoreBase,
+    NodeEffect,
+    NodeOrchestrator,
+    NodeReducer,
+)
+from onex_compose._registry import CapabilitySpec, Registry, capability, default_registry
+from onex_compose._resolve import Options
+from onex_compose.exceptions import (
+    CapabilityConflictError,
+    CompositionError,
+    ConfigurationError,
+    ContractError,
+    DependencyCycleError,
+    MixinDefinitionError,
+    MROError,
+    NotApplicableError,
+    OnexError,
+    RegistrationError,
+    ServiceUnavailableError,
+    UnknownCapabilityError,
+)
+
+if TYPE_CHECKING:
+    from onex_compose._seed import MixinDependencyResolver, create_service_with_capabilities
+    from onex_compose._services import (
+        NodeComputeService,
+        NodeEffectService,
+        NodeOrchestratorService,
+        NodeReducerService,
+    )
+
+__version__ = "0.1.0"
+
+# name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "MixinDependencyResolver": "onex_compose._seed",
+    "create_service_with_capabilities": "onex_compose._seed",
+    "NodeComputeService": "onex_compose._services",
+    "NodeEffectService": "onex_compose._services",
+    "NodeReducerService": "onex_compose._services",
+    "NodeOrchestratorService": "onex_compose._services",
+}
+
+__all__ = [
+    "CapabilityConflictError",
+    "CapabilitySpec",
+    "Composition",
+    "CompositionError",
+    "ConfigurationError",
+    "ContractError",
+    "DependencyCycleError",
+    "EnumNodeType",
+    "MROError",
+    "MixinDefinitionError",
+    "MixinDependencyResolver",
+    "NodeCompute",
+    "NodeComputeService",
+    "NodeCoreBase",
+    "NodeEffect",
+    "NodeEffectService",
+    "NodeOrchestrator",
+    "NodeOrchestratorService",
+    "NodeReducer",
+    "NodeReducerService",
+    "NotApplicableError",
+    "OnexError",
+    "Options",
+    "Registry",
+    "RegistrationError",
+    "ServiceUnavailableError",
+    "UnknownCapabilityError",
+    "cache_clear",
+    "cache_info",
+    "capability",
+    "coerce_config",
+    "compose",
+    "create_service_with_capabilities",
+    "default_registry",
+    "explain",
+    "facility",
+    "has_capability",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'onex_compose' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+for _name in ("Composition", "CapabilitySpec", "Registry", "Options", "EnumNodeType",
+              "NodeCoreBase", "NodeCompute", "NodeEffect", "NodeReducer", "NodeOrchestrator"):
+    globals()[_name].__module__ = "onex_compose"
+del _name

@@ -1,0 +1,109 @@
+"""Capability configuration: validation of a model or a plain mapping, and where values come from.
+
+Every capability's configuration reaches it through one path: the node contract's subcontracts,
+or a ``capability_config=`` mapping keyed by canonical capability name. Values are validated by
+the capability's Pydantic model (unknown keys rejected with a did-you-mean) before its setup hook
+sees them, and the source of each value is recorded for ``explain()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from onex_compose.exceptions import ConfigurationError, did_you_mean
+
+__all__ = ["coerce_config", "contract_config"]
+
+
+def _format_pydantic(exc: Any, model: Any) -> list[str]:
+    fields = list(getattr(model, "model_fields", {}))
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
+        if err.get("type") == "extra_forbidden":
+            key = str(err["loc"][-1]) if err.get("loc") else loc
+            lines.append(f"{loc}: unknown key{did_you_mean(key, fields)}; known keys: "
+                         f"{', '.join(fields)}")
+        else:
+            lines.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+    return lines
+
+
+def coerce_config(model: Any, value: Any, capability: str) -> Any:
+    """Validate ``value`` (a model instance, a mapping or ``None``) into ``model``.
+
+    Args:
+        model: the capability's Pydantic model class (``None``: the value passes through).
+        value: ``None`` (defaults), a mapping, an instance of ``model``, or another Pydantic
+            model whose fields ``model`` accepts (such as a seed subcontract model).
+        capability: the capability's name, for error messages.
+
+    Raises:
+        ConfigurationError: with one line per problem and its field path.
+
+    Example:
+        >>> from pydantic import BaseModel, ConfigDict
+        >>> class RetryConfig(BaseModel):
+        ...     model_config = ConfigDict(extra="forbid")
+        ...     max_attempts: int = 3
+        >>> coerce_config(RetryConfig, {"max_attempts": 5}, "retry").max_attempts
+        5
+    """
+    if model is None:
+        return value
+    if value is None:
+        return model()
+    if isinstance(value, model):
+        return value
+    from pydantic import BaseModel, ValidationError
+
+    data: Any = value
+    if isinstance(value, BaseModel):
+        data = value.model_dump(exclude_unset=True)
+    elif not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"Configuration for {capability!r} must be a mapping or a {model.__name__}, got "
+            f"{type(value).__name__}.", capability=capability)
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"Invalid configuration for capability {capability!r} ({model.__name__}):",
+            capability=capability, problems=_format_pydantic(exc, model)) from None
+
+
+def contract_config(contract: Any, name: str, key: str) -> tuple[Any, str] | None:
+    """Find the configuration a node contract gives one capability, and say where it was.
+
+    Looks, in order, at ``contract.capability_config_for(name, key)`` (contract models provide
+    it), ``contract.subcontracts.<key>`` (seed 000), ``contract.<name>_configuration`` (seed
+    002's default integration field) and, for plain mappings, ``contract["subcontracts"][key]``.
+    """
+    if contract is None:
+        return None
+    finder = getattr(contract, "capability_config_for", None)
+    if callable(finder):
+        found = finder(name, key)
+        return found if found is None else (found[0], found[1])
+    if isinstance(contract, Mapping):
+        subs = contract.get("subcontracts")
+        if isinstance(subs, Mapping):
+            for k in dict.fromkeys((key, name)):
+                if k in subs:
+                    return subs[k], f"contract subcontracts[{k!r}]"
+        return None
+    subs = getattr(contract, "subcontracts", None)
+    if subs is not None:
+        for k in dict.fromkeys((key, name)):
+            if isinstance(subs, Mapping):
+                if k in subs:
+                    return subs[k], f"contract.subcontracts[{k!r}]"
+            elif hasattr(subs, k):
+                return getattr(subs, k), f"contract.subcontracts.{k}"
+    field = f"{name}_configuration"
+    if hasattr(contract, field):
+        value = getattr(contract, field)
+        if value is not None:
+            return value, f"contract.{field}"
+    return None

@@ -1,0 +1,313 @@
+"""Node types and the node base: capability initialisation, lifecycle, pickling.
+
+``NodeCoreBase.__init__`` runs every capability's setup hook once, after the base, in the
+resolved dependency order, with that capability's validated configuration (``_initialize_mixins``,
+seed 000's name). The per-class *plan* (which hooks, in which order, with which default
+configuration) is computed once when the class is created, so creating an instance is a loop
+over a tuple. ``start()`` opens resources in dependency order, ``aclose()`` closes them in reverse
+and is idempotent; ``async with node:`` does both.
+
+Instances pickle by configuration, not by resource: ``__reduce__`` records the class (a composed
+class by its base and capability names, so it is recomposed through the cache), the contract,
+the ``capability_config`` and the user's own attributes; unpickling rebuilds every capability's
+facilities (locks, connections, tasks) from that configuration.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from enum import Enum
+from typing import Any, ClassVar
+
+from loguru import logger
+
+from onex_compose._build import Composition, check_class, lookup_composed
+from onex_compose._config import coerce_config, contract_config
+from onex_compose._facility import facility
+from onex_compose._resolve import Options
+from onex_compose.exceptions import ConfigurationError, did_you_mean
+
+__all__ = [
+    "EnumNodeType",
+    "NodeCompute",
+    "NodeCoreBase",
+    "NodeEffect",
+    "NodeOrchestrator",
+    "NodeReducer",
+]
+
+_ids = itertools.count(1)
+_EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={}, overrides={},
+                     options=Options(), style="hand-written")
+
+
+class EnumNodeType(str, Enum):
+    """The four ONEX node types."""
+
+    COMPUTE = "COMPUTE"
+    EFFECT = "EFFECT"
+    REDUCER = "REDUCER"
+    ORCHESTRATOR = "ORCHESTRATOR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class _Plan:
+    """Per-class initialisation plan (computed once per class)."""
+
+    __slots__ = ("defaults", "facilities", "names", "setups", "specs", "starts", "closes")
+
+    def __init__(self, cls: type, comp: Composition) -> None:
+        self.specs = {s.name: s for s in comp.specs}
+        self.names = comp.capabilities
+        setups = []
+        defaults = []
+        for spec in comp.specs:
+            model = spec.config_model
+            default = _default_config(spec.name, model)
+            defaults.append((spec.name, default))
+            if spec.setup:
+                setups.append((spec.name, getattr(cls, spec.setup), default))
+        self.setups = tuple(setups)
+        self.defaults = dict(defaults)
+        self.starts = tuple((s.name, s.start) for s in comp.specs if s.start)
+        self.closes = tuple((s.name, s.close) for s in reversed(comp.specs) if s.close)
+        self.facilities = frozenset(
+            n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, facility))
+
+
+_default_cache: dict[tuple[str, Any], Any] = {}
+
+
+def _default_config(name: str, model: Any) -> Any:
+    key = (name, model)
+    try:
+        return _default_cache[key]
+    except KeyError:
+        value = _default_cache[key] = coerce_config(model, None, name)
+        return value
+
+
+class NodeCoreBase:
+    """The base of every node: capability setup, async lifecycle, pickling.
+
+    Args:
+        contract: the node contract (a ``ModelContract*`` or a mapping); each capability's
+            subcontract configures it.
+        capability_config: configuration keyed by canonical capability name; overrides the
+            contract.
+        node_id: a stable identifier (default: class name plus a counter).
+
+    Example:
+        >>> from onex_compose import NodeCompute, compose
+        >>> node = compose(NodeCompute, ["metrics"])(capability_config={"metrics": {}})
+        >>> node.metrics.increment("calls")
+    """
+
+    node_type: ClassVar[EnumNodeType | None] = None
+    __composition__: ClassVar[Composition] = _EMPTY
+    __onex_plan__: ClassVar[_Plan]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        comp = vars(cls).get("__composition__")
+        if not isinstance(comp, Composition):
+            caps = [k for k in cls.__mro__ if "__onex_capability__" in vars(k)]
+            if not caps:
+                comp = _EMPTY
+            else:
+                comp = check_class(cls)
+            cls.__composition__ = comp
+        cls.__onex_plan__ = _Plan(cls, comp)
+        from onex_compose._build import _register_base
+
+        _register_base(cls)
+
+    def __init__(self, contract: Any = None, *, capability_config: Mapping[str, Any] | None = None,
+                 node_id: str | None = None) -> None:
+        self.contract = contract
+        self.node_id = node_id or f"{type(self).__name__}-{next(_ids)}"
+        self._initialize_mixins(contract, capability_config)
+
+    def _initialize_mixins(self, contract: Any = None,
+                           capability_config: Mapping[str, Any] | None = None) -> None:
+        """Run each capability's setup hook once, in dependency order, with its configuration.
+
+        Idempotent: calling it again with the same contract (as seed 000's ``__init__`` does
+        after ``super().__init__(contract)``) does nothing; a different contract or an explicit
+        ``capability_config`` reconfigures.
+        """
+        d = self.__dict__
+        prev = d.get("_onex_init")
+        if prev is not None and prev[0] is contract and capability_config is None:
+            return
+        plan = type(self).__onex_plan__
+        before = set(d)
+        if contract is None and not capability_config:
+            for _name, setup, default in plan.setups:
+                setup(self, default)
+            sources = None
+        else:
+            configs, sources = _configs(type(self), plan, contract, capability_config)
+            for name, setup, _default in plan.setups:
+                setup(self, configs[name])
+        owned = (set(d) - before) | plan.facilities
+        if prev is not None:
+            owned |= prev[3]
+        d["_onex_init"] = (contract, capability_config, sources, frozenset(owned))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every capability's resources in dependency order (idempotent).
+
+        If one fails, those already started are closed again (in reverse) before the error
+        propagates.
+        """
+        d = self.__dict__
+        if d.get("_onex_started"):
+            return
+        started: list[tuple[str, str | None]] = []
+        plan = type(self).__onex_plan__
+        try:
+            for name, hook in plan.starts:
+                await getattr(self, hook)()
+                started.append((name, plan.specs[name].close))
+        except BaseException:
+            for _name, close in reversed(started):
+                if close:
+                    try:
+                        await getattr(self, close)()
+                    except Exception as exc:  # keep the original error
+                        logger.opt(exception=exc).warning("close after failed start: {}", exc)
+            raise
+        d["_onex_started"] = True
+        d["_onex_closed"] = False
+
+    async def aclose(self) -> None:
+        """Close every capability's resources in reverse dependency order (idempotent).
+
+        Every close hook runs even if an earlier one fails; the first failure is re-raised
+        after all of them ran.
+        """
+        d = self.__dict__
+        if d.get("_onex_closed"):
+            return
+        d["_onex_closed"] = True
+        d["_onex_started"] = False
+        first: BaseException | None = None
+        for name, hook in type(self).__onex_plan__.closes:
+            try:
+                await getattr(self, hook)()
+            except Exception as exc:
+                logger.opt(exception=exc).warning("capability {} failed to close: {}", name, exc)
+                first = first or exc
+        if first is not None:
+            raise first
+
+    async def __aenter__(self) -> NodeCoreBase:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def process(self, input_data: Any) -> Any:
+        """The node's operation. Subclasses define it; guard capabilities wrap it."""
+        raise NotImplementedError(
+            f"{type(self).__qualname__} does not define process(input_data); subclass it and "
+            "define the node's operation there.")
+
+    # -- pickling -----------------------------------------------------------------------------
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        cls = type(self)
+        comp = vars(cls).get("__composition__")
+        token: Any
+        if isinstance(comp, Composition) and comp.style == "composed":
+            token = ("composed", comp.base, cls.__qualname__)
+        else:
+            token = cls
+        init = self.__dict__.get("_onex_init") or (self.__dict__.get("contract"), None, None,
+                                                   frozenset())
+        skip = init[3] | {"_onex_init", "_onex_started", "_onex_closed", "contract", "node_id"}
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
+        return (_rebuild, (token, init[0], init[1], self.__dict__.get("node_id")), state)
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} node_id={self.__dict__.get('node_id')!r}>"
+
+
+def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | None) -> Any:
+    if isinstance(token, tuple) and token[0] == "composed":
+        from onex_compose._build import _register_base
+
+        _register_base(token[1])
+        cls = lookup_composed(token[2])
+    else:
+        cls = token
+    obj = cls.__new__(cls)
+    NodeCoreBase.__init__(obj, contract, capability_config=capability_config, node_id=node_id)
+    return obj
+
+
+def _configs(cls: type, plan: _Plan, contract: Any,
+             capability_config: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    explicit = dict(capability_config or {})
+    problems = []
+    for key in explicit:
+        if key not in plan.specs:
+            by_key = [n for n, s in plan.specs.items() if s.config_key == key]
+            if by_key:
+                explicit[by_key[0]] = explicit.pop(key)
+                continue
+            problems.append(
+                f"{key!r}: {cls.__qualname__} has no capability {key!r}"
+                f"{did_you_mean(key, plan.specs)}; its capabilities: {', '.join(plan.names)}")
+    if problems:
+        raise ConfigurationError("capability_config= names capabilities this node does not have:",
+                                 problems=problems)
+    configs: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, spec in plan.specs.items():
+        if name in explicit:
+            configs[name] = coerce_config(spec.config_model, explicit[name], name)
+            sources[name] = "capability_config"
+            continue
+        found = contract_config(contract, name, spec.config_key)
+        if found is not None:
+            configs[name] = coerce_config(spec.config_model, found[0], name)
+            sources[name] = found[1]
+        else:
+            configs[name] = plan.defaults[name]
+            sources[name] = "defaults"
+    return configs, sources
+
+
+class NodeCompute(NodeCoreBase):
+    """A COMPUTE node: pure transformation of its input."""
+
+    node_type = EnumNodeType.COMPUTE
+
+
+class NodeEffect(NodeCoreBase):
+    """An EFFECT node: talks to the outside world (I/O, side effects)."""
+
+    node_type = EnumNodeType.EFFECT
+
+
+class NodeReducer(NodeCoreBase):
+    """A REDUCER node: folds inputs into state."""
+
+    node_type = EnumNodeType.REDUCER
+
+
+class NodeOrchestrator(NodeCoreBase):
+    """An ORCHESTRATOR node: coordinates other nodes."""
+
+    node_type = EnumNodeType.ORCHESTRATOR

@@ -1,0 +1,397 @@
+"""The resolver: a networkx DAG of a request's capabilities, its order, and its conflicts.
+
+Cold path only: the builder calls :func:`resolve` once per new combination and caches the
+class, so networkx is imported here lazily, the first time a new combination is composed, and
+the warm ``compose()`` path never touches it.
+
+Steps, each collecting every problem rather than stopping at the first:
+
+1. expand aliases and bundles; unknown names are collected;
+2. the transitive closure of ``requires`` (and of required protocols, each resolved to its
+   provider), minus what ``exclude=`` drops;
+3. a ``networkx.DiGraph`` with an edge ``dependency -> dependent`` for every ``requires``,
+   present ``optional`` dependency, ``before`` and ``after``, each edge labelled with the
+   constraint that made it; a cycle is a :class:`DependencyCycleError` naming the loop;
+4. the order: ``lexicographical_topological_sort`` keyed by (rank, name), so it depends only on
+   the resolved set, never on the order or repetitions of the request;
+5. applicability to the base's node type, and conflicts (declared pairs, two providers of one
+   protocol, two mixins or a mixin and the base defining the same public name), unless settled
+   by ``prefer=``, ``exclude=`` or ``alias=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from onex_compose._registry import CapabilitySpec, Registry, protocol_key, public_names
+from onex_compose.exceptions import (
+    CapabilityConflictError,
+    CompositionError,
+    DependencyCycleError,
+    NotApplicableError,
+    UnknownCapabilityError,
+)
+
+__all__ = ["Options", "Resolution", "resolve"]
+
+
+@attrs.frozen
+class Options:
+    """The structural options of a composition, in canonical (hashable) form.
+
+    Args:
+        prefer: ``(member, capability)`` pairs: that capability supplies that public name.
+        exclude: capability names dropped from the composition.
+        exclude_members: ``(capability, member)`` pairs: that capability does not supply it.
+        alias: ``(capability, member, new_name)``: the member is supplied under a new name.
+    """
+
+    prefer: frozenset[tuple[str, str]] = frozenset()
+    exclude: frozenset[str] = frozenset()
+    exclude_members: frozenset[tuple[str, str]] = frozenset()
+    alias: frozenset[tuple[str, str, str]] = frozenset()
+
+    @classmethod
+    def make(cls, prefer: Mapping[str, str] | None = None,
+             exclude: Iterable[str] | None = None,
+             alias: Mapping[str, str] | None = None) -> Options:
+        """Build options from the user's spelling.
+
+        ``prefer={"close": "caching"}``; ``exclude=["event_bus", "caching.clear"]`` (a
+        capability, or ``capability.member``); ``alias={"caching.clear": "clear_cache"}``.
+        """
+        from onex_compose.exceptions import ConfigurationError
+
+        ex_caps: set[str] = set()
+        ex_members: set[tuple[str, str]] = set()
+        for item in exclude or ():
+            if not isinstance(item, str):
+                raise ConfigurationError(f"exclude= takes names, got {item!r}.")
+            if "." in item:
+                cap, _, member = item.partition(".")
+                ex_members.add((cap, member))
+            else:
+                ex_caps.add(item)
+        aliases: set[tuple[str, str, str]] = set()
+        for key, new in (alias or {}).items():
+            cap, dot, member = key.partition(".")
+            if not dot or not member or not isinstance(new, str) or not new.isidentifier():
+                raise ConfigurationError(
+                    f"alias= maps 'capability.member' to a new identifier, got {key!r}: {new!r}. "
+                    "Example: alias={'caching.clear': 'clear_cache'}.")
+            aliases.add((cap, member, new))
+        prefs = set()
+        for member, cap in (prefer or {}).items():
+            if not isinstance(cap, str) or not isinstance(member, str):
+                raise ConfigurationError(
+                    f"prefer= maps a public name to the capability that supplies it, got "
+                    f"{member!r}: {cap!r}. Example: prefer={{'close': 'caching'}}.")
+            prefs.add((member, cap))
+        return cls(frozenset(prefs), frozenset(ex_caps), frozenset(ex_members), frozenset(aliases))
+
+    def __bool__(self) -> bool:
+        return bool(self.prefer or self.exclude or self.exclude_members or self.alias)
+
+    def describe(self) -> list[str]:
+        """One human line per resolution."""
+        out = [f"prefer: {m!r} comes from {c!r}" for m, c in sorted(self.prefer)]
+        out += [f"exclude: capability {c!r} dropped" for c in sorted(self.exclude)]
+        out += [f"exclude: {m!r} of {c!r} hidden" for c, m in sorted(self.exclude_members)]
+        out += [f"alias: {m!r} of {c!r} exposed as {n!r}" for c, m, n in sorted(self.alias)]
+        return out
+
+    def suffix(self) -> str:
+        """The canonical text form used in composed class names (``""`` when empty)."""
+        parts = [f"prefer:{m}={c}" for m, c in sorted(self.prefer)]
+        parts += [f"exclude:{c}" for c in sorted(self.exclude)]
+        parts += [f"exclude:{c}.{m}" for c, m in sorted(self.exclude_members)]
+        parts += [f"alias:{c}.{m}={n}" for c, m, n in sorted(self.alias)]
+        return "|" + "|".join(parts) if parts else ""
+
+    @classmethod
+    def parse_suffix(cls, text: str) -> Options:
+        """Inverse of :meth:`suffix` (used when unpickling a class by name)."""
+        prefer: dict[str, str] = {}
+        exclude: list[str] = []
+        alias: dict[str, str] = {}
+        for part in filter(None, text.split("|")):
+            kind, _, rest = part.partition(":")
+            if kind == "prefer":
+                m, _, c = rest.partition("=")
+                prefer[m] = c
+            elif kind == "exclude":
+                exclude.append(rest)
+            elif kind == "alias":
+                k, _, n = rest.partition("=")
+                alias[k] = n
+        return cls.make(prefer, exclude, alias)
+
+
+@attrs.frozen
+class Resolution:
+    """What the resolver decided for one request.
+
+    Attributes:
+        specs: the resolved capabilities, dependencies first.
+        required_by: for each capability, the resolved capabilities that require it.
+        providers: each public name a capability adds, and which capability supplies it.
+        overrides: names a capability supplies that the base or another capability also defines.
+        edges: every ordering edge ``(before, after, constraint)``.
+    """
+
+    specs: tuple[CapabilitySpec, ...]
+    required_by: Mapping[str, tuple[str, ...]]
+    providers: Mapping[str, str]
+    overrides: Mapping[str, tuple[str, ...]]
+    edges: tuple[tuple[str, str, str], ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+
+def closure(registry: Registry, requested: Iterable[str], options: Options,
+            problems: list[CompositionError]) -> dict[str, CapabilitySpec]:
+    """Transitive closure of ``requires`` and required protocols over the requested names."""
+    names, unknown = registry.expand(requested)
+    problems.extend(unknown)
+    selected: dict[str, CapabilitySpec] = {}
+    stack = [n for n in names if n not in options.exclude]
+    excluded_but_required: dict[str, str] = {}
+    while stack:
+        name = stack.pop()
+        if name in selected:
+            continue
+        try:
+            spec = registry.get(name)
+        except UnknownCapabilityError as exc:
+            problems.append(exc)
+            continue
+        selected[name] = spec
+        for dep in sorted(spec.requires):
+            if dep in options.exclude:
+                excluded_but_required.setdefault(dep, name)
+            else:
+                stack.append(dep)
+        for proto in sorted(spec.requires_protocols):
+            providers = registry.providers(proto)
+            providers = [p for p in providers if p not in options.exclude]
+            if not providers:
+                problems.append(UnknownCapabilityError(
+                    protocol_key(proto),
+                    sorted({p for s in registry for p in s.provides}),
+                    what=f"protocol (required by {name!r})"))
+            elif len(providers) == 1:
+                stack.append(providers[0])
+            else:
+                chosen = [p for p in providers if p in selected or p in names]
+                if len(chosen) != 1:
+                    problems.append(CapabilityConflictError(
+                        providers[0], providers[1], kind="protocol", member=protocol_key(proto),
+                        hint=f"{name!r} requires protocol {protocol_key(proto)!r}; request one "
+                        f"of {providers} explicitly to choose its provider"))
+                else:
+                    stack.append(chosen[0])
+    for dep, by in excluded_but_required.items():
+        if by in selected:
+            problems.append(CapabilityConflictError(
+                by, dep, kind="declared",
+                hint=f"exclude={[dep]!r} drops {dep!r}, but {by!r} requires it; "
+                f"exclude {by!r} too, or stop excluding {dep!r}"))
+    return selected
+
+
+def _graph(selected: Mapping[str, CapabilitySpec]) -> Any:
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    graph.add_nodes_from(selected)
+
+    def edge(a: str, b: str, why: str) -> None:
+        if a in selected and b in selected and a != b and not graph.has_edge(a, b):
+            graph.add_edge(a, b, constraint=why)
+
+    for name, spec in selected.items():
+        for dep in spec.requires:
+            edge(dep, name, f"{name} requires {dep}")
+        for dep in spec.optional:
+            edge(dep, name, f"{name} optionally uses {dep}")
+        for proto in spec.requires_protocols:
+            for other, ospec in selected.items():
+                if protocol_key(proto) in ospec.provides:
+                    edge(other, name, f"{name} requires protocol {protocol_key(proto)} of {other}")
+        for later in spec.before:
+            edge(name, later, f"{name} before {later}")
+        for earlier in spec.after:
+            edge(earlier, name, f"{name} after {earlier}")
+    return graph
+
+
+def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
+               problems: list[CompositionError], skip: type | None = None,
+               ) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    names = {s.name for s in specs}
+    by_name = {s.name: s for s in specs}
+    # declared conflicts, reported once per pair
+    seen: set[frozenset[str]] = set()
+    for spec in specs:
+        for other in sorted(spec.conflicts & names):
+            pair = frozenset({spec.name, other})
+            if pair not in seen:
+                seen.add(pair)
+                problems.append(CapabilityConflictError(
+                    spec.name, other, kind="declared",
+                    where={spec.name: spec.declared_at, other: by_name[other].declared_at}))
+    # two providers of one protocol
+    provided: dict[str, str] = {}
+    for spec in specs:
+        for proto in sorted(spec.provides):
+            if proto in provided:
+                first = provided[proto]
+                problems.append(CapabilityConflictError(
+                    first, spec.name, kind="protocol", member=proto,
+                    where={first: by_name[first].declared_at, spec.name: spec.declared_at}))
+            else:
+                provided[proto] = spec.name
+    # public names: mixins against each other and against the base
+    base_names: set[str] = set()
+    for klass in base.__mro__[:-1]:
+        if "__onex_capability__" not in vars(klass) and klass is not skip:
+            base_names.update(n for n in vars(klass) if not n.startswith("_"))
+    prefer = dict(options.prefer)
+    hidden = set(options.exclude_members)
+    renamed = {(c, m): n for c, m, n in options.alias}
+    owners: dict[str, list[str]] = {}
+    for spec in specs:
+        hooks = {spec.setup, spec.start, spec.close}
+        for member in sorted(public_names(spec.mixin)):
+            if (spec.name, member) in hidden or member in hooks:
+                continue
+            exposed = renamed.get((spec.name, member), member)
+            owners.setdefault(exposed, []).append(spec.name)
+    providers: dict[str, str] = {}
+    overrides: dict[str, tuple[str, ...]] = {}
+    for member, caps in sorted(owners.items()):
+        winner = prefer.get(member)
+        if winner is not None and winner not in caps:
+            problems.append(CapabilityConflictError(
+                winner, caps[0], kind="member", member=member,
+                hint=f"prefer={{{member!r}: {winner!r}}} names a capability that does not "
+                f"define {member!r}; it is defined by {caps}"))
+            continue
+        if len(caps) > 1 and winner is None:
+            for other in caps[1:]:
+                problems.append(CapabilityConflictError(
+                    caps[0], other, kind="member", member=member,
+                    where={caps[0]: by_name[caps[0]].declared_at,
+                           other: by_name[other].declared_at}))
+            continue
+        owner = winner or caps[0]
+        if member in base_names and winner is None:
+            problems.append(CapabilityConflictError(
+                owner, base.__qualname__, kind="base-member", member=member,
+                where={owner: by_name[owner].declared_at, base.__qualname__: _where(base)},
+                hint=f"the base {base.__qualname__} already defines {member!r}; rename it in the "
+                f"mixin, or alias={{'{owner}.{member}': '{owner}_{member}'}}, or "
+                f"prefer={{{member!r}: {owner!r}}} to override the base on purpose"))
+            continue
+        providers[member] = owner
+        others = [c for c in caps if c != owner] + ([base.__qualname__] if member in base_names else [])
+        if others:
+            overrides[member] = tuple(others)
+    # resolutions that refer to nothing
+    for member, cap in sorted(prefer.items()):
+        if cap not in names:
+            problems.append(UnknownCapabilityError(cap, sorted(names), what="capability in prefer="))
+    for cap, member in sorted(hidden | {(c, m) for c, m, _ in options.alias}):
+        if cap not in names:
+            problems.append(UnknownCapabilityError(cap, sorted(names),
+                                                   what="capability in exclude=/alias="))
+        elif member not in public_names(by_name[cap].mixin):
+            problems.append(UnknownCapabilityError(
+                f"{cap}.{member}", sorted(f"{cap}.{m}" for m in public_names(by_name[cap].mixin)),
+                what="member in exclude=/alias="))
+    return providers, overrides
+
+
+def _where(obj: type) -> str:
+    import inspect
+
+    try:
+        return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
+    except (OSError, TypeError):
+        return obj.__module__
+
+
+def resolve(registry: Registry, base: type, requested: Iterable[str],
+            options: Options = Options(), *, node_type: str | None = None,
+            fixed: Iterable[str] = (), skip: type | None = None) -> Resolution:
+    """Resolve a request into an ordered, conflict-free set of capabilities.
+
+    Args:
+        registry: where names are looked up.
+        base: the node base class (its public names take part in the conflict scan).
+        requested: capability names, aliases or bundles, in any order, repeats allowed.
+        options: the structural resolutions (``prefer``, ``exclude``, ``alias``).
+        node_type: the base's node type for the applicability check (``None`` skips it).
+        fixed: capabilities already in the base's own bases; they are part of the resolved set.
+        skip: a class whose own public names are exempt from the base clash scan (the
+            hand-written class being checked: its own methods override on purpose).
+
+    Raises:
+        CompositionError: every problem of the request, folded as described in
+            :mod:`onex_compose.exceptions`.
+    """
+    import networkx as nx
+
+    problems: list[CompositionError] = []
+    selected = closure(registry, [*fixed, *requested], options, problems)
+    graph = _graph(selected)
+    order: list[str] = []
+    try:
+        order = list(nx.lexicographical_topological_sort(
+            graph, key=lambda n: f"{selected[n].rank:08d}{n}"))
+    except nx.NetworkXUnfeasible:
+        cycle_edges = nx.find_cycle(graph)
+        cycle = [a for a, _ in cycle_edges] + [cycle_edges[0][0]]
+        constraints = [graph.edges[a, b]["constraint"] for a, b in cycle_edges]
+        problems.append(DependencyCycleError(cycle, constraints))
+        order = sorted(selected, key=lambda n: (selected[n].rank, n))
+    specs = [selected[n] for n in order]
+    if node_type is not None:
+        for spec in specs:
+            if node_type not in spec.applicable_node_types:
+                problems.append(NotApplicableError(spec.name, node_type, spec.applicable_node_types))
+    providers: dict[str, str] = {}
+    overrides: dict[str, tuple[str, ...]] = {}
+    loadable = []
+    for spec in specs:
+        try:
+            spec.mixin  # noqa: B018 - imports and checks the mixin
+            loadable.append(spec)
+        except CompositionError as exc:
+            problems.append(exc)
+    if len(loadable) == len(specs):
+        providers, overrides = _conflicts(base, specs, options, problems, skip)
+    if problems:
+        raise CompositionError.collect(problems)
+    required_by: dict[str, list[str]] = {n: [] for n in order}
+    for spec in specs:
+        for dep in spec.requires:
+            if dep in required_by:
+                required_by[dep].append(spec.name)
+        for proto in spec.requires_protocols:
+            for other in order:
+                if protocol_key(proto) in selected[other].provides:
+                    required_by[other].append(spec.name)
+    edges = tuple(sorted((a, b, d["constraint"]) for a, b, d in graph.edges(data=True)))
+    return Resolution(
+        specs=tuple(specs),
+        required_by={k: tuple(sorted(set(v))) for k, v in required_by.items()},
+        providers=providers,
+        overrides=overrides,
+        edges=edges,
+    )
