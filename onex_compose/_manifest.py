@@ -89,15 +89,13 @@ def _entry(data: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], list[
         entry["config_ref"] = config_model if ":" in config_model else f"{module}:{config_model}"
     entry["contract"] = path.name
     aliases = list(comp.pop("aliases", []) or [])
-    # hook names: look at the mixin (generation time only)
-    import importlib
-
-    mixin = getattr(importlib.import_module(module), cls_name)
+    # hook names: only when they differ from the convention <hook>_<capability>
     for hook in ("setup", "start", "close"):
         explicit = comp.pop(hook, None)
-        candidate = explicit or f"{hook}_{name}"
-        if hasattr(mixin, candidate):
-            entry[hook] = candidate
+        if explicit:
+            entry[hook] = explicit
+    if comp:
+        raise ValueError(f"{path.name}: unknown keys in 'composition': {sorted(comp)}")
     return name, entry, aliases
 
 

@@ -57,25 +57,44 @@ class EnumNodeType(str, Enum):
 class _Plan:
     """Per-class initialisation plan (computed once per class)."""
 
-    __slots__ = ("defaults", "facilities", "names", "setups", "specs", "starts", "closes")
+    __slots__ = ("close_of", "closes", "defaults", "facilities", "names", "setups", "specs",
+                 "starts")
 
     def __init__(self, cls: type, comp: Composition) -> None:
         self.specs = {s.name: s for s in comp.specs}
         self.names = comp.capabilities
         setups = []
         defaults = []
+        starts, closes = [], []
         for spec in comp.specs:
             model = spec.config_model
             default = _default_config(spec.name, model)
             defaults.append((spec.name, default))
-            if spec.setup:
-                setups.append((spec.name, getattr(cls, spec.setup), default))
+            setup = hook_name(cls, spec, "setup")
+            if setup:
+                setups.append((spec.name, getattr(cls, setup), default))
+            start = hook_name(cls, spec, "start")
+            if start:
+                starts.append((spec.name, start))
+            close = hook_name(cls, spec, "close")
+            if close:
+                closes.append((spec.name, close))
         self.setups = tuple(setups)
         self.defaults = dict(defaults)
-        self.starts = tuple((s.name, s.start) for s in comp.specs if s.start)
-        self.closes = tuple((s.name, s.close) for s in reversed(comp.specs) if s.close)
+        self.starts = tuple(starts)
+        self.closes = tuple(reversed(closes))
+        self.close_of = dict(closes)
         self.facilities = frozenset(
             n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, facility))
+
+
+def hook_name(cls: type, spec: Any, kind: str) -> str | None:
+    """The name of a capability's ``setup``/``start``/``close`` hook on ``cls``, if it has one.
+
+    Declared in the spec, or by convention ``<kind>_<capability>`` (``setup_caching``).
+    """
+    name = getattr(spec, kind) or f"{kind}_{spec.name}"
+    return name if callable(getattr(cls, name, None)) else None
 
 
 _default_cache: dict[tuple[str, Any], Any] = {}
@@ -174,7 +193,7 @@ class NodeCoreBase:
         try:
             for name, hook in plan.starts:
                 await getattr(self, hook)()
-                started.append((name, plan.specs[name].close))
+                started.append((name, plan.close_of.get(name)))
         except BaseException:
             for _name, close in reversed(started):
                 if close:

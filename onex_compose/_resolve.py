@@ -266,7 +266,8 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     renamed = {(c, m): n for c, m, n in options.alias}
     owners: dict[str, list[str]] = {}
     for spec in specs:
-        hooks = {spec.setup, spec.start, spec.close}
+        hooks = {spec.setup, spec.start, spec.close,
+                 f"setup_{spec.name}", f"start_{spec.name}", f"close_{spec.name}"}
         for member in sorted(public_names(spec.mixin)):
             if (spec.name, member) in hidden or member in hooks:
                 continue
