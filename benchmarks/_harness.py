@@ -1,0 +1,87 @@
+"""Tiny benchmark harness shared by every ``benchmarks/bench_*.py``.
+
+Each benchmark compares ratios measured in one process (ours against a hand-written equivalent
+or a peer library), takes the median of several repeats (the machine is noisy), prints a table
+and writes JSON to ``benchmarks/results/<name>.json``. ``--smoke`` runs a few iterations only,
+so CI can check that no benchmark rots without spending time on numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="a few iterations, for CI")
+    parser.add_argument("--repeats", type=int, default=7)
+    return parser.parse_args(argv)
+
+
+def time_sync(fn: Callable[[], Any], *, number: int, repeats: int) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` runs of ``number`` calls."""
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def time_async(fn: Callable[[], Awaitable[Any]], *, number: int, repeats: int) -> float:
+    """Median seconds per awaited call of ``fn`` (run inside one event loop)."""
+
+    async def run() -> float:
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(number):
+                await fn()
+            samples.append((time.perf_counter() - start) / number)
+        return statistics.median(samples)
+
+    return asyncio.run(run())
+
+
+class Table:
+    """Rows of (label, ns per call, ratio, target, note); prints and saves."""
+
+    def __init__(self, name: str, title: str) -> None:
+        self.name, self.title = name, title
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, label: str, seconds: float, *, baseline: float | None = None,
+            target: str = "", note: str = "") -> None:
+        self.rows.append({
+            "label": label, "ns": round(seconds * 1e9, 1),
+            "ratio": round(seconds / baseline, 3) if baseline else None,
+            "target": target, "note": note,
+        })
+
+    def render(self) -> str:
+        head = f"| {'case':<58} | {'ns/call':>10} | {'ratio':>7} | target | note |"
+        sep = "|" + "-" * 60 + "|" + "-" * 12 + "|" + "-" * 9 + "|---|---|"
+        lines = [f"### {self.title}", "", head, sep]
+        for r in self.rows:
+            ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
+            lines.append(f"| {r['label']:<58} | {r['ns']:>10.1f} | {ratio:>7} | {r['target']} | {r['note']} |")
+        return "\n".join(lines)
+
+    def finish(self, smoke: bool) -> None:
+        print(self.render())
+        RESULTS.mkdir(exist_ok=True)
+        out = {"name": self.name, "title": self.title, "smoke": smoke,
+               "python": sys.version.split()[0], "machine": platform.machine(), "rows": self.rows}
+        (RESULTS / f"{self.name}{'.smoke' if smoke else ''}.json").write_text(json.dumps(out, indent=2))
