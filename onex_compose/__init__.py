@@ -110,7 +110,14 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'onex_compose' has no attribute {name!r}")
+        from onex_compose._seedpaths import lookup
+
+        try:
+            value = lookup(name)  # MixinCaching, CachingProtocol, ... from the registry
+        except AttributeError:
+            raise AttributeError(f"module 'onex_compose' has no attribute {name!r}") from None
+        globals()[name] = value
+        return value
     import importlib
 
     value = getattr(importlib.import_module(module), name)
@@ -121,6 +128,10 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
+
+from loguru import logger as _logger
+
+_logger.disable("onex_compose")  # a library stays silent until the user enables it (loguru advice)
 
 for _name in ("Composition", "CapabilitySpec", "Registry", "Options", "EnumNodeType",
               "NodeCoreBase", "NodeCompute", "NodeEffect", "NodeReducer", "NodeOrchestrator"):

@@ -22,9 +22,10 @@ from typing import Any, ClassVar
 
 from loguru import logger
 
-from onex_compose._build import Composition, check_class, lookup_composed
+from onex_compose._build import Composition, _register_base, check_class, lookup_composed
 from onex_compose._config import coerce_config, contract_config
 from onex_compose._facility import facility
+from onex_compose._pipeline import guard_order, install_pipeline
 from onex_compose._resolve import Options
 from onex_compose.exceptions import ConfigurationError, did_you_mean
 
@@ -140,8 +141,7 @@ class NodeCoreBase:
                 comp = check_class(cls)
             cls.__composition__ = comp
         cls.__onex_plan__ = _Plan(cls, comp)
-        from onex_compose._build import _register_base
-
+        install_pipeline(cls, guard_order(cls, comp.specs))
         _register_base(cls)
 
     def __init__(self, contract: Any = None, *, capability_config: Mapping[str, Any] | None = None,
@@ -163,6 +163,7 @@ class NodeCoreBase:
         if prev is not None and prev[0] is contract and capability_config is None:
             return
         plan = type(self).__onex_plan__
+        d.pop("_onex_chain", None)
         before = set(d)
         if contract is None and not capability_config:
             for _name, setup, default in plan.setups:
@@ -251,7 +252,8 @@ class NodeCoreBase:
             token = cls
         init = self.__dict__.get("_onex_init") or (self.__dict__.get("contract"), None, None,
                                                    frozenset())
-        skip = init[3] | {"_onex_init", "_onex_started", "_onex_closed", "contract", "node_id"}
+        skip = init[3] | {"_onex_init", "_onex_started", "_onex_closed", "_onex_chain", "contract",
+                          "node_id"}
         state = {k: v for k, v in self.__dict__.items() if k not in skip}
         return (_rebuild, (token, init[0], init[1], self.__dict__.get("node_id")), state)
 
@@ -264,8 +266,6 @@ class NodeCoreBase:
 
 def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | None) -> Any:
     if isinstance(token, tuple) and token[0] == "composed":
-        from onex_compose._build import _register_base
-
         _register_base(token[1])
         cls = lookup_composed(token[2])
     else:

@@ -1,0 +1,236 @@
+"""node_service: long-running service mode (seed 000's ``MixinNodeService``).
+
+``start()`` (the node's) returns as soon as resources are open; ``serve()`` is the blocking
+service loop: it starts the node, installs SIGTERM/SIGINT handlers, and waits until
+``stop()`` is called or a signal arrives. ``stop()`` then refuses new ``process()`` calls, lets
+in-flight ones finish within ``shutdown_timeout`` (cancelling the stragglers), runs the shutdown
+callbacks (newest first, each isolated), and closes the node. Stop before start is a no-op;
+repeated stops and repeated signals are safe.
+
+In-flight tracking is the ``process()`` guard with the outermost rank, so every call through
+the node's pipeline is counted without the user doing anything.
+
+asyncio objects (the shutdown event, the idle event) are created lazily on the running loop, so
+a node built outside a loop works across repeated ``asyncio.run()`` calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from onex_compose import OnexError, coerce_config, facility
+
+__all__ = [
+    "MixinNodeService",
+    "NodeServiceConfig",
+    "NodeServiceProtocol",
+    "ServiceRuntime",
+    "ServiceStoppingError",
+]
+
+
+class ServiceStoppingError(OnexError, RuntimeError):
+    """A call arrived while the service is shutting down (not retriable on this node)."""
+
+    onex_retriable = False
+
+
+class NodeServiceConfig(BaseModel):
+    """Configuration of the node_service capability."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shutdown_timeout: float = Field(default=30.0, ge=0.0, le=3600.0,
+                                    description="seconds in-flight work gets to finish on stop")
+    handle_signals: bool = Field(default=True, description="install SIGTERM/SIGINT handlers in serve()")
+
+
+class NodeServiceProtocol(Protocol):
+    """What node_service adds to a node."""
+
+    async def serve(self) -> None: ...
+    async def stop(self, timeout: float | None = None) -> None: ...
+    def add_shutdown_callback(self, callback: Callable[[], Any]) -> None: ...
+
+
+class ServiceRuntime:
+    """Per-node service state: running flag, in-flight count, shutdown event, callbacks."""
+
+    def __init__(self, config: NodeServiceConfig) -> None:
+        self.config = config
+        self.running = False
+        self.stopping = False
+        self.in_flight = 0
+        self.callbacks: list[Callable[[], Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.signals_received = 0
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._shutdown is None or self._idle is None:
+            self._loop = loop
+            self._shutdown = asyncio.Event()
+            self._idle = asyncio.Event()
+            if self.in_flight == 0:
+                self._idle.set()
+            if self.stopping:
+                self._shutdown.set()
+        return self._shutdown, self._idle
+
+    @property
+    def shutdown_event(self) -> asyncio.Event:
+        """Set when shutdown begins (wakes anything waiting on it, e.g. a health loop)."""
+        return self._events()[0]
+
+    def __repr__(self) -> str:
+        state = "stopping" if self.stopping else "running" if self.running else "idle"
+        return f"<ServiceRuntime {state} in_flight={self.in_flight}>"
+
+
+class MixinNodeService:
+    """Long-running service mode with graceful shutdown.
+
+    Example:
+        >>> import asyncio
+        >>> from onex_compose import NodeComputeService
+        >>> class Doubler(NodeComputeService):
+        ...     async def process(self, x):
+        ...         return 2 * x
+        >>> async def main():
+        ...     node = Doubler()
+        ...     await node.start()
+        ...     result = await node.process(21)
+        ...     await node.stop()
+        ...     return result
+        >>> asyncio.run(main())
+        42
+    """
+
+    __onex_capability__ = "node_service"
+    __slots__ = ()
+
+    def setup_node_service(self, config: NodeServiceConfig | Mapping[str, Any] | None = None) -> None:
+        """Configure service mode (``shutdown_timeout``, ``handle_signals``)."""
+        cfg = coerce_config(NodeServiceConfig, config, "node_service")
+        old = self.__dict__.get("service")
+        runtime = ServiceRuntime(cfg)
+        if isinstance(old, ServiceRuntime):
+            runtime.callbacks = old.callbacks
+        self.service = runtime
+
+    @facility
+    def service(self) -> ServiceRuntime:
+        """The service runtime (built with defaults if setup never ran)."""
+        return ServiceRuntime(NodeServiceConfig())
+
+    async def start_node_service(self) -> None:
+        """Mark the service running (called by the node's ``start()``)."""
+        rt = self.service
+        rt.running = True
+        rt.stopping = False
+        shutdown, _ = rt._events()
+        shutdown.clear()
+
+    def add_shutdown_callback(self, callback: Callable[[], Any]) -> None:
+        """Run ``callback`` (sync or async) when the service stops; newest first."""
+        if not callable(callback):
+            raise TypeError(f"add_shutdown_callback() takes a callable, got {callback!r}")
+        self.service.callbacks.append(callback)
+
+    async def serve(self) -> None:
+        """Start the node and block until ``stop()`` or SIGTERM/SIGINT, then shut down."""
+        rt = self.service
+        await self.start()  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if rt.config.handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    logger.debug("node_service: cannot handle {} here", sig)
+        try:
+            shutdown, _ = rt._events()
+            await shutdown.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+    def _on_signal(self, sig: int) -> None:
+        rt = self.service
+        rt.signals_received += 1
+        logger.info("node_service: received signal {}, shutting down", sig)
+        if not rt.stopping:
+            task = asyncio.get_running_loop().create_task(self.stop())
+            rt._tasks.add(task)
+            task.add_done_callback(rt._tasks.discard)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Shut down gracefully: refuse new calls, drain in-flight ones, run callbacks, close.
+
+        Args:
+            timeout: seconds in-flight calls get (default: ``shutdown_timeout``).
+        """
+        rt = self.service
+        if not rt.running or rt.stopping:
+            return
+        rt.stopping = True
+        shutdown, idle = rt._events()
+        shutdown.set()
+        limit = rt.config.shutdown_timeout if timeout is None else timeout
+        if rt.in_flight:
+            try:
+                async with asyncio.timeout(limit):
+                    await idle.wait()
+            except TimeoutError:
+                logger.warning("node_service: {} call(s) still running after {}s; cancelling",
+                               rt.in_flight, limit)
+                for task in list(rt._tasks):
+                    task.cancel()
+        for callback in reversed(rt.callbacks):
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                logger.opt(exception=exc).warning("node_service: shutdown callback failed: {}", exc)
+        try:
+            await self.aclose()  # type: ignore[attr-defined]
+        finally:
+            rt.running = False
+
+    def _guard_node_service(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        rt = self.service
+
+        async def tracked(*args: Any, **kwargs: Any) -> Any:
+            if rt.stopping:
+                raise ServiceStoppingError(
+                    f"{type(self).__qualname__} is shutting down; the call was refused")
+            _shutdown, idle = rt._events()
+            rt.in_flight += 1
+            idle.clear()
+            task = asyncio.current_task()
+            if task is not None:
+                rt._tasks.add(task)
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                rt.in_flight -= 1
+                if task is not None:
+                    rt._tasks.discard(task)
+                if rt.in_flight == 0:
+                    idle.set()
+
+        return tracked

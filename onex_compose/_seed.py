@@ -1,0 +1,87 @@
+"""Seed 000's composition APIs, implemented on the engine.
+
+``MixinDependencyResolver`` keeps the seed's shape (a ``dependency_graph`` of mixin classes and
+``resolve_dependencies()`` returning dependencies first) and ``create_service_with_capabilities``
+keeps its signature; both go through the registry and resolver, so they follow the same rules
+(aliases, bundles, conflicts, node-type applicability) as :func:`onex_compose.compose`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from onex_compose._build import compose, node_type_of
+from onex_compose._registry import Registry, default_registry
+from onex_compose._resolve import resolve
+from onex_compose.exceptions import UnknownCapabilityError
+
+__all__ = ["MixinDependencyResolver", "create_service_with_capabilities"]
+
+B = TypeVar("B", bound=type)
+
+
+class MixinDependencyResolver:
+    """Resolves mixin dependencies and ensures proper initialization order (seed 000).
+
+    Args:
+        registry: where capabilities are looked up (default: the default registry).
+
+    Example:
+        >>> from onex_compose import MixinDependencyResolver
+        >>> from onex_compose.mixin import MixinCaching, MixinMetrics
+        >>> MixinDependencyResolver().resolve_dependencies([MixinCaching]) == [MixinMetrics, MixinCaching]
+        True
+    """
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry or default_registry
+
+    @property
+    def dependency_graph(self) -> dict[type, list[type]]:
+        """Each registered mixin class and the mixin classes it requires (imports every capability)."""
+        graph: dict[type, list[type]] = {}
+        for spec in self.registry:
+            graph[spec.mixin] = [self.registry.get(d).mixin for d in sorted(spec.requires)]
+        return graph
+
+    def _name_of(self, mixin: Any) -> str:
+        if isinstance(mixin, str):
+            return mixin
+        name = vars(mixin).get("__onex_capability__") if isinstance(mixin, type) else None
+        if name is None:
+            raise UnknownCapabilityError(getattr(mixin, "__qualname__", repr(mixin)),
+                                         self.registry.names(), what="mixin")
+        return str(name)
+
+    def resolve_dependencies(self, requested_mixins: Sequence[Any]) -> list[type]:
+        """Resolve and order mixins based on dependencies (dependencies first).
+
+        Accepts mixin classes or capability names; raises the engine's errors on unknown names,
+        cycles and conflicts.
+        """
+        names = [self._name_of(m) for m in requested_mixins]
+        res = resolve(self.registry, object, names)
+        return [spec.mixin for spec in res.specs]
+
+
+def create_service_with_capabilities(base_service_class: B, contract: Any,
+                                     required_capabilities: Iterable[str]) -> B:
+    """Dynamically compose a service class with the required capabilities (seed 000).
+
+    The seed's words (``health_monitoring``, ``performance_metrics``, ``caching``,
+    ``event_communication``, ``fault_tolerance``) are aliases and bundles in the registry.
+    Capabilities the contract lists (``contract.capabilities``) are added too.
+
+    Example:
+        >>> from onex_compose import NodeCompute, create_service_with_capabilities
+        >>> cls = create_service_with_capabilities(NodeCompute, None, ["caching"])
+        >>> cls.__name__
+        'NodeCompute[caching,metrics]'
+    """
+    names = list(required_capabilities)
+    extra = getattr(contract, "capabilities", None) if contract is not None else None
+    if extra:
+        names.extend(str(n) for n in extra)
+    _ = node_type_of  # the engine checks applicability against the base's node type
+    return compose(base_service_class, names)

@@ -1,0 +1,35 @@
+"""Seed 002's import path for node classes: ``from onex_compose.nodes import NodeCompute``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onex_compose._nodes import (
+    EnumNodeType,
+    NodeCompute,
+    NodeCoreBase,
+    NodeEffect,
+    NodeOrchestrator,
+    NodeReducer,
+)
+
+__all__ = [
+    "EnumNodeType",
+    "NodeCompute",
+    "NodeComputeService",
+    "NodeCoreBase",
+    "NodeEffect",
+    "NodeEffectService",
+    "NodeOrchestrator",
+    "NodeOrchestratorService",
+    "NodeReducer",
+    "NodeReducerService",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from onex_compose import _services
+
+        return getattr(_services, name)
+    raise AttributeError(f"module 'onex_compose.nodes' has no attribute {name!r}")
