@@ -90,8 +90,8 @@ __all__ = [
     "NotApplicableError",
     "OnexError",
     "Options",
-    "Registry",
     "RegistrationError",
+    "Registry",
     "ServiceUnavailableError",
     "UnknownCapabilityError",
     "cache_clear",
@@ -129,7 +129,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-from loguru import logger as _logger
+from loguru import logger as _logger  # noqa: E402
 
 _logger.disable("onex_compose")  # a library stays silent until the user enables it (loguru advice)
 

@@ -152,7 +152,7 @@ def compose(base: B, capabilities: Sequence[str], /, **options: Any) -> B:
         True
     """
     if options:
-        return _compose_with_options(base, capabilities, options)
+        return cast(B, _compose_with_options(base, capabilities, options))
     try:
         return cast(B, _front[base, tuple(capabilities)])
     except KeyError:
@@ -390,7 +390,7 @@ def lookup_composed(qualname: str) -> type:
     opts = Options.parse_suffix(suffix)
     kwargs: dict[str, Any] = {}
     if opts.prefer:
-        kwargs["prefer"] = {m: c for m, c in opts.prefer}
+        kwargs["prefer"] = dict(opts.prefer)
     if opts.exclude or opts.exclude_members:
         kwargs["exclude"] = [*opts.exclude, *(f"{c}.{m}" for c, m in opts.exclude_members)]
     if opts.alias:
@@ -420,7 +420,7 @@ def check_class(cls: type) -> Composition:
                    if isinstance(getattr(b, "__composition__", None), Composition)), None)
     if parent is not None and set(names) == set(parent.capabilities) and not any(
             "__onex_capability__" in vars(b) for b in cls.__bases__):
-        return parent
+        return cast(Composition, parent)
     try:
         res = resolve(registry, cls, names, Options(), node_type=node_type_of(cls),
                       skip=cls)

@@ -68,7 +68,8 @@ class Explanation:
         return "\n".join(out)
 
     def __repr__(self) -> str:
-        return f"<Explanation of {self.data['class']}: {', '.join(c['name'] for c in self.data['capabilities'])}>"
+        names = ", ".join(c["name"] for c in self.data["capabilities"])
+        return f"<Explanation of {self.data['class']}: {names}>"
 
 
 def explain(obj_or_cls: Any) -> Explanation:
@@ -95,7 +96,7 @@ def explain(obj_or_cls: Any) -> Explanation:
     if not isinstance(obj_or_cls, type):
         init = obj_or_cls.__dict__.get("_onex_init")
         if init is not None:
-            sources = init[2] or {n: "defaults" for n in comp.capabilities}
+            sources = init[2] or dict.fromkeys(comp.capabilities, "defaults")
     caps = []
     for name in comp.capabilities:
         by = comp.required_by.get(name, ())

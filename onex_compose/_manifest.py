@@ -34,9 +34,9 @@ PACKAGE = "onex_compose.capabilities"
 
 
 def _contracts_dir() -> Path:
-    from onex_compose.capabilities import CONTRACTS_DIR
+    import importlib
 
-    return CONTRACTS_DIR
+    return Path(importlib.import_module("onex_compose.capabilities").CONTRACTS_DIR)
 
 
 def _entry(data: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], list[str]]:
@@ -47,7 +47,10 @@ def _entry(data: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], list[
     cls_name = comp.pop("mixin_class", None) or "Mixin" + "".join(
         p.capitalize() for p in name.split("_"))
     entry: dict[str, Any] = {"mixin": f"{module}:{cls_name}"}
-    requires, optional, req_protos, opt_protos = set(), set(), set(), set()
+    requires: set[str] = set()
+    optional: set[str] = set()
+    req_protos: set[str] = set()
+    opt_protos: set[str] = set()
     for dep in data.get("requires_dependencies") or []:
         kind = dep.get("type", "capability")
         is_opt = bool(dep.get("optional", False))
@@ -55,7 +58,8 @@ def _entry(data: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], list[
             (opt_protos if is_opt else req_protos).add(protocol_key(dep["name"]))
         else:
             (optional if is_opt else requires).add(dep["name"])
-    provides, covers = set(), set()
+    provides: set[str] = set()
+    covers: set[str] = set()
     for dep in data.get("dependencies") or []:
         if dep.get("type") == "protocol":
             provides.add(protocol_key(dep["name"]))

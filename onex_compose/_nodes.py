@@ -135,10 +135,7 @@ class NodeCoreBase:
         comp = vars(cls).get("__composition__")
         if not isinstance(comp, Composition):
             caps = [k for k in cls.__mro__ if "__onex_capability__" in vars(k)]
-            if not caps:
-                comp = _EMPTY
-            else:
-                comp = check_class(cls)
+            comp = check_class(cls) if caps else _EMPTY
             cls.__composition__ = comp
         cls.__onex_plan__ = _Plan(cls, comp)
         install_pipeline(cls, guard_order(cls, comp.specs))
@@ -250,8 +247,8 @@ class NodeCoreBase:
             token = ("composed", comp.base, cls.__qualname__)
         else:
             token = cls
-        init = self.__dict__.get("_onex_init") or (self.__dict__.get("contract"), None, None,
-                                                   frozenset())
+        init: tuple[Any, Any, Any, frozenset[str]] = self.__dict__.get("_onex_init") or (
+            self.__dict__.get("contract"), None, None, frozenset())
         skip = init[3] | {"_onex_init", "_onex_started", "_onex_closed", "_onex_chain", "contract",
                           "node_id"}
         state = {k: v for k, v in self.__dict__.items() if k not in skip}
@@ -265,12 +262,13 @@ class NodeCoreBase:
 
 
 def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | None) -> Any:
+    cls: Any
     if isinstance(token, tuple) and token[0] == "composed":
         _register_base(token[1])
         cls = lookup_composed(token[2])
     else:
         cls = token
-    obj = cls.__new__(cls)
+    obj: Any = cls.__new__(cls)
     NodeCoreBase.__init__(obj, contract, capability_config=capability_config, node_id=node_id)
     return obj
 

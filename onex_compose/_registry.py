@@ -584,9 +584,10 @@ def capability(name: str, *, registry: Registry | None = None, **fields: Any) ->
 
 
 def _builtin_manifest() -> Mapping[str, Any]:
-    from onex_compose.capabilities import MANIFEST
+    import importlib
 
-    return MANIFEST
+    manifest: Mapping[str, Any] = importlib.import_module("onex_compose.capabilities").MANIFEST
+    return manifest
 
 
 default_registry = Registry(name="default", entry_points=True)

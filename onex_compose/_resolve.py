@@ -304,7 +304,7 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
         if others:
             overrides[member] = tuple(others)
     # resolutions that refer to nothing
-    for member, cap in sorted(prefer.items()):
+    for cap in sorted(set(prefer.values())):
         if cap not in names:
             problems.append(UnknownCapabilityError(cap, sorted(names), what="capability in prefer="))
     for cap, member in sorted(hidden | {(c, m) for c, m, _ in options.alias}):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onex_compose._nodes import (
     EnumNodeType,
@@ -12,6 +12,14 @@ from onex_compose._nodes import (
     NodeOrchestrator,
     NodeReducer,
 )
+
+if TYPE_CHECKING:
+    from onex_compose._services import (
+        NodeComputeService,
+        NodeEffectService,
+        NodeOrchestratorService,
+        NodeReducerService,
+    )
 
 __all__ = [
     "EnumNodeType",
