@@ -19,7 +19,7 @@ __all__ = ["facility"]
 T = TypeVar("T")
 
 
-class facility(Generic[T]):  # noqa: N801 - used like a decorator, as property is
+class facility(Generic[T]):
     """Decorator for a mixin method that builds a facility's default value.
 
     Example:
