@@ -104,6 +104,8 @@ def explain(obj_or_cls: Any) -> Explanation:
             why = f"added automatically: required by {', '.join(by)}"
         elif by:
             why = f"required by {', '.join(by)}"
+        elif comp.style == "hand-written":
+            why = "listed in the class's bases"
         else:
             why = "requested"
         entry: dict[str, Any] = {"name": name, "why": why, "required_by": list(by)}

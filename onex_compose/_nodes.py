@@ -294,16 +294,30 @@ def _configs(cls: type, plan: _Plan, contract: Any,
     for name, spec in plan.specs.items():
         if name in explicit:
             configs[name] = coerce_config(spec.config_model, explicit[name], name)
-            sources[name] = "capability_config"
+            sources[name] = _describe_source("capability_config", configs[name])
             continue
         found = contract_config(contract, name, spec.config_key)
         if found is not None:
             configs[name] = coerce_config(spec.config_model, found[0], name)
-            sources[name] = found[1]
+            sources[name] = _describe_source(found[1], configs[name])
         else:
             configs[name] = plan.defaults[name]
             sources[name] = "defaults"
     return configs, sources
+
+
+def _describe_source(source: str, config: Any) -> str:
+    """``"capability_config (size); defaults (label)"``: which fields came from where."""
+    fields = getattr(type(config), "model_fields", None)
+    explicit = getattr(config, "model_fields_set", None)
+    if fields is None or explicit is None:
+        return source
+    given = [f for f in fields if f in explicit]
+    rest = [f for f in fields if f not in explicit]
+    parts = [f"{source} ({', '.join(given)})" if given else source]
+    if rest:
+        parts.append(f"defaults ({', '.join(rest)})")
+    return "; ".join(parts)
 
 
 class NodeCompute(NodeCoreBase):

@@ -106,7 +106,8 @@ def test_capability_config_is_validated_and_keyed_by_name() -> None:
     node = Service(capability_config={"store": {"size": 3}, "bus": BusConfig(topic="t")})
     assert node.store["size"] == 3 and node.bus == ["t"]
     sources = {c["name"]: c["config_source"] for c in explain(node).to_dict()["capabilities"]}
-    assert sources == {"store": "capability_config", "bus": "capability_config"}
+    assert sources == {"store": "capability_config (size); defaults (label)",
+                       "bus": "capability_config (topic)"}
 
 
 def test_unknown_capability_in_config_is_an_error_with_suggestion() -> None:
@@ -130,7 +131,8 @@ def test_contract_subcontracts_attribute_and_subcontract_key() -> None:
     node = Service(contract)
     assert node.store["size"] == 7 and node.bus == ["x"]
     sources = {c["name"]: c["config_source"] for c in explain(node).to_dict()["capabilities"]}
-    assert sources == {"store": "contract.subcontracts.store", "bus": "contract.subcontracts.event_type"}
+    assert sources == {"store": "contract.subcontracts.store (size); defaults (label)",
+                       "bus": "contract.subcontracts.event_type (topic)"}
 
 
 def test_explicit_config_overrides_contract() -> None:
