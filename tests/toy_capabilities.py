@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from onex_compose import Registry, coerce_config, facility
+from onex_compose import NodeCompute, Registry, coerce_config, facility
 
 __all__ = [
     "REGISTRY",
@@ -38,6 +38,8 @@ __all__ = [
     "ToyCache",
     "ToyHealth",
     "ToyMetrics",
+    "ToyNode",
+    "ToyService",
     "make_registry",
     "plain_mixin",
     "forget_plugin_modules",
@@ -265,6 +267,19 @@ def make_registry(name: str = "toys") -> Registry:
 
 REGISTRY = make_registry("toys")
 """A private registry filled at import (import-stable for pickling tests)."""
+
+
+class ToyNode(NodeCompute):
+    """A node base for the pickling tests: composed names on it (``ToyNode[...]``) are theirs."""
+
+    async def process(self, input_data: Any) -> Any:
+        return input_data
+
+
+class ToyService(NodeCompute, MixinToyCaching):
+    """A hand-written class in seed 000's style; ``metrics`` is added automatically."""
+
+    __onex_registry__ = REGISTRY
 
 
 def plain_mixin(class_name: str, members: Mapping[str, Any] | None = None) -> type:
