@@ -204,9 +204,6 @@ class CachingProtocol(Protocol):
 
 # -- cache keys ------------------------------------------------------------------------------
 
-_SCALARS = frozenset((str, int, float, bool, type(None)))
-
-
 def _float(x: float) -> str:
     if math.isfinite(x):
         return float.__repr__(x)
@@ -362,7 +359,25 @@ def _fallback(obj: Any, out: list[str], active: set[int]) -> None:
         "(obj.id, obj.version)))")
 
 
-_json_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_SCALAR_TEXT: dict[type, Callable[[Any], str]] = {
+    str: _json_str, int: int.__repr__, float: _float,
+    bool: lambda b: "true" if b else "false", type(None): lambda _v: "null",
+}
+
+
+def _flat(data: dict[Any, Any]) -> str | None:
+    """A flat dict of str keys and JSON scalars, as ``_canon`` writes it, or ``None``."""
+    try:
+        items = sorted(data.items())
+    except TypeError:  # keys of mixed types
+        return None
+    parts = []
+    for k, v in items:
+        text = _SCALAR_TEXT.get(type(v))
+        if text is None or type(k) is not str:
+            return None
+        parts.append(_json_str(k) + ":" + text(v))
+    return "{" + ",".join(parts) + "}"
 
 
 def canonical(data: Any) -> str:
@@ -375,13 +390,9 @@ def canonical(data: Any) -> str:
         True
     """
     if type(data) is dict:
-        # fast path: a flat dict of str keys and JSON scalars is exactly its sorted JSON
-        for k, v in data.items():
-            if type(k) is not str or type(v) not in _SCALARS or (
-                    type(v) is float and not math.isfinite(v)):
-                break
-        else:
-            return _json_dumps(data)  # type: ignore[no-any-return]
+        flat = _flat(data)  # the common case, ~2x faster than the general walk
+        if flat is not None:
+            return flat
     out: list[str] = []
     try:
         _canon(data, out, set())
@@ -552,6 +563,10 @@ class Cache:
     def __reduce__(self) -> tuple[Any, ...]:
         # locks, futures and connections are rebuilt from configuration (metrics link dropped)
         return (Cache, (self.config,), None)
+
+    def __len__(self) -> int:
+        """Entries in L1 right now (expired ones count until read or purged)."""
+        return len(self._data)
 
     # -- reads --------------------------------------------------------------------------------
 
