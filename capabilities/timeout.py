@@ -1,0 +1,494 @@
+"""timeout: per-call and total deadlines for async work, carried in a context variable.
+
+What it gives a node (seed 000's ``MixinTimeout``):
+
+* ``await self.with_timeout(fn, *args, timeout=2.0, **kwargs)``: runs ``fn`` and raises
+  :class:`OperationTimeoutError` if it has not finished within ``timeout`` seconds (default: the
+  configured ``timeout``) or by the enclosing deadline, whichever is earlier. The awaited work is
+  cancelled.
+* ``self.timeout_policy``: the :class:`TimeoutPolicy` facility (``run``, ``run_sync``).
+* ``_guard_timeout``: the per-attempt timeout around the node's ``process()`` (guard rank 80:
+  inside retry, the circuit breaker and the rate limiter, outside the bulkhead, as in
+  resilience4j, so a timeout is retried and counts as a breaker failure, and also bounds the
+  wait for a bulkhead slot).
+
+Deadlines (``reference/capabilities.md`` A.3, A.7, Part C item 4):
+
+* For the duration of a call the absolute deadline is stored in ``_context.deadline`` (nested
+  calls keep the earliest), so everything inside sees it: retry never sleeps past it, a nested
+  ``with_timeout`` never outlives it, and a sync function running in a thread can poll
+  ``_context.remaining()``.
+* ``total_timeout`` (config) bounds a whole logical ``process()`` call, retries included. The
+  per-attempt guard runs inside retry, so it anchors the total budget on the retry loop's scope
+  (``_context.retry_scope``) at the first attempt; every later attempt is cut at that budget and
+  the retry loop stops sleeping before it. With no retry loop around it, total and per-attempt
+  are the same call and the earlier of the two applies. (A separate outermost guard is not
+  needed: the pipeline has one hook per capability, and this is equivalent.)
+* A deadline already passed raises at once, without starting the work.
+
+:class:`OperationTimeoutError` subclasses ``OnexError`` and ``TimeoutError`` and has
+``onex_retriable = True``: retry retries it, and a circuit breaker counts it as a failure (it
+is a ``TimeoutError``). It carries ``operation``, ``timeout``, ``elapsed`` and ``source``
+(``"timeout"``: this call's own timeout fired; ``"deadline"``: an enclosing deadline, a retry
+budget or ``total_timeout``). Expiry is counted in ``timeouts_total{operation}``.
+
+Plain (sync) callables: Python cannot interrupt a running function, so with the default
+``sync_calls: thread`` a plain function runs in a new **daemon** thread and the caller stops
+waiting when the deadline passes; **the thread keeps running** until the function returns (its
+result is then dropped), and each one is counted in ``abandoned_threads`` and
+``timeout_abandoned_threads_total``. A daemon thread is used instead of ``asyncio.to_thread``
+because the default executor is joined by ``asyncio.run()`` at shutdown, so one hung function
+would hang the program's exit. ``sync_calls: refuse`` makes a plain callable a ``TypeError``.
+Sync code without an event loop uses ``timeout_policy.run_sync(...)`` (same thread rule).
+
+Why the timer is hand-written instead of ``async with asyncio.timeout(...)``: ``asyncio.Timeout``
+is a general, reschedulable state machine (an object, an enum state, ``reschedule()``, a
+``call_at`` handle) that adds ~4-6 µs per call; we only need a fixed deadline, so the guard
+schedules one ``loop.call_at`` that cancels the task and applies exactly asyncio's
+``cancelling()``/``uncancel()`` protocol on exit (an outside cancellation is never turned into
+a timeout, and a timeout is reported even when it races a completion, as ``asyncio.timeout``
+does). It costs about half as much; ``benchmarks/bench_guards.py`` compares it with
+``asyncio.timeout``, ``asyncio.wait_for`` and hyx, and ``tests/test_timeout.py`` checks the
+cancellation corner cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import CoroutineType, FunctionType, MethodType
+from typing import Any, Literal, Protocol, TypeVar, cast
+
+from onex_compose.capabilities import _context
+from pydantic import BaseModel, ConfigDict, Field
+
+from onex_compose import OnexError, coerce_config, facility
+
+__all__ = [
+    "MixinTimeout",
+    "OperationTimeoutError",
+    "TimeoutConfig",
+    "TimeoutPolicy",
+    "TimeoutProtocol",
+]
+
+T = TypeVar("T")
+
+_deadline_var = _context.deadline
+_scope_var = _context.retry_scope
+_UNSET: Any = object()
+_CO_COROUTINE = inspect.CO_COROUTINE
+_current_task = asyncio.current_task
+_get_running_loop = asyncio.get_running_loop
+_CancelledError = asyncio.CancelledError
+
+
+class OperationTimeoutError(OnexError, TimeoutError):
+    """An operation did not finish by its deadline (retriable; a breaker failure).
+
+    Attributes:
+        operation: the operation's name.
+        timeout: the per-call timeout in seconds (``None`` when only a deadline applied).
+        elapsed: seconds the caller waited.
+        source: ``"timeout"`` (this call's own timeout) or ``"deadline"`` (an enclosing
+            deadline, a retry budget or ``total_timeout``).
+        abandoned_thread: a plain function was left running in its thread.
+
+    Example:
+        >>> err = OperationTimeoutError("fetch", 2.0, elapsed=2.0)
+        >>> isinstance(err, TimeoutError), err.onex_retriable
+        (True, True)
+        >>> print(err)
+        Operation 'fetch' timed out after 2 s (its timeout is 2 s). Raise the timeout ...
+    """
+
+    onex_retriable = True
+
+    def __init__(self, operation: str, timeout: float | None, *, elapsed: float | None = None,
+                 source: str = "timeout", abandoned_thread: bool = False) -> None:
+        self.operation = operation
+        self.timeout = timeout
+        self.elapsed = elapsed
+        self.source = source
+        self.abandoned_thread = abandoned_thread
+        waited = f" after {elapsed:.3g} s" if elapsed is not None else ""
+        if source == "timeout":
+            why = (f"its timeout is {timeout:.3g} s). Raise the timeout (timeout_config.timeout "
+                   "or with_timeout(..., timeout=...)) or make the operation faster.")
+        else:
+            why = ("the enclosing deadline, retry budget or total_timeout was reached). Give "
+                   "the whole call more time or do less inside it.")
+        thread = (" The plain function keeps running in its daemon thread; its result will be "
+                  "dropped." if abandoned_thread else "")
+        super().__init__(f"Operation {operation!r} timed out{waited} ({why}{thread}")
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_error, (self.operation, self.timeout, self.elapsed, self.source,
+                                 self.abandoned_thread), dict(self.__dict__))
+
+
+def _rebuild_error(operation: str, timeout: float | None, elapsed: float | None, source: str,
+                   abandoned: bool) -> OperationTimeoutError:
+    return OperationTimeoutError(operation, timeout, elapsed=elapsed, source=source,
+                                 abandoned_thread=abandoned)
+
+
+class TimeoutConfig(BaseModel):
+    """The timeout subcontract (every key of ``timeout_config`` in ``mixin_timeout.yaml``).
+
+    Example:
+        >>> TimeoutConfig(timeout=2.5).timeout
+        2.5
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float | None = Field(
+        default=30.0, gt=0.0, le=86400.0,
+        description="seconds per call (with_timeout) and per process() attempt; null: none")
+    total_timeout: float | None = Field(
+        default=None, gt=0.0, le=86400.0,
+        description="seconds for a whole process() call, retries included; null: none")
+    sync_calls: Literal["thread", "refuse"] = Field(
+        default="thread", description="plain callables: run in a daemon thread abandoned on "
+                                      "timeout, or refuse them with TypeError")
+    guard_process: bool = Field(default=True,
+                                description="apply the per-attempt timeout to process()")
+
+
+class TimeoutProtocol(Protocol):
+    """What the timeout capability adds to a node."""
+
+    def with_timeout(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
+                     **kwargs: Any) -> Awaitable[Any]: ...
+
+
+def _expire(task: asyncio.Task[Any], fired: list[bool]) -> None:
+    fired[0] = True
+    task.cancel()
+
+
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+def is_async_callable(fn: Any) -> bool:
+    """Whether calling ``fn`` returns a coroutine (``async def``, bound or wrapped in a partial).
+
+    Example:
+        >>> async def a(): ...
+        >>> is_async_callable(a), is_async_callable(len), is_async_callable(functools.partial(a))
+        (True, False, True)
+    """
+    f = fn
+    if type(f) is MethodType:
+        f = f.__func__
+    if type(f) is FunctionType:
+        return bool(f.__code__.co_flags & _CO_COROUTINE) or asyncio.iscoroutinefunction(f)
+    if asyncio.iscoroutinefunction(fn) or inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the type's __call__, not fn's
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _name(fn: Any) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return str(name) if name else type(fn).__name__
+
+
+class TimeoutPolicy:
+    """Deadlines for calls: the timer, the context deadline, metrics, the sync-callable rule.
+
+    Args:
+        config: a :class:`TimeoutConfig`, a mapping of its fields, or ``None``.
+        metrics: the node's metrics facility, or ``None``.
+        clock: the clock deadlines are expressed on (default ``time.monotonic``; the event
+            loop's own clock drives the timer, offset by the difference).
+        name: shown in errors and logs.
+
+    Example:
+        >>> import asyncio
+        >>> policy = TimeoutPolicy({"timeout": 0.01})
+        >>> async def hang():
+        ...     await asyncio.Event().wait()
+        >>> try:
+        ...     asyncio.run(policy.run(hang))
+        ... except OperationTimeoutError as err:
+        ...     print(err.operation, err.source)
+        hang timeout
+    """
+
+    __slots__ = ("_timeout", "_total", "abandoned_threads", "clock", "config", "guard",
+                 "metrics", "name", "timeouts")
+
+    def __init__(self, config: TimeoutConfig | Mapping[str, Any] | None = None, *,
+                 metrics: Any = None, clock: Callable[[], float] = _context.monotonic,
+                 name: str = "timeout") -> None:
+        cfg: TimeoutConfig = coerce_config(TimeoutConfig, config, "timeout")
+        self.config = cfg
+        self.metrics = metrics
+        self.clock = clock
+        self.name = name
+        self.guard = cfg.guard_process
+        self._timeout = cfg.timeout
+        self._total = cfg.total_timeout
+        self.timeouts = 0
+        self.abandoned_threads = 0
+
+    def __repr__(self) -> str:
+        return (f"<TimeoutPolicy {self.name!r} timeout={self._timeout} "
+                f"total_timeout={self._total} sync_calls={self.config.sync_calls}>")
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def _deadline(self, now: float, timeout: float | None,
+                  total: float | None) -> tuple[float | None, str]:
+        end = None if timeout is None else now + timeout
+        source = "timeout"
+        scope = _scope_var.get()
+        if total is not None:
+            t_end = now + total
+            if scope is None:
+                if end is None or t_end < end:
+                    end, source = t_end, "deadline"
+            elif scope.attempt == 1 and (scope.deadline is None or t_end < scope.deadline):
+                scope.deadline = t_end  # anchor the total budget on the retry loop
+        if scope is not None:
+            s_end = scope.deadline
+            if s_end is not None and (end is None or s_end < end):
+                end, source = s_end, "deadline"
+        enclosing = _deadline_var.get()
+        if enclosing is not None and (end is None or enclosing < end):
+            end, source = enclosing, "deadline"
+        return end, source
+
+    def _expired(self, operation: str, timeout: float | None, start: float, source: str,
+                 abandoned: bool = False) -> OperationTimeoutError:
+        self.timeouts += 1
+        if self.metrics is not None:
+            self.metrics.increment("timeouts_total", labels={"operation": operation})
+        return OperationTimeoutError(operation, timeout, elapsed=max(0.0, self.clock() - start),
+                                     source=source, abandoned_thread=abandoned)
+
+    # -- async -------------------------------------------------------------------------------
+
+    async def _call(self, make: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any], timeout: float | None, total: float | None,
+                    operation: str | None) -> T:
+        now = self.clock()
+        end, source = self._deadline(now, timeout, total)
+        if end is None:
+            return await make(*args, **kwargs)
+        if end <= now:
+            raise self._expired(operation or _name(make), timeout, now, source)
+        loop = _get_running_loop()
+        task = _current_task(loop)
+        if task is None:
+            raise RuntimeError("with_timeout must run inside an asyncio task")
+        fired = [False]
+        cancelling = task.cancelling()
+        handle = loop.call_at(loop.time() + (end - now), _expire, task, fired)
+        token = _deadline_var.set(end)
+        try:
+            result = await make(*args, **kwargs)
+        except _CancelledError as exc:
+            if fired[0] and task.uncancel() <= cancelling:
+                raise self._expired(operation or _name(make), timeout, now, source,
+                                    getattr(exc, "_onex_abandoned", False)) from exc
+            raise
+        except BaseException:
+            if fired[0]:
+                task.uncancel()
+            raise
+        finally:
+            handle.cancel()
+            _deadline_var.reset(token)
+        if fired[0]:  # the work swallowed our cancellation and finished anyway
+            task.uncancel()
+        return result
+
+    async def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                  kwargs: Mapping[str, Any] | None = None, *, timeout: float | None = _UNSET,
+                  operation: str | None = None) -> Any:
+        """Await ``fn(*args, **kwargs)`` within ``timeout`` (default: configured) and the deadline.
+
+        Args:
+            fn: an ``async def`` function, or a plain callable (see ``sync_calls``).
+            timeout: seconds for this call; ``None`` applies only the enclosing deadline.
+            operation: the name used in errors and metrics (default: ``fn``'s name).
+
+        Raises:
+            OperationTimeoutError: the deadline passed first (the work was cancelled).
+            TypeError: a plain callable while ``sync_calls`` is ``"refuse"``.
+        """
+        t = self._timeout if timeout is _UNSET else timeout
+        kw = kwargs or {}
+        if is_async_callable(fn):
+            return await self._call(fn, args, kw, t, None, operation)
+        if self.config.sync_calls == "refuse":
+            raise TypeError(
+                f"with_timeout got the plain function {_name(fn)}, and this node's timeout "
+                "capability refuses plain callables (sync_calls: refuse): Python cannot "
+                "interrupt a running function. Pass an async function, or set sync_calls: "
+                "thread to run it in a daemon thread that is abandoned (and keeps running) "
+                "on timeout.")
+        return await self._call(functools.partial(self._in_thread, fn), args, kw, t, None,
+                                operation or _name(fn))
+
+    async def run_attempt(self, call: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                          kwargs: Mapping[str, Any], operation: str) -> T:
+        """One attempt of a guarded ``process()``: the per-attempt timeout plus ``total_timeout``."""
+        return await self._call(call, args, kwargs, self._timeout, self._total, operation)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = _get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        ctx = contextvars.copy_context()  # carries the deadline into the thread
+
+        def work() -> None:
+            try:
+                value, ok = ctx.run(fn, *args, **kwargs), True
+            except BaseException as exc:  # handed to the awaiting task
+                value, ok = exc, False
+            try:
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting any more
+
+        thread = threading.Thread(target=work, name=f"onex-timeout:{_name(fn)}", daemon=True)
+        thread.start()
+        try:
+            result = await fut
+        except _CancelledError as exc:
+            if thread.is_alive():
+                self.abandoned_threads += 1
+                if self.metrics is not None:
+                    self.metrics.increment("timeout_abandoned_threads_total",
+                                           labels={"operation": _name(fn)})
+                exc._onex_abandoned = True  # type: ignore[attr-defined]
+            raise
+        if result.__class__ is CoroutineType or inspect.isawaitable(result):
+            result = await result
+        return result
+
+    # -- sync --------------------------------------------------------------------------------
+
+    def run_sync(self, fn: Callable[..., T], args: tuple[Any, ...] = (),
+                 kwargs: Mapping[str, Any] | None = None, *, timeout: float | None = _UNSET,
+                 operation: str | None = None) -> T:
+        """Call a plain function from sync code, waiting at most until the deadline.
+
+        The function runs in a daemon thread; on timeout the caller gets
+        :class:`OperationTimeoutError` and **the thread keeps running** (result dropped).
+
+        Example:
+            >>> policy = TimeoutPolicy({"timeout": 5})
+            >>> policy.run_sync(sum, ([1, 2, 3],))
+            6
+        """
+        t = self._timeout if timeout is _UNSET else timeout
+        op = operation or _name(fn)
+        if self.config.sync_calls == "refuse":
+            raise TypeError(f"run_sync({op}): sync_calls is 'refuse'; set sync_calls: thread")
+        now = self.clock()
+        end, source = self._deadline(now, t, None)
+        if end is not None and end <= now:
+            raise self._expired(op, t, now, source)
+        box: list[Any] = []
+        done = threading.Event()
+        token = _deadline_var.set(end) if end is not None else None
+        try:
+            ctx = contextvars.copy_context()
+        finally:
+            if token is not None:
+                _deadline_var.reset(token)
+
+        def work() -> None:
+            try:
+                box.append((True, ctx.run(fn, *args, **(kwargs or {}))))
+            except BaseException as exc:
+                box.append((False, exc))
+            done.set()
+
+        thread = threading.Thread(target=work, name=f"onex-timeout:{op}", daemon=True)
+        thread.start()
+        if not done.wait(None if end is None else max(0.0, end - now)):
+            self.abandoned_threads += 1
+            if self.metrics is not None:
+                self.metrics.increment("timeout_abandoned_threads_total",
+                                       labels={"operation": op})
+            raise self._expired(op, t, now, source, abandoned=True)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return cast(T, value)
+
+
+class MixinTimeout:
+    """Per-call and total deadlines (seed 000's ``MixinTimeout``).
+
+    Example:
+        >>> import asyncio
+        >>> from onex_compose import NodeCompute, compose
+        >>> node = compose(NodeCompute, ["timeout"])(capability_config={"timeout": {"timeout": 1}})
+        >>> async def quick(x):
+        ...     return x * 2
+        >>> asyncio.run(node.with_timeout(quick, 21))
+        42
+    """
+
+    __onex_capability__ = "timeout"
+    __slots__ = ()
+
+    def setup_timeout(self, config: TimeoutConfig | Mapping[str, Any] | None = None) -> None:
+        """Configure the timeout capability (reconfiguring keeps an injected clock)."""
+        cfg = coerce_config(TimeoutConfig, config, "timeout")
+        old = self.__dict__.get("timeout_policy")
+        node = getattr(self, "node_id", None) or type(self).__name__
+        policy = TimeoutPolicy(cfg, metrics=self.metrics, name=f"{node}.timeout")  # type: ignore[attr-defined]
+        if isinstance(old, TimeoutPolicy):
+            policy.clock = old.clock
+        self.__dict__["timeout_policy"] = policy
+
+    @facility
+    def timeout_policy(self) -> TimeoutPolicy:
+        """The timeout policy (defaults when ``setup_timeout`` never ran)."""
+        return TimeoutPolicy(TimeoutConfig(), metrics=self.metrics)  # type: ignore[attr-defined]
+
+    def with_timeout(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None,
+                     **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Run ``fn(*args, **kwargs)`` within ``timeout`` seconds and the enclosing deadline.
+
+        Args:
+            fn: an ``async def`` function, or a plain callable (runs in a daemon thread that is
+                abandoned, still running, on timeout; see ``sync_calls``).
+            timeout: seconds for this call (``None``: the configured ``timeout``).
+
+        Raises:
+            OperationTimeoutError: the work did not finish in time (it was cancelled).
+        """
+        return self.timeout_policy.run(fn, args, kwargs,
+                                       timeout=_UNSET if timeout is None else timeout)
+
+    def _guard_timeout(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """Apply the per-attempt timeout (and ``total_timeout``) to ``process()`` (rank 80)."""
+        operation = f"{type(self).__qualname__}.process"
+
+        @functools.wraps(call)
+        async def timed(*args: Any, **kwargs: Any) -> T:
+            policy: TimeoutPolicy = self.timeout_policy
+            if not policy.guard:
+                return await call(*args, **kwargs)
+            return await policy.run_attempt(call, args, kwargs, operation)
+
+        return timed
