@@ -258,9 +258,9 @@ def test_prefer_settles_a_member_clash_and_is_recorded() -> None:
 def test_prefer_naming_a_capability_without_that_member_is_an_error() -> None:
     with pytest.raises(CapabilityConflictError, match="does not define 'clear'"):
         compose(NodeCompute, ["mem", "disk", "extra"], registry=_registry(
-            **{"mem": {"members": {"clear": lambda s: 1}},
-               "disk": {"members": {"clear": lambda s: 2}}, "extra": {}}),
-            prefer={"clear": "extra"})
+            mem={"members": {"clear": lambda s: 1}},
+            disk={"members": {"clear": lambda s: 2}},
+            extra={}), prefer={"clear": "extra"})
 
 
 @pytest.mark.xfail(strict=True, reason=(
