@@ -254,9 +254,9 @@ class BreakerPolicy(BaseModel):
     """Probes admitted while half-open; every other caller is rejected at once."""
     half_open_max_wait: float | None = Field(default=60.0, gt=0)
     """Seconds to wait for unreported (lost) probes before re-opening (None: forever)."""
-    ignore_exceptions: tuple[str, ...] = ()
+    ignore_exceptions: list[str] = Field(default_factory=list)
     """Exception class names counted as neither success nor failure."""
-    record_exceptions: tuple[str, ...] = ()
+    record_exceptions: list[str] = Field(default_factory=list)
     """If non-empty, only these count as failures; other exceptions count as successes."""
 
     @model_validator(mode="after")
@@ -429,8 +429,8 @@ class _Dispatcher:
             labels = {"operation_key": change.breaker}
             self.metrics.gauge("circuit_breaker_state", int(change.new), labels=labels)
             self.metrics.increment("circuit_breaker_transitions_total", labels={
-                "operation_key": change.breaker, "from": change.old.label,
-                "to": change.new.label})
+                "operation_key": change.breaker, "from_state": change.old.label,
+                "to_state": change.new.label})
         log = logger.warning if change.new is _OPEN else logger.info
         log("circuit breaker {!r}: {} -> {} ({})", change.breaker, change.old.label,
             change.new.label, change.reason)

@@ -475,7 +475,7 @@ class RateLimiter:
         self._down_until = self._duration_clock() + self.config.backend_retry_interval
         if self.metrics is not None:
             self.metrics.increment("rate_limit_backend_errors_total",
-                                   labels={"policy": self.config.on_backend_error})
+                                   labels={"fallback": self.config.on_backend_error})
 
     def _degraded(self, key: str, cost: int, limit: Limit, allowance: float,
                   peek: bool) -> tuple[float, float]:
