@@ -48,7 +48,7 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import CoroutineType, TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,6 +121,7 @@ class BulkheadConfig(BaseModel):
     guard_process: bool = Field(default=True, description="limit the node's process() calls")
 
 
+@runtime_checkable
 class BulkheadProtocol(Protocol):
     """What the bulkhead capability adds to a node (the ``bulkhead`` facility)."""
 

@@ -67,8 +67,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
-from types import CoroutineType
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload
+from types import CoroutineType, GeneratorType
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload, runtime_checkable
 
 from loguru import logger
 from onex_compose.capabilities import _context
@@ -165,6 +165,7 @@ class RetryConfig(BaseModel):
         return value
 
 
+@runtime_checkable
 class RetryProtocol(Protocol):
     """What the retry capability adds to a node."""
 
@@ -438,11 +439,6 @@ class RetryPolicy:
             metrics.increment("retry_attempts_total",
                               labels={"operation": operation_name(fn), "outcome": outcome})
 
-    def _start(self, max_attempts: int | None) -> tuple[int, RetryScope]:
-        n = self._max_attempts if max_attempts is None else _check_attempts(max_attempts)
-        budget = self._max_elapsed
-        return n, RetryScope(self, None if budget is None else self.clock() + budget)
-
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
@@ -457,16 +453,18 @@ class RetryPolicy:
         kw = kwargs or {}
         if _retry_scope.get() is not None:  # nested in a retry loop: one attempt
             result = fn(*args, **kw)
-            if result.__class__ is CoroutineType or inspect.isawaitable(result):
+            if result.__class__ is CoroutineType or _awaitable(result):
                 result = await result
             return result
-        n, scope = self._start(max_attempts)
+        n = self._max_attempts if max_attempts is None else _check_attempts(max_attempts)
+        budget = self._max_elapsed
+        scope = RetryScope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         try:
             while True:
                 try:
                     result = fn(*args, **kw)
-                    if result.__class__ is CoroutineType or inspect.isawaitable(result):
+                    if result.__class__ is CoroutineType or _awaitable(result):
                         result = await result
                 except Exception as exc:
                     wait = self._decide(exc, scope, n, fn)
@@ -492,13 +490,20 @@ class RetryPolicy:
         """
         kw = kwargs or {}
         if _retry_scope.get() is not None:
-            return _sync_result(fn, fn(*args, **kw))
-        n, scope = self._start(max_attempts)
+            result = fn(*args, **kw)
+            if result.__class__ is CoroutineType:
+                _refuse_coroutine(fn, result)
+            return result
+        n = self._max_attempts if max_attempts is None else _check_attempts(max_attempts)
+        budget = self._max_elapsed
+        scope = RetryScope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         try:
             while True:
                 try:
-                    result = _sync_result(fn, fn(*args, **kw))
+                    result = fn(*args, **kw)
+                    if result.__class__ is CoroutineType:
+                        _refuse_coroutine(fn, result)
                 except Exception as exc:
                     wait = self._decide(exc, scope, n, fn)
                     if wait is None:
@@ -561,9 +566,14 @@ class RetryPolicy:
         since = self.clock() - cfg.health_window
         recent = sum(1 for t in self._giveups if t >= since)
         limit = cfg.health_degraded_after
-        status = "degraded" if limit is not None and recent >= limit else "healthy"
-        return {"status": status, "gave_up_recently": recent, "window_s": cfg.health_window,
-                "degraded_after": limit}
+        degraded = limit is not None and recent >= limit
+        report: dict[str, Any] = {
+            "status": "degraded" if degraded else "healthy", "gave_up_recently": recent,
+            "window_s": cfg.health_window, "degraded_after": limit}
+        if degraded:
+            report["reason"] = (f"{recent} retried calls gave up in the last "
+                                f"{cfg.health_window:g} s")
+        return report
 
 
 class _AsyncInSync(TypeError):
@@ -572,15 +582,26 @@ class _AsyncInSync(TypeError):
     onex_retriable = False
 
 
-def _sync_result(fn: Any, result: T) -> T:
-    if result.__class__ is CoroutineType or inspect.isawaitable(result):
-        close = getattr(result, "close", None)
-        if callable(close):
-            close()  # no "coroutine was never awaited" warning
-        raise _AsyncInSync(
-            f"with_retry_sync/run_sync called {operation_name(fn)}, which returned an awaitable; "
-            "use `await self.with_retry(...)` (or `await policy.run(...)`) for async functions")
-    return result
+def _refuse_coroutine(fn: Any, result: Any) -> None:
+    result.close()  # no "coroutine was never awaited" warning
+    raise _AsyncInSync(
+        f"with_retry_sync/run_sync called {operation_name(fn)}, which returned a coroutine; "
+        "use `await self.with_retry(...)` (or `await policy.run(...)`) for async functions")
+
+
+_plain_types: set[type] = set()
+
+
+def _awaitable(result: Any) -> bool:
+    """``inspect.isawaitable`` with a cache of result types known not to be awaitable."""
+    kind = result.__class__
+    if kind in _plain_types:
+        return False
+    if inspect.isawaitable(result):
+        return True
+    if kind is not GeneratorType and len(_plain_types) < 1024:
+        _plain_types.add(kind)
+    return False
 
 
 class MixinRetry:
@@ -620,7 +641,8 @@ class MixinRetry:
             policy.clock, policy.sleep = old.clock, old.sleep
             policy.sleep_sync, policy.random = old.sleep_sync, old.random
         self.__dict__["retry_policy"] = policy
-        self.register_health_check(_RetryHealth(self), name="retry")  # type: ignore[attr-defined]
+        self.register_health_check(  # type: ignore[attr-defined]
+            _RetryHealth(self), name="retry", critical=False)
 
     @facility
     def retry_policy(self) -> RetryPolicy:

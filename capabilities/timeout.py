@@ -61,7 +61,7 @@ import inspect
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import CoroutineType, FunctionType, MethodType
-from typing import Any, Literal, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field
@@ -160,6 +160,7 @@ class TimeoutConfig(BaseModel):
                                 description="apply the per-attempt timeout to process()")
 
 
+@runtime_checkable
 class TimeoutProtocol(Protocol):
     """What the timeout capability adds to a node."""
 
@@ -286,7 +287,14 @@ class TimeoutPolicy:
                     kwargs: Mapping[str, Any], timeout: float | None, total: float | None,
                     operation: str | None) -> T:
         now = self.clock()
-        end, source = self._deadline(now, timeout, total)
+        if total is None and _scope_var.get() is None:  # the common case, inlined
+            end = None if timeout is None else now + timeout
+            source = "timeout"
+            enclosing = _deadline_var.get()
+            if enclosing is not None and (end is None or enclosing < end):
+                end, source = enclosing, "deadline"
+        else:
+            end, source = self._deadline(now, timeout, total)
         if end is None:
             return await make(*args, **kwargs)
         if end <= now:
@@ -317,10 +325,12 @@ class TimeoutPolicy:
             task.uncancel()
         return result
 
-    async def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
-                  kwargs: Mapping[str, Any] | None = None, *, timeout: float | None = _UNSET,
-                  operation: str | None = None) -> Any:
-        """Await ``fn(*args, **kwargs)`` within ``timeout`` (default: configured) and the deadline.
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+            kwargs: Mapping[str, Any] | None = None, *, timeout: float | None = _UNSET,
+            operation: str | None = None) -> Coroutine[Any, Any, Any]:
+        """``fn(*args, **kwargs)`` within ``timeout`` (default: configured) and the deadline.
+
+        Returns a coroutine to await (a plain method, so a call costs one coroutine frame).
 
         Args:
             fn: an ``async def`` function, or a plain callable (see ``sync_calls``).
@@ -334,7 +344,7 @@ class TimeoutPolicy:
         t = self._timeout if timeout is _UNSET else timeout
         kw = kwargs or {}
         if is_async_callable(fn):
-            return await self._call(fn, args, kw, t, None, operation)
+            return self._call(fn, args, kw, t, None, operation)
         if self.config.sync_calls == "refuse":
             raise TypeError(
                 f"with_timeout got the plain function {_name(fn)}, and this node's timeout "
@@ -342,13 +352,13 @@ class TimeoutPolicy:
                 "interrupt a running function. Pass an async function, or set sync_calls: "
                 "thread to run it in a daemon thread that is abandoned (and keeps running) "
                 "on timeout.")
-        return await self._call(functools.partial(self._in_thread, fn), args, kw, t, None,
-                                operation or _name(fn))
+        return self._call(functools.partial(self._in_thread, fn), args, kw, t, None,
+                          operation or _name(fn))
 
-    async def run_attempt(self, call: Callable[..., Awaitable[T]], args: tuple[Any, ...],
-                          kwargs: Mapping[str, Any], operation: str) -> T:
+    def run_attempt(self, call: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                    kwargs: Mapping[str, Any], operation: str) -> Coroutine[Any, Any, T]:
         """One attempt of a guarded ``process()``: the per-attempt timeout plus ``total_timeout``."""
-        return await self._call(call, args, kwargs, self._timeout, self._total, operation)
+        return self._call(call, args, kwargs, self._timeout, self._total, operation)
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = _get_running_loop()
