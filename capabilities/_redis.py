@@ -219,6 +219,32 @@ class PubSubListener:
 
     # -- connection ---------------------------------------------------------------------------
 
+    async def wait_lost(self) -> None:
+        """Return when the current session's reader stops (connection lost or closed); at once
+        when there is no live session on the running loop."""
+        s = self._session
+        if s is None or s.task is None or s.loop is not asyncio.get_running_loop():
+            return
+        await asyncio.wait({s.task})
+
+    async def supervise(self, interval: float,
+                        on_error: Callable[[BaseException | None], None] | None = None) -> None:
+        """Keep the subscriptions alive until cancelled: reconnect ``interval`` seconds after
+        the connection is lost or cannot be made. ``on_error(exc)`` is told about each failure
+        and ``on_error(None)`` about each recovery."""
+        while True:
+            try:
+                await self.ensure()
+                if on_error is not None:
+                    on_error(None)
+                await self.wait_lost()
+                if on_error is not None and self.last_error is not None:
+                    on_error(self.last_error)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
+            await asyncio.sleep(interval)
+
     async def ensure(self) -> None:
         """Connect (if needed) on the running loop and wait until every wanted subscription is
         confirmed by the server.

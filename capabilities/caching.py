@@ -478,8 +478,12 @@ def _serializer(spec: str) -> _Serializer:
 
 # -- metrics ---------------------------------------------------------------------------------
 
-_L1 = {"level": "l1"}
-_L2 = {"level": "l2"}
+# one metric, cache_lookups_total{level, result}: seed 000's own compute() counts
+# "cache_hits", whose Prometheus series (cache_hits_total) a cache_hits_total metric would take
+_L1_HIT = {"level": "l1", "result": "hit"}
+_L1_MISS = {"level": "l1", "result": "miss"}
+_L2_HIT = {"level": "l2", "result": "hit"}
+_L2_MISS = {"level": "l2", "result": "miss"}
 
 
 def _no_metric(name: str, value: float = 1, labels: Mapping[str, str] | None = None) -> None:
@@ -590,13 +594,13 @@ class Cache:
                 except KeyError:  # removed meanwhile by another thread: still a hit
                     pass
                 self._hits[0] += 1
-                self._inc("cache_hits_total", 1, _L1)
+                self._inc("cache_lookups_total", 1, _L1_HIT)
                 return entry[0]
             self._data.pop(key, None)
         if not self._enabled:
             return default
         self._misses[0] += 1
-        self._inc("cache_misses_total", 1, _L1)
+        self._inc("cache_lookups_total", 1, _L1_MISS)
         if self._l2:
             return await self._l2_get(key, default)
         return default
@@ -925,7 +929,7 @@ class Cache:
         self._recovered()
         if raw is None or pttl == -2:
             self._misses[1] += 1
-            self._inc("cache_misses_total", 1, _L2)
+            self._inc("cache_lookups_total", 1, _L2_MISS)
             return default
         assert self._serializer is not None
         try:
@@ -936,9 +940,10 @@ class Cache:
             logger.warning("cache[{}]: cannot decode L2 value of {!r} ({!r}); treating it as a "
                            "miss", self.config.namespace, key, exc)
             self._misses[1] += 1
+            self._inc("cache_lookups_total", 1, _L2_MISS)
             return default
         self._hits[1] += 1
-        self._inc("cache_hits_total", 1, _L2)
+        self._inc("cache_lookups_total", 1, _L2_HIT)
         if gen == self._generation:  # no invalidation arrived while we read: promote
             self._l1_store(key, value, None if pttl < 0 else pttl / 1000.0)
         return value

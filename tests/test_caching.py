@@ -316,8 +316,8 @@ def test_hit_and_miss_counts_per_level_reach_the_nodes_metrics() -> None:
 
     run(body())
     counters = node.metrics.snapshot()["counters"]
-    assert counters['cache_hits_total{level="l1"}'] == 2
-    assert counters['cache_misses_total{level="l1"}'] == 1
+    assert counters['cache_lookups_total{level="l1",result="hit"}'] == 2
+    assert counters['cache_lookups_total{level="l1",result="miss"}'] == 1
 
 
 def test_health_on_memory_backend_is_healthy() -> None:
