@@ -1,0 +1,642 @@
+"""circuit_breaker: the in-process breaker alone, the named registry, and composed into a node.
+
+Every timing test runs on a ManualClock: nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onex_compose.capabilities._context import ManualClock
+from onex_compose.capabilities.circuit_breaker import (
+    BreakerPolicy,
+    CircuitBreaker,
+    CircuitBreakerConfig,
+    CircuitBreakers,
+    CircuitOpenError,
+    CircuitState,
+    CircuitStateChange,
+    ExceptionMatcher,
+    MixinCircuitBreaker,
+)
+from onex_compose.capabilities.metrics import Metrics
+
+from onex_compose import ConfigurationError, NodeCompute, OnexError, compose, has_capability
+
+CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
+
+
+def boom(exc: BaseException | None = None):
+    raise exc or ConnectionError("down")
+
+
+def fail(breaker: CircuitBreaker, times: int = 1, exc: type[BaseException] = ConnectionError):
+    for _ in range(times):
+        with pytest.raises(exc):
+            breaker.call(boom, exc("x"))
+
+
+def make(clock: ManualClock | None = None, **policy) -> CircuitBreaker:
+    return CircuitBreaker("svc", BreakerPolicy(**policy), clock=clock or ManualClock())
+
+
+# ------------------------------------------------------------------------------------------------
+# consecutive mode (the default)
+
+
+def test_default_policy_is_five_consecutive_failures():
+    policy = BreakerPolicy()
+    assert (policy.mode, policy.failure_threshold, policy.half_open_max_calls) == (
+        "consecutive", 5, 1)
+    breaker = make()
+    fail(breaker, 4)
+    assert breaker.state is CLOSED
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+
+
+def test_a_success_resets_the_consecutive_count():
+    breaker = make(failure_threshold=3)
+    fail(breaker, 2)
+    assert breaker.call(lambda: "ok") == "ok"
+    fail(breaker, 2)
+    assert breaker.state is CLOSED
+    assert breaker.status().failure_count == 2
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+
+
+def test_the_tripping_call_raises_its_own_error_and_later_calls_the_typed_error():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=2, reset_timeout=10)
+    fail(breaker, 2)  # both raise ConnectionError, including the one that trips it
+    clock.advance(4)
+    ran = []
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ran.append, 1)
+    assert ran == []
+    err = info.value
+    assert (err.name, err.retry_after, err.state, err.reason) == ("svc", 6.0, OPEN, "open")
+    assert isinstance(err, OnexError) and isinstance(err, RuntimeError)
+    assert err.onex_retriable is False
+    assert "'svc' is open; retry after 6.000 s" in str(err)
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.name, clone.retry_after, clone.state, clone.reason) == ("svc", 6.0, OPEN, "open")
+
+
+def test_open_goes_half_open_after_the_reset_timeout_and_a_good_probe_closes_it():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=30)
+    fail(breaker)
+    clock.advance(29.999)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: 1)
+    clock.advance(0.001)
+    assert breaker.state is OPEN  # reading never transitions: the next call does
+    assert breaker.call(lambda: "probe") == "probe"
+    assert breaker.state is CLOSED
+
+
+def test_a_failed_probe_reopens_for_a_full_reset_timeout():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=30)
+    fail(breaker)
+    clock.advance(30)
+    fail(breaker)  # the probe fails with its own error
+    assert breaker.state is OPEN
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: 1)
+    assert info.value.retry_after == 30.0
+
+
+def test_several_probes_must_all_succeed_in_consecutive_mode():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=1, half_open_max_calls=3)
+    fail(breaker)
+    clock.advance(1)
+    breaker.call(lambda: 1)
+    breaker.call(lambda: 1)
+    assert breaker.state is HALF_OPEN
+    breaker.call(lambda: 1)
+    assert breaker.state is CLOSED
+
+
+def test_status_reports_counts_rate_and_last_failure_without_changing_anything():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=3, reset_timeout=10)
+    st0 = breaker.status()
+    assert (st0.state, st0.failure_count, st0.failure_rate, st0.last_failure_time) == (
+        CLOSED, 0, 0.0, None)
+    fail(breaker, 3)
+    clock.advance(12)
+    status = breaker.status()
+    assert status.state is OPEN and status.failure_count == 3  # the evidence that opened it
+    assert status.failure_rate == 100.0 and status.retry_after == 0.0
+    assert status.last_failure_time is not None
+    assert breaker.state is OPEN  # still open: reading is not a call
+
+
+# ------------------------------------------------------------------------------------------------
+# half-open admits a bounded number of probes
+
+
+async def test_100_concurrent_calls_against_half_open_let_exactly_the_probes_through():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=5, half_open_max_calls=3)
+    fail(breaker)
+    clock.advance(5)
+    release = asyncio.Event()
+    ran = 0
+
+    async def probe():
+        nonlocal ran
+        ran += 1
+        await release.wait()  # all probes are in flight while the others arrive
+        return "ok"
+
+    tasks = [asyncio.create_task(breaker.acall(probe)) for _ in range(100)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ran == 3
+    assert breaker.state is HALF_OPEN
+    release.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    rejected = [r for r in results if isinstance(r, CircuitOpenError)]
+    assert results.count("ok") == 3 and len(rejected) == 97
+    assert {r.reason for r in rejected} == {"half_open_full"}
+    assert {r.state for r in rejected} == {HALF_OPEN}
+    assert breaker.state is CLOSED
+
+
+def test_100_threads_against_half_open_let_exactly_the_probes_through():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=5, half_open_max_calls=4)
+    fail(breaker)
+    clock.advance(5)
+    everyone_tried = threading.Event()
+    lock = threading.Lock()
+    ran, rejected = [], []
+
+    def probe():
+        ran.append(1)
+        everyone_tried.wait(timeout=10)  # probes stay in flight until the other 96 were turned away
+        return "ok"
+
+    def attempt():
+        try:
+            return breaker.call(probe)
+        except CircuitOpenError as err:
+            with lock:
+                rejected.append(err)
+                if len(rejected) == 96:
+                    everyone_tried.set()
+            return err
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        results = list(pool.map(lambda _: attempt(), range(100)))
+    assert len(ran) == 4
+    assert results.count("ok") == 4 and len(rejected) == 96
+    assert everyone_tried.is_set()
+    assert breaker.state is CLOSED
+
+
+def test_no_lock_is_held_while_the_protected_call_runs():
+    breaker = make()
+    barrier = threading.Barrier(4, timeout=10)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: breaker.call(barrier.wait), range(4)))
+    assert sorted(results) == [0, 1, 2, 3]  # all four were inside the call at the same time
+
+
+async def test_a_cancelled_probe_gives_its_slot_back():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=1)
+    fail(breaker)
+    clock.advance(1)
+    started = asyncio.Event()
+
+    async def hang():
+        started.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(breaker.acall(hang))
+    await started.wait()
+    with pytest.raises(CircuitOpenError):
+        await breaker.acall(asyncio.sleep, 0)  # the single slot is taken
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert breaker.state is HALF_OPEN  # cancellation is neither success nor failure
+    assert await breaker.acall(asyncio.sleep, 0, "probe") == "probe"
+    assert breaker.state is CLOSED
+
+
+def test_a_lost_probe_reopens_after_half_open_max_wait():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=5, half_open_max_wait=20)
+    fail(breaker)
+    clock.advance(5)
+    assert breaker.allow() is True  # takes the probe slot and never reports back
+    clock.advance(19)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: 1)
+    assert info.value.reason == "half_open_full" and info.value.retry_after == 1.0
+    clock.advance(1)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(lambda: 1)
+    assert info.value.state is OPEN and info.value.retry_after == 5.0
+    clock.advance(5)
+    assert breaker.call(lambda: "ok") == "ok"
+    assert breaker.state is CLOSED
+
+
+# ------------------------------------------------------------------------------------------------
+# what counts
+
+
+def test_ignored_exceptions_are_neutral_not_a_reset():
+    breaker = make(failure_threshold=3, ignore_exceptions=["KeyError"])
+    fail(breaker, 2)
+    fail(breaker, 1, KeyError)
+    assert breaker.status().failure_count == 2  # pybreaker would have reset it to 0
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+
+
+def test_ignore_and_record_by_type_and_by_qualified_name():
+    class Flaky(Exception):
+        pass
+
+    breaker = CircuitBreaker("x", BreakerPolicy(failure_threshold=1,
+                                                record_exceptions=["builtins.ConnectionError"]),
+                             clock=ManualClock(), ignore=(Flaky,))
+    fail(breaker, 1, Flaky)
+    fail(breaker, 1, ValueError)  # not recorded: counts as a success
+    assert breaker.state is CLOSED
+    fail(breaker, 1, ConnectionRefusedError)  # a subclass of a recorded type
+    assert breaker.state is OPEN
+
+
+def test_cancellation_and_interrupts_never_count():
+    breaker = make(failure_threshold=1)
+    for exc in (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        with pytest.raises(exc):
+            breaker.call(boom, exc())
+    assert breaker.state is CLOSED and breaker.status().failure_count == 0
+
+
+def test_exception_matcher_matches_bases_and_caches():
+    matcher = ExceptionMatcher(["OSError", ValueError])
+    assert matcher(ConnectionResetError()) and matcher(UnicodeDecodeError("a", b"", 0, 1, "x"))
+    assert not matcher(KeyError())
+    assert not ExceptionMatcher()
+
+
+def test_slow_calls_count_as_failures_in_consecutive_mode():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=2, slow_call_duration_threshold=1.0)
+
+    def slow():
+        clock.advance(1.5)
+        return "late"
+
+    assert breaker.call(slow) == "late"  # the result is returned, the call counted as failed
+    assert breaker.call(lambda: "fast") == "fast"
+    assert breaker.status().failure_count == 0
+    breaker.call(slow)
+    breaker.call(slow)
+    assert breaker.state is OPEN
+
+
+async def test_slow_async_calls_count_in_rate_mode():
+    clock = ManualClock()
+    breaker = make(clock, mode="rate", window_size=4, minimum_calls=4,
+                   failure_rate_threshold=50, slow_call_duration_threshold=0.5)
+
+    async def call(seconds):
+        clock.advance(seconds)
+        return seconds
+
+    for seconds in (0.1, 0.1, 0.7):
+        await breaker.acall(call, seconds)
+    assert breaker.state is CLOSED
+    await breaker.acall(call, 0.9)  # 2 slow of 4 = 50 %
+    assert breaker.state is OPEN
+
+
+def test_results_of_calls_admitted_before_a_state_change_are_discarded():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=1)
+
+    def late_failure():
+        breaker.open()  # the state changes while this call runs
+        clock.advance(1)
+        breaker.half_open()
+        raise ConnectionError("late")
+
+    with pytest.raises(ConnectionError):
+        breaker.call(late_failure)
+    assert breaker.state is HALF_OPEN  # the late failure did not re-open the new epoch
+
+
+# ------------------------------------------------------------------------------------------------
+# rate mode
+
+
+def test_rate_mode_needs_the_minimum_number_of_calls():
+    breaker = make(mode="rate", window_size=20, minimum_calls=10, failure_rate_threshold=50)
+    fail(breaker, 9)
+    assert breaker.state is CLOSED  # 100 % failures, but only 9 calls
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+
+
+def test_rate_mode_trips_on_the_rate_not_on_a_run():
+    breaker = make(mode="rate", window_size=10, minimum_calls=10, failure_rate_threshold=50)
+    for i in range(10):
+        if i % 2:
+            fail(breaker)
+        else:
+            breaker.call(lambda: 1)
+    assert breaker.state is OPEN  # 5 of 10 failed, never two in a row
+    assert breaker.status().failure_rate == 50.0
+
+
+def test_count_window_forgets_the_oldest_calls():
+    breaker = make(mode="rate", window_size=4, minimum_calls=4, failure_rate_threshold=75)
+    fail(breaker, 2)
+    for _ in range(2):
+        breaker.call(lambda: 1)
+    status = breaker.status()
+    assert (status.calls, status.failure_count, status.failure_rate) == (4, 2, 50.0)
+    breaker.call(lambda: 1)  # evicts a failure: F S S S
+    assert breaker.status().failure_count == 1
+    fail(breaker, 2)  # S S F F: 50 %
+    assert breaker.state is CLOSED
+    fail(breaker, 1)  # S F F F: 75 %
+    assert breaker.state is OPEN
+
+
+def test_time_window_forgets_failures_older_than_the_window():
+    clock = ManualClock(100.0)
+    breaker = make(clock, mode="rate", window_type="time", window_size=10, minimum_calls=3,
+                   failure_rate_threshold=100)
+    fail(breaker, 2)
+    clock.advance(10)  # those two seconds-old buckets fall out of the 10 s window
+    assert breaker.status().calls == 0
+    fail(breaker, 2)
+    assert breaker.state is CLOSED
+    clock.advance(9.5)
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+
+
+def test_rate_probes_are_judged_by_their_failure_rate():
+    clock = ManualClock()
+    breaker = make(clock, mode="rate", window_size=2, minimum_calls=2, failure_rate_threshold=50,
+                   half_open_max_calls=4, reset_timeout=1)
+    fail(breaker, 2)
+    clock.advance(1)
+    breaker.call(lambda: 1)
+    fail(breaker)
+    breaker.call(lambda: 1)
+    assert breaker.state is HALF_OPEN  # 1 failure of 4 probes cannot reach 50 % yet
+    breaker.call(lambda: 1)
+    assert breaker.state is CLOSED  # 25 % < 50 %
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["ok", "fail", "ignored"]), max_size=60))
+def test_consecutive_mode_matches_a_reference_model(outcomes):
+    breaker = make(failure_threshold=3, ignore_exceptions=["KeyError"])
+    run, opened = 0, False
+    for outcome in outcomes:
+        if opened:
+            with pytest.raises(CircuitOpenError):
+                breaker.call(lambda: 1)
+            continue
+        if outcome == "ok":
+            breaker.call(lambda: 1)
+            run = 0
+        elif outcome == "fail":
+            fail(breaker)
+            run += 1
+            opened = run >= 3
+        else:
+            fail(breaker, 1, KeyError)
+        assert breaker.state is (OPEN if opened else CLOSED)
+
+
+# ------------------------------------------------------------------------------------------------
+# events, metrics, decorators
+
+
+async def test_listeners_hear_every_transition_sync_and_async():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=1)
+    seen: list[CircuitStateChange] = []
+    heard: list[str] = []
+
+    async def async_listener(change):
+        heard.append(change.new.label)
+
+    def broken_listener(change):
+        raise RuntimeError("listener bug")
+
+    breaker.on_state_change.extend([seen.append, async_listener, broken_listener])
+    fail(breaker)
+    clock.advance(1)
+    breaker.call(lambda: 1)
+    await asyncio.sleep(0)
+    assert [(c.old, c.new, c.reason) for c in seen] == [
+        (CLOSED, OPEN, "failure_threshold"), (OPEN, HALF_OPEN, "reset_timeout"),
+        (HALF_OPEN, CLOSED, "probes_succeeded")]
+    assert heard == ["open", "half_open", "closed"]
+    assert seen[0].as_event() == {"breaker": "svc", "from": "closed", "to": "open",
+                                  "reason": "failure_threshold", "at": 0.0}
+
+
+def test_state_changes_feed_the_gauge_and_counters():
+    clock = ManualClock()
+    metrics = Metrics()
+    breaker = CircuitBreaker("db", BreakerPolicy(failure_threshold=1, reset_timeout=1),
+                             clock=clock, metrics=metrics)
+    gauges = metrics.snapshot()["gauges"]
+    assert gauges['circuit_breaker_state{operation_key="db"}'] == 0
+    fail(breaker)
+    assert metrics.snapshot()["gauges"]['circuit_breaker_state{operation_key="db"}'] == 1
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: 1)
+    clock.advance(1)
+    breaker.allow()
+    snap = metrics.snapshot()
+    assert snap["gauges"]['circuit_breaker_state{operation_key="db"}'] == 2
+    assert snap["counters"]['circuit_breaker_rejected_total{operation_key="db"}'] == 1
+    assert snap["counters"]['circuit_breaker_failures_total{operation_key="db"}'] == 1
+    key = ('circuit_breaker_transitions_total{from_state="closed",operation_key="db",'
+           'to_state="open"}')
+    assert snap["counters"][key] == 1
+
+
+async def test_decorator_works_for_def_and_async_def():
+    breaker = make(failure_threshold=1)
+
+    @breaker
+    def double(x):
+        return 2 * x
+
+    @breaker
+    async def adouble(x):
+        return 2 * x
+
+    assert double(2) == 4 and await adouble(3) == 6
+    assert double.__name__ == "double"
+
+
+def test_manual_control():
+    breaker = make()
+    breaker.open()
+    assert breaker.state is OPEN
+    breaker.half_open()
+    assert breaker.state is HALF_OPEN
+    breaker.reset()
+    assert breaker.state is CLOSED
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration and the named registry
+
+
+def test_bad_configuration_is_a_clear_error():
+    with pytest.raises(ValueError, match="minimum_calls=50 exceeds window_size=10"):
+        BreakerPolicy(mode="rate", window_size=10, minimum_calls=50)
+    with pytest.raises(ValueError, match="did you mean 'failure_threshold'"):
+        CircuitBreakerConfig(breakers={"db": {"failure_treshold": 3}})
+    node_cls = compose(NodeCompute, ["circuit_breaker"])
+    with pytest.raises(ConfigurationError, match="failure_treshold"):
+        node_cls(capability_config={"circuit_breaker": {"failure_treshold": 3}})
+    with pytest.raises(ValueError, match="non-empty string name"):
+        CircuitBreaker("")
+
+
+def test_named_breakers_share_defaults_and_take_overrides():
+    breakers = CircuitBreakers(CircuitBreakerConfig(
+        failure_threshold=4, breakers={"payments": {"failure_threshold": 2, "reset_timeout": 5}}))
+    payments = breakers("payments")
+    assert payments is breakers.get("payments")
+    assert (payments.policy.failure_threshold, payments.policy.reset_timeout) == (2, 5.0)
+    assert breakers("search").policy.failure_threshold == 4
+    assert breakers.default.name == "process" and "process" in breakers
+    assert len(breakers) == 3
+    assert breakers.states() == {"payments": "closed", "search": "closed", "process": "closed"}
+
+
+async def test_registry_health_report():
+    breakers = CircuitBreakers(CircuitBreakerConfig(open_health="unhealthy"), clock=ManualClock())
+    breakers("a")
+    assert (await breakers.health_check())["status"] == "healthy"
+    breakers("b").half_open()
+    assert (await breakers.health_check())["status"] == "degraded"
+    breakers("a").open()
+    report = await breakers.health_check()
+    assert report == {"status": "unhealthy", "breakers": {"a": "open", "b": "half_open"}}
+
+
+def test_contract_config_section_matches_the_model():
+    import yaml
+    from onex_compose.capabilities import CONTRACTS_DIR
+
+    data = yaml.safe_load((CONTRACTS_DIR / "mixin_circuit_breaker.yaml").read_text())
+    assert data["circuit_breaker_config"] == CircuitBreakerConfig().model_dump()
+
+
+# ------------------------------------------------------------------------------------------------
+# composed into a node
+
+
+class Flaky(compose(NodeCompute, ["circuit_breaker"])):
+    async def process(self, input_data):
+        if input_data == "bad":
+            raise ConnectionError("dependency down")
+        return input_data.upper()
+
+
+async def test_process_is_guarded_and_state_feeds_health():
+    node = Flaky(capability_config={"circuit_breaker": {"failure_threshold": 2,
+                                                         "reset_timeout": 10}})
+    clock = ManualClock()
+    node.circuit_breaker.clock = clock
+    assert has_capability(node, "metrics") and has_capability(node, "health_check")
+    assert await node.process("a") == "A"
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            await node.process("bad")
+    with pytest.raises(CircuitOpenError) as info:
+        await node.process("a")
+    assert info.value.name == "process" and info.value.retry_after == 10.0
+    report = await node.health_check()
+    assert report["checks"]["circuit_breaker"]["status"] == "degraded"
+    assert report["checks"]["circuit_breaker"]["details"] == {"breakers": {"process": "open"}}
+    snap = node.metrics.snapshot()
+    assert snap["gauges"]['circuit_breaker_state{operation_key="process"}'] == 1
+    clock.advance(10)
+    assert await node.process("b") == "B"
+    assert node.circuit_breaker.default.state is CLOSED
+    assert (await node.health_check())["checks"]["circuit_breaker"]["status"] == "healthy"
+
+
+async def test_open_health_unhealthy_makes_the_node_unhealthy():
+    node = Flaky(capability_config={"circuit_breaker": {"failure_threshold": 1,
+                                                         "open_health": "unhealthy"}})
+    with pytest.raises(ConnectionError):
+        await node.process("bad")
+    report = await node.health_check()
+    assert report["status"] == "unhealthy" and not node.is_healthy()
+
+
+async def test_state_changes_are_published_on_the_event_bus_when_composed():
+    cls = compose(NodeCompute, ["circuit_breaker", "event_bus"])
+    node = cls(capability_config={"circuit_breaker": {"failure_threshold": 1}})
+    events = []
+    node.event_bus.subscribe("circuit_breaker.state_changed",
+                             lambda event: events.append(event))
+    with pytest.raises(ConnectionError):
+        await node.circuit_breaker("db").acall(_async_boom)
+    await node.aclose()
+    assert len(events) == 1
+    payload = getattr(events[0], "payload", events[0])
+    assert payload["breaker"] == "db" and payload["to"] == "open"
+    assert payload["node_id"] == node.node_id
+
+
+async def _async_boom():
+    raise ConnectionError("down")
+
+
+def test_hand_written_class_and_reconfiguration_keep_the_clock():
+    class Service(NodeCompute, MixinCircuitBreaker):
+        pass
+
+    node = Service()
+    clock = ManualClock(50.0)
+    node.circuit_breaker.clock = clock
+    node.setup_circuit_breaker({"failure_threshold": 1})
+    breaker = node.circuit_breaker("x")
+    assert breaker.clock is clock and breaker.policy.failure_threshold == 1
+    fail(breaker)
+    assert breaker.status().retry_after == 30.0
+
+
+def test_a_composed_node_pickles_and_rebuilds_its_breakers():
+    node = compose(NodeCompute, ["circuit_breaker"])(
+        capability_config={"circuit_breaker": {"failure_threshold": 7}})
+    node.circuit_breaker("db").open()
+    clone = pickle.loads(pickle.dumps(node))
+    assert clone.circuit_breaker("db").policy.failure_threshold == 7
+    assert clone.circuit_breaker("db").state is CLOSED  # in-process state is not carried over
