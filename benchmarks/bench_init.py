@@ -1,0 +1,96 @@
+"""Instance creation: a composed class vs a hand-written flat class building the same objects.
+
+The composed class is ``NodeCompute`` + the six toy capabilities of ``tests/toy_capabilities.py``
+(metrics, health_check, caching, event_bus, retry, circuit_breaker); each setup hook builds a
+small facility object. The flat class's ``__init__`` builds exactly those objects directly,
+which is the floor any composition scheme is measured against (target: <= 1.3x). Extra rows
+show the cost of passing configuration (validated by each capability's Pydantic model) and of a
+hand-written seed-style class (``class S(NodeCompute, Mixin...)``), which shares the init plan.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _harness import Table, parse_args, time_sync  # noqa: E402
+from toy_capabilities import (  # noqa: E402
+    TOY_NAMES,
+    MixinToyCaching,
+    MixinToyCircuitBreaker,
+    MixinToyEventBus,
+    MixinToyHealthCheck,
+    MixinToyMetrics,
+    MixinToyRetry,
+    ToyBreaker,
+    ToyBus,
+    ToyCache,
+    ToyHealth,
+    ToyMetrics,
+    make_registry,
+)
+
+from onex_compose import NodeCompute, compose  # noqa: E402
+
+_ids = itertools.count(1)
+REG = make_registry("bench-init")
+
+
+class FlatService:
+    """What a user would write by hand: one ``__init__`` building every facility directly."""
+
+    def __init__(self, contract: Any = None, *, node_id: str | None = None) -> None:
+        self.contract = contract
+        self.node_id = node_id or f"FlatService-{next(_ids)}"
+        self.metrics = ToyMetrics("toy")  # the config defaults, written in by hand
+        self.health = ToyHealth()
+        self.cache = ToyCache(128, self.metrics)
+        self.event_bus = ToyBus(self.metrics)
+        self.retry_attempts = 3
+        self.breaker = ToyBreaker()
+
+
+class HandWritten(NodeCompute, MixinToyHealthCheck, MixinToyMetrics, MixinToyCaching,
+                  MixinToyEventBus, MixinToyRetry, MixinToyCircuitBreaker):
+    """Seed 000's style, on the toy registry."""
+
+    __onex_registry__ = REG
+
+
+def main() -> None:
+    args = parse_args()
+    repeats = 2 if args.smoke else args.repeats
+    number = 1_000 if args.smoke else 50_000
+    table = Table("bench_init", "instance creation: composed vs hand-written flat class")
+
+    composed: Any = compose(NodeCompute, list(TOY_NAMES), registry=REG)
+    node = composed()
+    flat = FlatService()
+    assert set(vars(flat)) <= set(vars(node)), "the two classes must build the same objects"
+    assert all(type(vars(flat)[k]) is type(vars(node)[k]) for k in vars(flat))
+
+    floor = time_sync(FlatService, number=number, repeats=repeats)
+    table.add("flat class: __init__ builds 5 facilities directly", floor)
+    plain = time_sync(composed, number=number, repeats=repeats)
+    table.add("composed NodeCompute + 6 capabilities: cls()", plain, baseline=floor,
+              target="<= 1.3x")
+    hand = time_sync(HandWritten, number=number, repeats=repeats)
+    table.add("hand-written class with the 6 mixins: cls()", hand, baseline=floor)
+    config = {"metrics": {"prefix": "svc"}, "caching": {"max_size": 64}}
+    configured = time_sync(lambda: composed(capability_config=config), number=number,
+                           repeats=repeats)
+    table.add("composed: cls(capability_config={2 capabilities})", configured, baseline=floor,
+              note="validated by the Pydantic config models")
+    bare = time_sync(lambda: NodeCompute(), number=number, repeats=repeats)
+    table.add("NodeCompute() with no capabilities", bare, baseline=floor,
+              note="the base's own cost (node_id, plan lookup)")
+    table.finish(args.smoke)
+
+
+if __name__ == "__main__":
+    main()
