@@ -360,7 +360,13 @@ def load_yaml_text(text: str, source: str | None = None) -> LoadedYaml:
         fail("YAML syntax invalid", [ContractProblem(
             f"binary data: NUL character at offset {text.index(chr(0))}; a contract is UTF-8 "
             "text", file=source, check="yaml")], source)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        fail("YAML syntax invalid", [ContractProblem(
+            f"invalid YAML: character #x{exc.character:04x} at position {exc.position} is not "
+            "allowed in YAML text", line=line, file=source, check="yaml")], source)
     try:
         try:
             node = loader.get_single_node()

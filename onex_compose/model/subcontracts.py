@@ -78,8 +78,9 @@ class ModelErrorHandlingSubcontract(BaseModel):
     The seed's fields and ranges, plus the rest of the ``error_handling_config`` section:
     ``circuit_half_open_max_calls``, ``error_retry_backoff_multiplier``,
     ``max_retry_delay_ms``, ``enable_error_metrics``, ``sensitive_data_scrubbing`` and
-    ``error_log_level``. Cross-field rules: ``max_retry_delay_ms`` is at least
-    ``error_retry_delay_ms``, and no error type is both retriable and fatal.
+    ``error_log_level``. ``max_retry_delay_ms`` caps each backed-off delay (a first delay
+    above it is capped too, so the seed's ranges stay independent). Cross-field rule: no
+    error type is both retriable and fatal.
 
     Example:
         >>> m = ModelErrorHandlingSubcontract()
@@ -123,7 +124,8 @@ class ModelErrorHandlingSubcontract(BaseModel):
     error_retry_backoff_multiplier: float = Field(
         default=2.0, ge=1.0, le=10.0, description="Delay growth factor between retries")
     max_retry_delay_ms: int = Field(
-        default=30000, ge=100, le=300000, description="Upper bound of one retry delay")
+        default=30000, ge=100, le=300000,
+        description="Upper bound of one retry delay (backed-off delays are capped to it)")
 
     # Error categorization
     retriable_error_types: list[str] = Field(
@@ -142,10 +144,6 @@ class ModelErrorHandlingSubcontract(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> ModelErrorHandlingSubcontract:
-        if self.max_retry_delay_ms < self.error_retry_delay_ms:
-            raise ValueError(
-                f"max_retry_delay_ms ({self.max_retry_delay_ms}) must be at least "
-                f"error_retry_delay_ms ({self.error_retry_delay_ms})")
         both = sorted(set(self.retriable_error_types) & set(self.fatal_error_types))
         if both:
             raise ValueError(
