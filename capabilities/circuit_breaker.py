@@ -1015,8 +1015,8 @@ if not rate then
     return {st, -1, ''}
   end
   cf = cf + 1
-  if cf >= threshold then return go(1, 'failure_threshold') end
   redis.call('HSET', key, 'cf', cf)
+  if cf >= threshold then return go(1, 'failure_threshold') end
   return {st, -1, ''}
 end
 local failed = 0
