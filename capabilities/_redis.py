@@ -148,8 +148,9 @@ class PubSubListener:
         url: the Redis URL (``None``: :func:`redis_url`).
         on_message: called (on the loop, synchronously) as ``on_message(channel, pattern, data)``
             for every message; ``pattern`` is ``None`` for a plain ``SUBSCRIBE`` match.
-        on_reset: called when messages may have been missed: the connection was lost, or a new
-            subscription session started after an earlier one (another event loop, a reconnect).
+        on_reset: called when a new subscription session starts after an earlier one (a
+            reconnect, another event loop): messages sent in between were missed.
+        on_lost: called when the connection is lost (the reader stopped with an error).
         timeout: seconds to wait for the connection and for each subscription to be confirmed.
         name: for log messages.
 
@@ -165,13 +166,15 @@ class PubSubListener:
 
     def __init__(self, url: str | None,
                  on_message: Callable[[str, str | None, bytes], None], *,
-                 on_reset: Callable[[], None] | None = None, timeout: float = 1.0,
+                 on_reset: Callable[[], None] | None = None,
+                 on_lost: Callable[[], None] | None = None, timeout: float = 1.0,
                  name: str = "pubsub") -> None:
         self.url = redis_url(url)
         self.timeout = timeout
         self.name = name
         self._on_message = on_message
         self._on_reset = on_reset
+        self._on_lost = on_lost
         self._channels: set[str] = set()     # desired
         self._patterns: set[str] = set()
         self._dirty = False
@@ -347,14 +350,17 @@ class PubSubListener:
             self.last_error = exc
             s.fail_waiters(exc)
             logger.debug("{}: pub/sub connection lost: {!r}", self.name, exc)
-            self._reset()
+            self._call(self._on_lost)
 
     def _reset(self) -> None:
-        if self._on_reset is not None:
+        self._call(self._on_reset)
+
+    def _call(self, callback: Callable[[], None] | None) -> None:
+        if callback is not None:
             try:
-                self._on_reset()
+                callback()
             except Exception as exc:
-                logger.opt(exception=exc).warning("{}: on_reset failed: {}", self.name, exc)
+                logger.opt(exception=exc).warning("{}: callback failed: {}", self.name, exc)
 
     def _abandon(self, s: _Session) -> None:
         """Drop a session bound to another (usually finished) event loop."""

@@ -16,15 +16,17 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
   L1 hit never touches Redis). Writes, deletes and clears go to both levels and publish an
   invalidation on ``<namespace>:invalidate``; every other process drops those keys from its L1.
   The invalidation listener is subscribed (confirmed by the server) before the first L2
-  operation goes on, and L1 is dropped whenever messages may have been missed (a lost
-  connection, a new event loop). Pub/sub is at-most-once: an invalidation lost in a network
-  partition is covered by that reset, and ``l1_ttl`` bounds L1 staleness if you need a hard
-  limit.
+  operation goes on. An L1 hit is served only while that subscription is live on the running
+  event loop; otherwise the cache resubscribes first, and a new subscription after an earlier
+  one (a reconnect, another event loop, a reopen after ``aclose``) drops L1, because
+  invalidations sent in between were missed. Pub/sub is at-most-once; ``l1_ttl`` bounds L1
+  staleness if you need a hard limit on top.
 * **Redis down**: every operation keeps working on L1. The failure is counted
   (``cache_l2_errors_total``), logged once per outage, reported by :meth:`Cache.health`
   (``degraded``), and Redis is not tried again for ``retry_interval`` seconds (so a dead server
-  costs nothing per call). The first successful operation afterwards ends the outage; L1 is
-  dropped then, because invalidations were missed.
+  costs nothing per call). Values written during the outage are served from L1. The first
+  successful reconnection afterwards ends the outage; L1 is dropped then, because
+  invalidations were missed.
 * **A stored ``None``** is a value: ``get(key)`` returns ``None`` for both, so ask
   ``get(key, MISSING)`` (``MISSING`` is exported, and is ``cache.MISSING``) or ``contains(key)``.
   ``get_or_set`` and ``cached`` cache ``None`` results.
@@ -552,6 +554,7 @@ class Cache:
         self.channel = f"{cfg.namespace}:invalidate"
         self._origin = uuid.uuid4().hex
         self._listener: Any = None
+        self._live_loop: asyncio.AbstractEventLoop | None = None  # where invalidations arrive
         self._down_until: float | None = None
         self._outage_since: float | None = None
         self._outage_reason: str | None = None
@@ -589,6 +592,9 @@ class Cache:
         if entry is not None:
             exp = entry[1]
             if exp is None or exp > self.clock():
+                if self._l2 and self._live_loop is not _running_loop():
+                    # L1 is trusted only while invalidations can reach it
+                    return await self._get_listening(key, default)
                 try:
                     self._data.move_to_end(key)
                 except KeyError:  # removed meanwhile by another thread: still a hit
@@ -602,6 +608,21 @@ class Cache:
         self._misses[0] += 1
         self._inc("cache_lookups_total", 1, _L1_MISS)
         if self._l2:
+            return await self._l2_get(key, default)
+        return default
+
+    async def _get_listening(self, key: str, default: Any) -> Any:
+        """``get`` when the listener is not live on this loop: (re)subscribe first, which drops
+        L1 if invalidations may have been missed, then read (from L1 alone if Redis is down)."""
+        ready = await self._l2_ready()
+        value = self._l1_peek(key)
+        if value is not MISSING:
+            self._hits[0] += 1
+            self._inc("cache_lookups_total", 1, _L1_HIT)
+            return value
+        self._misses[0] += 1
+        self._inc("cache_lookups_total", 1, _L1_MISS)
+        if ready:
             return await self._l2_get(key, default)
         return default
 
@@ -862,6 +883,7 @@ class Cache:
         behind). The cache stays usable: the next L2 operation reconnects."""
         # the listener object is kept: its next session knows it follows an earlier one and
         # drops L1 (invalidations sent while closed were missed)
+        self._live_loop = None
         if self._listener is not None:
             await self._listener.aclose()
         for fut in list(self._inflight.values()):
@@ -900,13 +922,15 @@ class Cache:
 
             listener = self._listener = PubSubListener(
                 self.config.redis_url, self._on_invalidation, on_reset=self._on_listener_reset,
-                timeout=self.config.redis_timeout, name=f"cache[{self.config.namespace}]")
+                on_lost=self._on_listener_lost, timeout=self.config.redis_timeout,
+                name=f"cache[{self.config.namespace}]")
             listener.add(channels=[self.channel])
         try:
             await listener.ensure()
         except Exception as exc:
             self._failed(exc)
             return False
+        self._live_loop = asyncio.get_running_loop()
         return True
 
     def _client(self) -> Any:
@@ -1015,8 +1039,13 @@ class Cache:
         for k in msg.get("k") or ():
             self._data.pop(k, None)
 
+    def _on_listener_lost(self) -> None:
+        # L1 hits now check in first: reconnect (dropping L1), or serve L1 while Redis is down
+        self._live_loop = None
+
     def _on_listener_reset(self) -> None:
         # invalidations may have been missed: nothing in L1 can be trusted any more
+        self._live_loop = None
         self._generation += 1
         self._data.clear()
 
@@ -1040,6 +1069,9 @@ class Cache:
                         self.clock() - self._outage_since)
             self._outage_since = None
             self._outage_reason = None
+
+
+_running_loop = asyncio.events._get_running_loop  # None outside a loop; no exception
 
 
 def _safe_url(url: str | None) -> str:

@@ -1,0 +1,131 @@
+"""A second process for the two-process Redis tests (caching invalidation, event delivery).
+
+Run as ``python tests/helpers_procs.py MODE URL NAMESPACE [TOPIC...]``. It prints one JSON object
+per line on stdout and reads commands, one per line, on stdin:
+
+* ``cache URL NS``: a node with ``caching`` on the Redis backend. Commands:
+  ``get KEY`` -> ``{"value": ..., "l1": [keys]}``; ``set KEY JSON`` -> ``{"ok": true}``;
+  ``l1`` -> ``{"l1": [keys]}`` (its L1, read without touching Redis);
+  ``wait-gone KEY SECONDS`` -> ``{"gone": bool}`` (polls its L1 until KEY is dropped);
+  ``wait-inval N SECONDS`` -> ``{"invalidations": n}`` (waits until N messages arrived);
+  ``wait-empty SECONDS`` -> ``{"empty": bool}``; ``quit``.
+* ``events URL NS TOPIC...``: a node with ``event_bus`` on Redis subscribed to each TOPIC. It
+  prints ``{"ready": true}`` once every subscription is confirmed, then one
+  ``{"event": envelope, "sub": TOPIC}`` line per delivered event; ``quit`` closes the node and
+  prints ``{"tasks": n}`` (tasks left behind, which must be 0).
+
+The ``JsonCodec`` below is also used as a custom ``module:object`` serializer in the tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+
+class JsonCodec:
+    """A custom serializer (``helpers_procs:JsonCodec``): JSON with a marker, to prove it ran."""
+
+    @staticmethod
+    def dumps(value: Any) -> bytes:
+        return b"J" + json.dumps(value).encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        assert data[:1] == b"J", data
+        return json.loads(data[1:])
+
+
+def emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def read_line() -> str:
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+async def cache_mode(url: str, namespace: str) -> None:
+    from onex_compose import NodeCompute, compose
+
+    node = compose(NodeCompute, ["caching"])(capability_config={"caching": {
+        "backend": "redis", "redis_url": url, "namespace": namespace}})
+    cache = node.cache
+    emit({"ready": True})
+    while True:
+        line = (await read_line()).strip()
+        if not line or line == "quit":
+            break
+        cmd, _, rest = line.partition(" ")
+        if cmd == "get":
+            value = await cache.get(rest)
+            emit({"value": value, "l1": cache.stats()["keys"]})
+        elif cmd == "set":
+            key, _, raw = rest.partition(" ")
+            await cache.set(key, json.loads(raw))
+            emit({"ok": True})
+        elif cmd == "l1":
+            emit({"l1": list(cache._data)})
+        elif cmd == "wait-gone":
+            key, _, seconds = rest.partition(" ")
+            deadline = asyncio.get_running_loop().time() + float(seconds)
+            while key in cache._data and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+            emit({"gone": key not in cache._data})
+        elif cmd == "wait-inval":
+            count, _, seconds = rest.partition(" ")
+            deadline = asyncio.get_running_loop().time() + float(seconds)
+            while (cache.health()["invalidations_received"] < int(count)
+                   and asyncio.get_running_loop().time() < deadline):
+                await asyncio.sleep(0.005)
+            emit({"invalidations": cache.health()["invalidations_received"]})
+        elif cmd == "wait-empty":
+            deadline = asyncio.get_running_loop().time() + float(rest)
+            while len(cache) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+            emit({"empty": len(cache) == 0})
+        else:
+            emit({"error": f"unknown command {cmd!r}"})
+    await node.aclose()
+
+
+async def events_mode(url: str, namespace: str, topics: list[str]) -> None:
+    from onex_compose import NodeCompute, compose
+
+    node = compose(NodeCompute, ["event_bus"])(
+        capability_config={"event_bus": {"backend": "redis", "redis_url": url,
+                                         "namespace": namespace}},
+        node_id="reader")
+
+    def handler_for(topic: str) -> Any:
+        def handler(event: Any) -> None:
+            emit({"event": event.to_dict(), "sub": topic})
+        return handler
+
+    for topic in topics:
+        await node.event_bus.subscribe(topic, handler_for(topic))
+    emit({"ready": True})
+    while True:
+        line = (await read_line()).strip()
+        if not line or line == "quit":
+            break
+    await node.aclose()
+    emit({"tasks": len(asyncio.all_tasks()) - 1})
+
+
+def main(argv: list[str]) -> int:
+    mode, url, namespace, *rest = argv
+    if mode == "cache":
+        asyncio.run(cache_mode(url, namespace))
+    elif mode == "events":
+        asyncio.run(events_mode(url, namespace, rest))
+    else:
+        print(f"unknown mode {mode!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
