@@ -79,8 +79,6 @@ def test_configured_by_the_seeds_event_type_subcontract() -> None:
     assert node2.event_bus.config.namespace == "billing"
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="engine: _nodes._configs renames keys of the dict it iterates")
 def test_capability_config_keyed_by_the_subcontract_key() -> None:
     Service = compose(NodeCompute, ["event_bus"])
     node = Service(capability_config={"event_type": {"namespace": "billing"}})
