@@ -15,6 +15,7 @@ lookup: ``benchmarks/bench_compose.py`` measures it against a frozenset-key floo
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
@@ -26,6 +27,7 @@ from onex_compose.exceptions import (
     CompositionError,
     ConfigurationError,
     MROError,
+    RegistrationError,
     did_you_mean,
 )
 
@@ -89,8 +91,8 @@ _canon: dict[Any, type] = {}
 _lock = threading.RLock()
 _stats = {"hits": 0, "misses": 0, "builds": 0}
 _OPTION_NAMES = ("prefer", "exclude", "alias", "registry")
-_bases_by_name: dict[str, list[type]] = {}
-_by_qualname: dict[str, type] = {}
+_bases_by_name: dict[str, weakref.WeakSet[type]] = {}
+_by_qualname: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionary()
 
 
 def _on_registry_change(changed: frozenset[str]) -> None:
@@ -265,9 +267,14 @@ def _raw(mixin: type, member: str) -> Any:
     raise AttributeError(member)
 
 
-def class_name(base: type, names: Iterable[str], opts: Options) -> str:
-    """The readable name of a composed class: ``NodeCompute[caching,metrics]``."""
-    return f"{base.__qualname__}[{','.join(sorted(names))}]{opts.suffix()}"
+def class_name(base: type, names: Iterable[str], opts: Options,
+               registry: Registry = default_registry) -> str:
+    """The readable name of a composed class: ``NodeCompute[caching,metrics]``.
+
+    Options add ``|prefer:...`` parts, and a private registry adds ``~module~name``, so that the
+    name alone is enough to recompose the class (pickle looks it up by name).
+    """
+    return f"{base.__qualname__}[{','.join(sorted(names))}]{opts.suffix()}{registry.token}"
 
 
 def _build(base: type, res: Resolution, opts: Options, registry: Registry,
@@ -275,7 +282,7 @@ def _build(base: type, res: Resolution, opts: Options, registry: Registry,
     new_specs = [s for s in res.specs if s.name not in fixed]
     mixins = [s.mixin for s in new_specs]
     bases = (base, *mixins)
-    name = class_name(base, res.names, opts)
+    name = class_name(base, res.names, opts, registry)
     _precheck_layout(base, new_specs, bases, res.names)
     record = Composition(
         base=base, capabilities=res.names, required_by=res.required_by,
@@ -291,12 +298,12 @@ def _build(base: type, res: Resolution, opts: Options, registry: Registry,
     }
     ns.update(_resolution_members(res, opts))
     try:
-        cls = type(name, bases, ns)
+        cls = type(name.partition("~")[0], bases, ns)
     except TypeError as exc:
         raise MROError(base, list(res.names), bases, str(exc)) from exc
     _check_mro(cls, base, mixins, res.names)
     _register_base(base)
-    _by_qualname.setdefault(f"{base.__module__}.{name}", cls)
+    _by_qualname[f"{base.__module__}.{name}"] = cls
     return cls
 
 
@@ -318,7 +325,20 @@ def _resolution_members(res: Resolution, opts: Options) -> dict[str, Any]:
 
 def _precheck_layout(base: type, specs: Sequence[CapabilitySpec], bases: tuple[type, ...],
                      names: Sequence[str]) -> None:
-    """Report metaclass and ``__slots__`` layout conflicts by capability before ``type()`` runs."""
+    """Report inheritance, metaclass and ``__slots__`` problems by capability before ``type()``."""
+    for spec in specs:
+        for other in specs:
+            if other is not spec and issubclass(spec.mixin, other.mixin):
+                raise MROError(
+                    base, list(names), bases,
+                    f"{spec.mixin.__qualname__} ({spec.name!r}) already subclasses "
+                    f"{other.mixin.__qualname__} ({other.name!r}), so the two cannot both be listed "
+                    f"as bases; make {spec.name!r} a separate mixin that requires {other.name!r} "
+                    "instead of inheriting from its mixin")
+    if issubclass(base, tuple(s.mixin for s in specs)) if specs else False:
+        already = [s.name for s in specs if issubclass(base, s.mixin)]
+        raise MROError(base, list(names), bases,
+                       f"the base already inherits the mixin of {already} under another name")
     meta: type = type(base)
     for spec in specs:
         m = type(spec.mixin)
@@ -356,9 +376,11 @@ def _check_mro(cls: type, base: type, mixins: Sequence[type], names: Sequence[st
 
 
 def _register_base(base: type) -> None:
-    lst = _bases_by_name.setdefault(base.__qualname__, [])
-    if base not in lst:
-        lst.append(base)
+    """Remember a base class by qualname (weakly) so composed class names can be looked up."""
+    comp = vars(base).get("__composition__")
+    if isinstance(comp, Composition) and comp.style == "composed":
+        return  # composed classes are found through the cache, not as bases
+    _bases_by_name.setdefault(base.__qualname__, weakref.WeakSet()).add(base)
 
 
 def lookup_composed(qualname: str) -> type:
@@ -370,7 +392,14 @@ def lookup_composed(qualname: str) -> type:
     if not sep or "]" not in rest:
         raise AttributeError(f"module {COMPOSED_MODULE!r} has no attribute {qualname!r}")
     caps_text, _, suffix = rest.partition("]")
-    candidates = _bases_by_name.get(head, [])
+    registry = default_registry
+    if "~" in suffix:
+        suffix, _, reg_text = suffix.partition("~")
+        home, _, reg_name = reg_text.partition("~")
+        from onex_compose._registry import _registry_lookup
+
+        registry = _registry_lookup(home.replace(":", "."), reg_name)
+    candidates = list(_bases_by_name.get(head, ()))
     if not candidates:
         from onex_compose import _nodes
 
@@ -389,6 +418,8 @@ def lookup_composed(qualname: str) -> type:
     caps = [c for c in caps_text.split(",") if c]
     opts = Options.parse_suffix(suffix)
     kwargs: dict[str, Any] = {}
+    if registry is not default_registry:
+        kwargs["registry"] = registry
     if opts.prefer:
         kwargs["prefer"] = dict(opts.prefer)
     if opts.exclude or opts.exclude_members:
@@ -414,8 +445,26 @@ def check_class(cls: type) -> Composition:
     Missing dependencies are added as extra bases (and listed in ``added``); conflicts and
     node-type problems raise at class creation, naming the class.
     """
-    registry: Registry = getattr(cls, "__onex_registry__", None) or default_registry
+    inherited = next((c.registry for b in cls.__mro__[1:]
+                      if isinstance(c := vars(b).get("__composition__"), Composition)
+                      and c.capabilities), None)
+    registry: Registry = (getattr(cls, "__onex_registry__", None) or inherited
+                          or default_registry)
     names = own_capabilities(cls)
+    mismatched = []
+    for klass in cls.__mro__:
+        cap = vars(klass).get("__onex_capability__")
+        if cap is None or cap not in registry:
+            continue
+        registered = registry.get(cap).mixin_ref
+        if registered != f"{klass.__module__}:{klass.__qualname__}":
+            mismatched.append(RegistrationError(
+                f"In class {cls.__module__}.{cls.__qualname__}: base {klass.__qualname__} declares "
+                f"capability {cap!r}, but registry {registry.name!r} maps {cap!r} to {registered}. "
+                f"Use the registry's mixin, or set __onex_registry__ to the registry that has "
+                f"{klass.__qualname__}.", name=cap))
+    if mismatched:
+        raise CompositionError.collect(mismatched)
     parent = next((getattr(b, "__composition__", None) for b in cls.__bases__
                    if isinstance(getattr(b, "__composition__", None), Composition)), None)
     if parent is not None and set(names) == set(parent.capabilities) and not any(

@@ -127,6 +127,11 @@ class NodeCoreBase:
     """
 
     node_type: ClassVar[EnumNodeType | None] = None
+    #: names the base owns that no capability may supply, even with prefer=
+    __onex_protected__: ClassVar[frozenset[str]] = frozenset({
+        "start", "aclose", "process", "_initialize_mixins", "contract", "node_id"})
+    #: instance attributes the base sets (part of the base-clash scan like its methods)
+    __onex_instance_attrs__: ClassVar[frozenset[str]] = frozenset({"contract", "node_id"})
     __composition__: ClassVar[Composition] = _EMPTY
     __onex_plan__: ClassVar[_Plan]
 
@@ -277,7 +282,7 @@ def _configs(cls: type, plan: _Plan, contract: Any,
              capability_config: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
     explicit = dict(capability_config or {})
     problems = []
-    for key in explicit:
+    for key in list(explicit):
         if key not in plan.specs:
             by_key = [n for n, s in plan.specs.items() if s.config_key == key]
             if by_key:

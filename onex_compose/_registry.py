@@ -19,6 +19,7 @@ import importlib
 import inspect
 import re
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, overload
 
@@ -43,6 +44,7 @@ ENTRY_POINT_GROUP = "onex_compose.capabilities"
 ALL_NODE_TYPES: frozenset[str] = frozenset({"COMPUTE", "EFFECT", "REDUCER", "ORCHESTRATOR"})
 DEFAULT_RANK = 500
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: classes created by a class statement or type()
 
 T = TypeVar("T", bound=type)
 
@@ -53,6 +55,10 @@ def _names(value: Iterable[str] | str | None) -> frozenset[str]:
     if isinstance(value, str):
         return frozenset({value})
     return frozenset(value)
+
+
+def _protocols(value: Iterable[str] | str | None) -> frozenset[str]:
+    return frozenset(protocol_key(p) for p in _names(value))
 
 
 def _ref_of(obj: Any) -> str:
@@ -111,8 +117,8 @@ class CapabilitySpec:
     requires: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     optional: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     conflicts: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
-    provides: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
-    requires_protocols: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
+    provides: frozenset[str] = attrs.field(default=frozenset(), converter=_protocols)
+    requires_protocols: frozenset[str] = attrs.field(default=frozenset(), converter=_protocols)
     covers: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     applicable_node_types: frozenset[str] = attrs.field(default=ALL_NODE_TYPES, converter=_names)
     config_ref: str | None = None
@@ -234,6 +240,12 @@ def check_mixin(name: str, mixin: Any) -> None:
             "share one class; move the metaclass behaviour into the setup hook.",
         )
     for klass in mixin.__mro__[:-1]:
+        if not klass.__flags__ & _HEAPTYPE:
+            raise MixinDefinitionError(
+                name, mixin, "derives from a built-in type with its own instance layout",
+                f"{klass.__qualname__}. Two such mixins cannot share a class ('multiple bases "
+                "have instance lay-out conflict'); hold the value in an attribute instead.",
+            )
         if "__init__" in vars(klass):
             raise MixinDefinitionError(
                 name, mixin, "defines __init__",
@@ -259,6 +271,35 @@ def public_names(mixin: type) -> frozenset[str]:
     for klass in mixin.__mro__[:-1]:
         names.update(n for n in vars(klass) if not n.startswith("_"))
     return frozenset(names)
+
+
+_live: dict[tuple[str, str], weakref.ReferenceType[Registry]] = {}
+_live_lock = threading.Lock()
+
+
+def _caller_module() -> str:
+    frame = inspect.currentframe()
+    try:
+        while frame is not None and frame.f_globals.get("__name__") == __name__:
+            frame = frame.f_back
+        return str(frame.f_globals.get("__name__", "__main__")) if frame else "__main__"
+    finally:
+        del frame
+
+
+def _registry_lookup(home: str, name: str) -> Registry:
+    """Find a live registry by (creating module, name), importing the module if needed."""
+    ref = _live.get((home, name))
+    registry = ref() if ref is not None else None
+    if registry is None and home not in ("__main__",):
+        importlib.import_module(home)
+        ref = _live.get((home, name))
+        registry = ref() if ref is not None else None
+    if registry is None:
+        raise RegistrationError(
+            f"Registry {name!r} created in module {home!r} does not exist in this process; "
+            "create it at module level in an importable module so pickles can find it.", name=name)
+    return registry
 
 
 def _caller_location(depth: int = 2) -> str:
@@ -294,7 +335,15 @@ class Registry:
         <Registry 'example' (1 capability: greeting)>
     """
 
-    def __init__(self, *, name: str = "private", entry_points: bool = False) -> None:
+    def __init__(self, *, name: str = "private", entry_points: bool = False,
+                 home: str | None = None) -> None:
+        self.home = home or _caller_module()
+        base_name, n = name, 1
+        with _live_lock:
+            while (self.home, name) in _live and _live[self.home, name]() is not None:
+                n += 1
+                name = f"{base_name}{n}"
+            _live[self.home, name] = weakref.ref(self)
         self.name = name
         self._specs: dict[str, CapabilitySpec] = {}
         self._aliases: dict[str, tuple[str, ...]] = {}
@@ -302,6 +351,17 @@ class Registry:
         self._lock = threading.RLock()
         self._listeners: list[Callable[[frozenset[str]], None]] = []
         self.generation = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # by reference: (module that created it, name); unpickling imports that module
+        return (_registry_lookup, (self.home, self.name))
+
+    @property
+    def token(self) -> str:
+        """Text naming this registry in composed class names (``""`` for the default registry)."""
+        if self is default_registry:
+            return ""
+        return f"~{self.home.replace('.', ':')}~{self.name}"
 
     # -- registration -------------------------------------------------------------------------
 
@@ -590,6 +650,6 @@ def _builtin_manifest() -> Mapping[str, Any]:
     return manifest
 
 
-default_registry = Registry(name="default", entry_points=True)
+default_registry = Registry(name="default", entry_points=True, home=__name__)
 """The one default registry: the built-in capabilities (from the manifest) plus entry points."""
 default_registry.load_manifest(_builtin_manifest(), source="onex_compose.capabilities")

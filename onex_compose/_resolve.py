@@ -107,8 +107,9 @@ class Options:
         """The canonical text form used in composed class names (``""`` when empty)."""
         parts = [f"prefer:{m}={c}" for m, c in sorted(self.prefer)]
         parts += [f"exclude:{c}" for c in sorted(self.exclude)]
-        parts += [f"exclude:{c}.{m}" for c, m in sorted(self.exclude_members)]
-        parts += [f"alias:{c}.{m}={n}" for c, m, n in sorted(self.alias)]
+        # no dots: pickle reads a dotted __qualname__ as an attribute path
+        parts += [f"exclude:{c}:{m}" for c, m in sorted(self.exclude_members)]
+        parts += [f"alias:{c}:{m}={n}" for c, m, n in sorted(self.alias)]
         return "|" + "|".join(parts) if parts else ""
 
     @classmethod
@@ -123,10 +124,10 @@ class Options:
                 m, _, c = rest.partition("=")
                 prefer[m] = c
             elif kind == "exclude":
-                exclude.append(rest)
+                exclude.append(rest.replace(":", "."))
             elif kind == "alias":
                 k, _, n = rest.partition("=")
-                alias[k] = n
+                alias[k.replace(":", ".")] = n
         return cls.make(prefer, exclude, alias)
 
 
@@ -158,6 +159,10 @@ def closure(registry: Registry, requested: Iterable[str], options: Options,
     """Transitive closure of ``requires`` and required protocols over the requested names."""
     names, unknown = registry.expand(requested)
     problems.extend(unknown)
+    for name in sorted(options.exclude):
+        if name not in registry:
+            problems.append(UnknownCapabilityError(name, registry.names(),
+                                                   what="capability in exclude="))
     selected: dict[str, CapabilitySpec] = {}
     stack = [n for n in names if n not in options.exclude]
     excluded_but_required: dict[str, str] = {}
@@ -257,10 +262,17 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
             else:
                 provided[proto] = spec.name
     # public names: mixins against each other and against the base
-    base_names: set[str] = set()
-    for klass in base.__mro__[:-1]:
+    # each public name of the base (methods and declared instance attributes) -> defining class
+    base_owner: dict[str, type] = {}
+    for klass in reversed(base.__mro__[:-1]):
         if "__onex_capability__" not in vars(klass) and klass is not skip:
-            base_names.update(n for n in vars(klass) if not n.startswith("_"))
+            for n in vars(klass):
+                if not n.startswith("_"):
+                    base_owner[n] = klass
+            for n in vars(klass).get("__onex_instance_attrs__", ()):
+                base_owner[n] = klass
+    base_names = set(base_owner)
+    protected: frozenset[str] = getattr(base, "__onex_protected__", frozenset())
     prefer = dict(options.prefer)
     hidden = set(options.exclude_members)
     renamed = {(c, m): n for c, m, n in options.alias}
@@ -291,22 +303,34 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                            other: by_name[other].declared_at}))
             continue
         owner = winner or caps[0]
-        if member in base_names and winner is None:
+        if member in base_names and (winner is None or member in protected):
+            definer = base_owner[member]
+            side = definer if base is skip else base
+            defined_in = "" if definer is side else f" (in {definer.__qualname__})"
+            ways = (f"rename it in the mixin, or alias={{'{owner}.{member}': '{owner}_{member}'}}"
+                    + ("" if member in protected else
+                       f", or prefer={{{member!r}: {owner!r}}} to override the base on purpose"))
             problems.append(CapabilityConflictError(
-                owner, base.__qualname__, kind="base-member", member=member,
-                where={owner: by_name[owner].declared_at, base.__qualname__: _where(base)},
-                hint=f"the base {base.__qualname__} already defines {member!r}; rename it in the "
-                f"mixin, or alias={{'{owner}.{member}': '{owner}_{member}'}}, or "
-                f"prefer={{{member!r}: {owner!r}}} to override the base on purpose"))
+                owner, side.__qualname__, kind="base-member", member=member,
+                where={owner: by_name[owner].declared_at, side.__qualname__: _where(definer)},
+                hint=f"the base {side.__qualname__} already defines {member!r}{defined_in}"
+                + (" and no capability may replace it" if member in protected else "")
+                + f"; {ways}"))
             continue
         providers[member] = owner
-        others = [c for c in caps if c != owner] + ([base.__qualname__] if member in base_names else [])
+        others = [c for c in caps if c != owner]
+        if member in base_names:
+            others.append(base_owner[member].__qualname__)
         if others:
             overrides[member] = tuple(others)
     # resolutions that refer to nothing
     for cap in sorted(set(prefer.values())):
         if cap not in names:
             problems.append(UnknownCapabilityError(cap, sorted(names), what="capability in prefer="))
+    for member, cap in sorted(prefer.items()):
+        if cap in names and member not in owners:
+            problems.append(UnknownCapabilityError(
+                member, sorted(owners), what=f"public name in prefer= (for {cap!r})"))
     for cap, member in sorted(hidden | {(c, m) for c, m, _ in options.alias}):
         if cap not in names:
             problems.append(UnknownCapabilityError(cap, sorted(names),

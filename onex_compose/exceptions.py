@@ -59,8 +59,21 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+def _restore_error(cls: type[OnexError], state: dict[str, Any], args: tuple[Any, ...]) -> OnexError:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
 class OnexError(Exception):
-    """Root of every error raised by onex-compose on purpose."""
+    """Root of every error raised by onex-compose on purpose.
+
+    Errors pickle with their data (they cross process boundaries, e.g. a ProcessPoolExecutor).
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_error, (type(self), dict(self.__dict__), self.args))
 
 
 class CompositionError(OnexError):
@@ -175,7 +188,7 @@ class CapabilityConflictError(CompositionError, TypeError):
             f"Ways out: exclude=[{second!r}] (drop one capability)"
             if kind in ("declared", "protocol")
             else f"Ways out: prefer={{{member!r}: {first!r}}} (or {second!r}) to pick the winner, "
-            f"alias={{{second!r}: {{{member!r}: '{second}_{member}'}}}} to keep both under two names"
+            f"alias={{'{second}.{member}': '{second}_{member}'}} to keep both under two names"
         )
         super().__init__(
             f"Capabilities {first!r} and {second!r} {subject}"
