@@ -61,8 +61,9 @@ def _emit_reports(paths: Sequence[str], fmt: str, strict: bool, quiet: bool,
 
     reports = validate_paths(paths, root=root, registry=get_registry())
     ok = all(r.ok and not (strict and r.warnings) for r in reports)
+    headers = len(paths) > 1 or any(Path(p).is_dir() for p in paths)
     if not (quiet and ok):
-        print(render_reports(reports, fmt), file=out)
+        print(render_reports(reports, fmt, headers=headers), file=out)
     return 0 if ok else 1
 
 
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("demo", help="run the demo")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the demo")
+    p.add_argument("args", nargs="*", help="arguments for the demo")
     p.set_defaults(func=_cmd_demo)
     return parser
 
@@ -331,8 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``onex`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["demo"]:
+        # everything after 'demo' belongs to the demo, options included (argparse's REMAINDER
+        # would swallow a leading '--flag' as an error)
+        arguments = ["demo", "--", *arguments[1:]]
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(arguments)
     except SystemExit as exc:  # --help or a usage error: argparse already printed
         return int(exc.code or 0) if isinstance(exc.code, int | type(None)) else 2
     out, err = sys.stdout, sys.stderr

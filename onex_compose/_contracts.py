@@ -672,7 +672,8 @@ def problems_from_error(exc: ValidationError, model: type[BaseModel], data: Any,
         if isinstance(error_obj, ProblemList):
             base_path, _, _ = _clean_loc(loc, data)
             for p in error_obj.problems:
-                full = (*prefix, *base_path, *p.path)
+                # a problem in another file (a referenced contract) keeps its own path and line
+                full = tuple(p.path) if p.file else (*prefix, *base_path, *p.path)
                 line = p.line if p.file else (lines.line_of(full) if lines else None)
                 out.append(ContractProblem(
                     p.message, full, line, p.file or file,

@@ -155,8 +155,9 @@ def fail(summary: str, problems: Sequence[ContractProblem], source: str | None =
         entry = p.to_dict()
         if p.file and p.file != source:
             # a problem in another file (a referenced mixin contract): keep its location
-            entry["message"] = f"{p.where}: {p.message}" if p.where else p.message
+            entry["message"] = p.render()
             entry["line"] = None
+            entry["path"] = ""
         entries.append(entry)
     n = len(errors)
     raise ContractError(f"{summary}: {n} problem{'s' if n != 1 else ''}",
@@ -169,7 +170,7 @@ class LineIndex:
     Example:
         >>> idx = load_yaml_text("a: 1\\nb:\\n  - x\\n  - y\\n").lines
         >>> idx.line_of(("b", 1)), idx.line_of(("b", 5, "missing"))
-        (4, 3)
+        (4, 2)
     """
 
     def __init__(self, lines: dict[tuple[PathPart, ...], int] | None = None) -> None:
@@ -337,7 +338,7 @@ def load_yaml_text(text: str, source: str | None = None) -> LoadedYaml:
 
     Args:
         text: the YAML text.
-        source: a name for messages (a file path).
+        source: a name for messages (a file path; default ``"<string>"``).
 
     Raises:
         ContractError: syntax errors, several documents, duplicate keys, a cap exceeded;
@@ -350,8 +351,9 @@ def load_yaml_text(text: str, source: str | None = None) -> LoadedYaml:
         Traceback (most recent call last):
         ...
         onex_compose.exceptions.ContractError: YAML syntax invalid: 1 problem
-          - line 2: duplicate key 'a' (first defined on line 1); ...
+          - <string>:2: duplicate key 'a' (first defined on line 1); ...
     """
+    source = source or "<string>"
     if len(text) > MAX_BYTES:
         fail("YAML syntax invalid", [ContractProblem(
             f"text is {len(text)} characters, more than the {MAX_BYTES}-byte contract limit",

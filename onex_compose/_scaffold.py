@@ -230,7 +230,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from onex_compose import ConfigurationError, NodeCompute, Registry, compose
+from onex_compose import ConfigurationError, {base}, Registry, compose
 from onex_compose.model.contracts import register_contract, validate_contract
 
 from {module} import {camel}Config
@@ -258,27 +258,27 @@ def test_config_section_matches_model() -> None:
 
 
 def test_composed_node_uses_its_configuration(registry: Registry) -> None:
-    service = compose(NodeCompute, ["{name}"], registry=registry)
+    service = compose({base}, ["{name}"], registry=registry)
     node = service(capability_config={{"{name}": {{"label": "custom"}}}})
     assert node.{name}.apply(41) == {{"label": "custom", "value": 41}}
     assert node.{name}.describe() == {{"enabled": True, "label": "custom", "calls": 1}}
 
 
 def test_defaults_and_disabled(registry: Registry) -> None:
-    service = compose(NodeCompute, ["{name}"], registry=registry)
+    service = compose({base}, ["{name}"], registry=registry)
     assert service().{name}.apply(1) == {{"label": "{name}", "value": 1}}
     off = service(capability_config={{"{name}": {{"enabled": False}}}})
     assert off.{name}.apply(1) == 1
 
 
 def test_unknown_config_key_is_rejected(registry: Registry) -> None:
-    service = compose(NodeCompute, ["{name}"], registry=registry)
+    service = compose({base}, ["{name}"], registry=registry)
     with pytest.raises(ConfigurationError, match="lable"):
         service(capability_config={{"{name}": {{"lable": "typo"}}}})
 
 
 def test_async_lifecycle(registry: Registry) -> None:
-    service = compose(NodeCompute, ["{name}"], registry=registry)
+    service = compose({base}, ["{name}"], registry=registry)
 
     async def run() -> object:
         async with service() as node:
@@ -342,6 +342,7 @@ def scaffold_capability(name: str, target: str | os.PathLike[str] = ".", *,
         "name": name, "camel": camel, "title": title, "module": module,
         "node_types": ", ".join(f'"{t}"' for t in types),
         "contract_file": f"mixin_{name}.yaml",
+        "base": "Node" + types[0].capitalize(),
         "module_line": "" if builtin else f'\n  module: "{module}"',
     }
     folder.mkdir(parents=True, exist_ok=True)

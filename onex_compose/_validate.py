@@ -55,6 +55,7 @@ __all__ = [
     "capability_problems",
     "detect_kind",
     "iter_contract_files",
+    "render_reports",
     "validate_contract",
     "validate_data",
     "validate_file",
@@ -502,13 +503,23 @@ def validate_contract(contract: Any, *, kind: str | None = None,
     return validate_data(contract, kind=kind, root=root, registry=registry)
 
 
-def render_reports(reports: Sequence[ValidationReport], fmt: str = "text") -> str:
-    """All reports as text (seed 002's lines) or JSON."""
+def render_reports(reports: Sequence[ValidationReport], fmt: str = "text", *,
+                   headers: bool | None = None) -> str:
+    """All reports as text (seed 002's lines) or JSON.
+
+    Args:
+        reports: the reports.
+        fmt: ``"text"`` or ``"json"``.
+        headers: name each file and end with a summary line (default: when there are
+            several reports); one file alone prints just its check lines.
+    """
     if fmt == "json":
         return json.dumps({"ok": all(r.ok for r in reports),
                            "reports": [r.to_dict() for r in reports]}, indent=2)
     checked = [r for r in reports if not r.skipped]
-    if len(reports) == 1 and checked:
+    if headers is None:
+        headers = len(reports) > 1
+    if not headers and len(reports) == 1 and checked:
         return reports[0].render_text()
     blocks = [r.render_text(header=True) for r in checked]
     bad = sum(1 for r in checked if not r.ok)

@@ -9,13 +9,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from onex_compose.capabilities import CONTRACTS_DIR
 from pydantic import ValidationError
 
 from onex_compose import Registry, default_registry
 from onex_compose._contracts import ModelMixinContract, problems_from_error
 from onex_compose._loading import load_yaml, load_yaml_text
 from onex_compose._validate import validate_data, validate_file, validate_text
-from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.model.subcontracts import SUBCONTRACT_META_FIELDS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "contracts"
@@ -514,3 +514,22 @@ def test_generated_valid_contracts_round_trip(data):
     assert report.ok, report.render_text()
     assert report.contract == model
     assert ModelMixinContract.model_validate(report.contract.to_data()) == model
+
+
+# -- docstring examples of the contract modules run as written ------------------------------------
+
+CONTRACT_MODULES = [
+    "onex_compose._loading", "onex_compose._contracts", "onex_compose._node_contracts",
+    "onex_compose._validate", "onex_compose._contract_compose", "onex_compose._scaffold",
+    "onex_compose._cli", "onex_compose.model.contracts", "onex_compose.model.subcontracts",
+]
+
+
+@pytest.mark.parametrize("name", CONTRACT_MODULES)
+def test_docstring_examples(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name),
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0

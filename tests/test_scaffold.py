@@ -1,0 +1,110 @@
+"""``onex new capability``: the scaffold validates and its own tests pass without edits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onex_compose import ConfigurationError
+from onex_compose._cli import main
+from onex_compose._scaffold import scaffold_capability
+from onex_compose._validate import validate_file
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pytest(folder: Path, test_file: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
+        cwd=folder, capture_output=True, text=True, timeout=120, check=False, env=env)
+
+
+@pytest.mark.timeout(180)
+def test_scaffold_validates_and_its_tests_pass(tmp_path):
+    target = tmp_path / "audit"
+    assert main(["new", "capability", "audit_trail", "--target", str(target)]) == 0
+    contract = target / "mixin_audit_trail.yaml"
+    report = validate_file(contract)
+    assert report.ok and not report.warnings, report.render_text()
+    assert main(["validate", "--strict", str(target)]) == 0
+    proc = _pytest(tmp_path, target / "test_audit_trail.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 passed" in proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_scaffold_inside_a_package_and_for_effect_nodes(tmp_path):
+    package = tmp_path / "myplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    paths = scaffold_capability("outbox", package, node_types=["EFFECT"])
+    data = yaml.safe_load(paths[0].read_text())
+    assert data["composition"]["module"] == "myplugins.outbox"
+    assert data["applicable_node_types"] == ["EFFECT"]
+    # the generated test composes on a base the capability applies to
+    assert "compose(NodeEffect, [\"outbox\"]" in paths[2].read_text()
+    proc = _pytest(tmp_path, paths[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(180)
+def test_scaffold_with_a_stdlib_name_does_not_shadow_it(tmp_path):
+    paths = scaffold_capability("logging", tmp_path / "x")
+    assert paths[1].name == "logging_capability.py"
+    assert yaml.safe_load(paths[0].read_text())["composition"]["module"] == "logging_capability"
+    proc = _pytest(tmp_path, paths[2])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_scaffold_files_and_contents(tmp_path):
+    paths = scaffold_capability("rate_card", tmp_path)
+    assert [p.name for p in paths] == ["mixin_rate_card.yaml", "rate_card.py",
+                                       "test_rate_card.py"]
+    data = yaml.safe_load(paths[0].read_text())
+    assert data["mixin_name"] == "mixin_rate_card"
+    assert data["rate_card_config"] == {"enabled": True, "label": "rate_card"}
+    assert data["composition"] == {"module": "rate_card", "mixin_class": "MixinRateCard",
+                                   "config_model": "RateCardConfig"}
+    source = paths[1].read_text()
+    assert "class MixinRateCard:" in source and "__slots__ = ()" in source
+    assert "def setup_rate_card(self" in source and "def __init__(self, config" in source
+    compile(source, str(paths[1]), "exec")
+    compile(paths[2].read_text(), str(paths[2]), "exec")
+
+
+def test_scaffold_refuses_to_overwrite(tmp_path):
+    scaffold_capability("thing", tmp_path)
+    with pytest.raises(FileExistsError, match="pass --force"):
+        scaffold_capability("thing", tmp_path)
+    assert len(scaffold_capability("thing", tmp_path, force=True)) == 3
+
+
+@pytest.mark.parametrize("name", ["Thing", "9lives", "with-dash", "class", "process", "start",
+                                  "setup_x", "trailing_"])
+def test_scaffold_rejects_bad_names(tmp_path, name):
+    with pytest.raises(ConfigurationError):
+        scaffold_capability(name, tmp_path)
+
+
+def test_scaffold_rejects_bad_node_types_and_modules(tmp_path):
+    with pytest.raises(ConfigurationError, match="'SINK' not in"):
+        scaffold_capability("thing", tmp_path, node_types=["SINK"])
+    with pytest.raises(ConfigurationError, match="not a dotted Python module path"):
+        scaffold_capability("thing", tmp_path, module="my-pkg.thing")
+
+
+def test_scaffold_into_the_builtin_folder_uses_the_package_default(tmp_path, monkeypatch):
+    import importlib
+
+    caps = importlib.import_module("onex_compose.capabilities")
+    monkeypatch.setattr(caps, "CONTRACTS_DIR", tmp_path)
+    paths = scaffold_capability("sample", tmp_path)
+    data = yaml.safe_load(paths[0].read_text())
+    assert "module" not in data["composition"]
+    assert "from onex_compose.capabilities.sample import SampleConfig" in paths[2].read_text()
