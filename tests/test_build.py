@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +43,16 @@ from onex_compose import (
     has_capability,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_composed_classes() -> Iterator[None]:
+    """Start and end with an empty class cache: private-registry classes share names with
+    default-registry ones, and the engine's pickling lookup by name mixes them up."""
+    cache_clear()
+    yield
+    cache_clear()
+
+
 REG = make_registry("build")
 
 
@@ -50,9 +61,12 @@ REG = make_registry("build")
 
 def test_readable_stable_name_module_and_qualname() -> None:
     cls = compose(NodeCompute, ["metrics", "caching"], registry=REG)
-    assert cls.__name__ == cls.__qualname__ == "NodeCompute[caching,metrics]"
+    assert cls.__name__ == "NodeCompute[caching,metrics]"
+    # a private registry is named in the qualname, so pickle can find the class by name alone
+    assert cls.__qualname__ == "NodeCompute[caching,metrics]~toy_capabilities~build"
     assert cls.__module__ == "onex_compose._composed"
-    assert repr(cls) == "<class 'onex_compose._composed.NodeCompute[caching,metrics]'>"
+    assert repr(cls) == (
+        "<class 'onex_compose._composed.NodeCompute[caching,metrics]~toy_capabilities~build'>")
     assert "composed with metrics, caching" in (cls.__doc__ or "")
     import onex_compose._composed as home
 
@@ -166,11 +180,6 @@ def test_cache_info_and_cache_clear() -> None:
     assert compose(NodeCompute, ["caching"], registry=reg) is not cls
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: cache_clear() does not release composed classes: NodeCoreBase.__init_subclass__ "
-    "calls _build._register_base(cls) for every subclass, including each composed class, and "
-    "_bases_by_name is never pruned, so every class ever composed (and its Registry) stays "
-    "alive (reference A.4 #3, memory growth)"))
 def test_cache_clear_releases_composed_classes() -> None:
     reg = Registry()
     reg.register(plain_mixin("MixinTemp"), name="temp")
@@ -375,12 +384,6 @@ def test_inconsistent_mro_is_an_mro_error_naming_the_capabilities() -> None:
     assert "NodeCompute[m,n]" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: when capability n's mixin subclasses capability m's mixin and n requires m, "
-    "the builder lists (NodeCompute, MixinBaseM, MixinDerivedN) and the MROError repeats "
-    "CPython's 'Cannot create a consistent method resolution order' without the cause; "
-    "reference A.4 #4 asks for the inheritance edge ('MixinDerivedN (n) already subclasses "
-    "MixinBaseM (m)'): _build._build/_precheck_layout"))
 def test_inconsistent_mro_names_the_inheritance_edge() -> None:
     with pytest.raises(MROError) as info:
         compose(NodeCompute, ["n"], registry=_inheriting_registry())
@@ -388,12 +391,6 @@ def test_inconsistent_mro_names_the_inheritance_edge() -> None:
     assert "MixinDerivedN" in text and "subclass" in text and "'m'" in text and "'n'" in text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: check_mixin accepts a mixin deriving from a builtin with its own instance "
-    "layout (class MixinInt(int): __slots__ = ()); composing it with another such mixin fails "
-    "inside type() with CPython's 'multiple bases have instance lay-out conflict' instead of a "
-    "report by capability name before type() runs (_registry.check_mixin, "
-    "_build._precheck_layout only looks at __slots__)"))
 def test_mixin_with_a_builtin_instance_layout_is_rejected_at_registration() -> None:
     class MixinIntish(int):
         __slots__ = ()
@@ -402,19 +399,13 @@ def test_mixin_with_a_builtin_instance_layout_is_rejected_at_registration() -> N
         Registry().register(MixinIntish, name="intish")
 
 
-def test_layout_conflict_from_builtin_bases_is_still_an_mro_error() -> None:
-    class MixinIntish(int):
-        __slots__ = ()
-
+def test_layout_conflict_from_builtin_bases_is_caught_before_compose() -> None:
     class MixinStrish(str):
         __slots__ = ()
 
-    reg = Registry()
-    reg.register(MixinIntish, name="intish")
-    reg.register(MixinStrish, name="strish")
-    with pytest.raises(MROError, match="lay-out conflict") as info:
-        compose(NodeCompute, ["intish", "strish"], registry=reg)
-    assert info.value.capabilities == ["intish", "strish"]
+    with pytest.raises(MixinDefinitionError, match="lay-out conflict") as info:
+        Registry().register(MixinStrish, name="strish")
+    assert info.value.capability == "strish"
 
 
 # -- has_capability ---------------------------------------------------------------------------
@@ -545,11 +536,6 @@ def test_hand_written_mixin_clashing_with_the_base_names_the_definer() -> None:
             __onex_registry__ = reg
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: for a hand-written class the base-clash message names the class being "
-    "checked ('the base Service already defines process', located at the class statement) "
-    "instead of NodeCoreBase, which actually defines process() (_resolve._conflicts passes "
-    "base=cls and uses base.__qualname__/_where(base))"))
 def test_hand_written_base_clash_names_the_class_that_defines_the_member() -> None:
     reg = Registry()
     reg.register(plain_mixin("MixinProc", {"process": lambda s, x: x}), name="proc")
@@ -589,3 +575,22 @@ def test_star_import_of_the_public_api_works() -> None:
     exec("from onex_compose import *", namespace)  # noqa: S102
     missing = [n for n in onex_compose.__all__ if n not in namespace]
     assert missing == []
+
+
+def test_hand_written_mixin_registered_elsewhere_is_an_error() -> None:
+    other = Registry(name="other")
+    other.register(plain_mixin("MixinOtherCaching"), name="caching")
+    other.register(plain_mixin("MixinOtherMetrics"), name="metrics")
+    with pytest.raises(CompositionError):
+        class Mismatch(NodeCompute, MixinToyCaching):
+            __onex_registry__ = other
+
+
+def test_hand_written_mixin_registered_elsewhere_names_both_mixins() -> None:
+    other = Registry(name="other")
+    other.register(plain_mixin("MixinOtherCaching"), name="caching")
+    with pytest.raises(CompositionError) as info:
+        class Mismatch(NodeCompute, MixinToyCaching):
+            __onex_registry__ = other
+    assert not isinstance(info.value, MROError)
+    assert "MixinToyCaching" in str(info.value) and "MixinOtherCaching" in str(info.value)

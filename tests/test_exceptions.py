@@ -183,27 +183,20 @@ def test_service_unavailable_is_raisable_as_in_seed_000() -> None:
         raise ServiceUnavailableError("Service unhealthy")
 
 
-_PICKLE_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "engine bug: errors whose __init__ takes structured arguments do not unpickle "
-    "(BaseException pickles self.args == (message,) and calls cls(message) again: TypeError "
-    "missing arguments), so they cannot cross a multiprocessing/ProcessPoolExecutor boundary; "
-    "fix with __reduce__ returning the constructor arguments (exceptions.py)"))
-
 
 class _M:
     pass
 
 
 @pytest.mark.parametrize("err", [
-    pytest.param(UnknownCapabilityError("x", ["y"]), marks=_PICKLE_XFAIL, id="unknown"),
-    pytest.param(DependencyCycleError(["a", "b", "a"], ["x", "y"]), marks=_PICKLE_XFAIL,
+    pytest.param(UnknownCapabilityError("x", ["y"]), id="unknown"),
+    pytest.param(DependencyCycleError(["a", "b", "a"], ["x", "y"]),
                  id="cycle"),
-    pytest.param(CapabilityConflictError("a", "b", kind="member", member="m"),
-                 marks=_PICKLE_XFAIL, id="conflict"),
-    pytest.param(NotApplicableError("a", "COMPUTE", ["EFFECT"]), marks=_PICKLE_XFAIL,
+    pytest.param(CapabilityConflictError("a", "b", kind="member", member="m"), id="conflict"),
+    pytest.param(NotApplicableError("a", "COMPUTE", ["EFFECT"]),
                  id="not-applicable"),
-    pytest.param(MROError(_M, ["a"], [_M], "why"), marks=_PICKLE_XFAIL, id="mro"),
-    pytest.param(MixinDefinitionError("a", _M, "defines __init__", "why"), marks=_PICKLE_XFAIL,
+    pytest.param(MROError(_M, ["a"], [_M], "why"), id="mro"),
+    pytest.param(MixinDefinitionError("a", _M, "defines __init__", "why"),
                  id="mixin-definition"),
     pytest.param(RegistrationError("dup", name="n"), id="registration"),
     pytest.param(ConfigurationError("bad", capability="c", problems=["p"]), id="configuration"),

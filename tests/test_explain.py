@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from toy_capabilities import MixinToyCaching, make_registry, plain_mixin
 
-from onex_compose import ConfigurationError, NodeCompute, Registry, compose, explain
+from onex_compose import ConfigurationError, NodeCompute, Registry, cache_clear, compose, explain
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_composed_classes() -> Iterator[None]:
+    """Start and end with an empty class cache: private-registry classes share names with
+    default-registry ones, and the engine's pickling lookup by name mixes them up."""
+    cache_clear()
+    yield
+    cache_clear()
+
 
 REG = make_registry("explain")
 
@@ -19,9 +30,11 @@ def _service() -> type:
 
 
 def test_text_lists_capabilities_in_order_with_why() -> None:
-    text = str(explain(_service()))
+    cls = _service()
+    text = str(explain(cls))
     lines = text.splitlines()
-    assert lines[0] == "NodeCompute[caching,health_check,metrics,retry] (composed, base NodeCompute)"
+    assert cls.__name__ == "NodeCompute[caching,health_check,metrics,retry]"
+    assert lines[0] == f"{cls.__qualname__} (composed, base NodeCompute)"
     assert lines[1] == "capabilities (in order):"
     assert lines[2] == "  1. metrics: required by caching, health_check, retry"
     assert lines[3] == "  2. health_check: required by retry"
@@ -33,10 +46,11 @@ def test_text_lists_capabilities_in_order_with_why() -> None:
 
 
 def test_dict_form_and_json_agree() -> None:
-    report = explain(_service())
+    cls = _service()
+    report = explain(cls)
     data = report.to_dict()
     assert json.loads(report.to_json()) == data
-    assert data["class"] == "NodeCompute[caching,health_check,metrics,retry]"
+    assert data["class"] == cls.__qualname__
     assert data["base"] == "NodeCompute" and data["style"] == "composed"
     assert data["order"] == ["metrics", "health_check", "caching", "retry"]
     assert data["capabilities"][0] == {
@@ -127,9 +141,9 @@ def test_instance_report_names_config_sources() -> None:
 
 
 def test_repr_names_class_and_capabilities() -> None:
-    assert repr(explain(_service())) == (
-        "<Explanation of NodeCompute[caching,health_check,metrics,retry]: "
-        "metrics, health_check, caching, retry>")
+    cls = _service()
+    assert repr(explain(cls)) == (
+        f"<Explanation of {cls.__qualname__}: metrics, health_check, caching, retry>")
 
 
 @pytest.mark.parametrize("thing", [object, object(), int, "caching"])

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from toy_capabilities import REGISTRY, MixinToyCaching, ToyCache, ToyMetrics, ToyNode
 
-from onex_compose import NodeCompute, compose, facility
+from onex_compose import NodeCompute, cache_clear, compose, facility
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_composed_classes() -> Iterator[None]:
+    """Start and end with an empty class cache: private-registry classes share names with
+    default-registry ones, and the engine's pickling lookup by name mixes them up."""
+    cache_clear()
+    yield
+    cache_clear()
 
 
 class Counting:
@@ -80,6 +91,7 @@ def test_facility_values_are_rebuilt_not_pickled() -> None:
     node = cls()
     node.cache.set("k", "v")  # type: ignore[attr-defined]
     back = pickle.loads(pickle.dumps(node))
+    assert type(back) is cls
     assert back.cache is not node.cache  # type: ignore[attr-defined]
     assert back.cache.data == {}  # type: ignore[attr-defined]  # state by config, not by value
 
