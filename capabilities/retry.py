@@ -442,7 +442,7 @@ class RetryPolicy:
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
-                  kwargs: Mapping[str, Any] | None = None, *,
+                  kwargs: Mapping[str, Any] | None = None,
                   max_attempts: int | None = None) -> Any:
         """Call ``fn(*args, **kwargs)`` (sync or async) with retries; the async entry point.
 
@@ -450,9 +450,8 @@ class RetryPolicy:
             Exception: the last attempt's own exception, with a note about the attempts.
             ValueError: ``max_attempts`` is not a positive integer.
         """
-        kw = kwargs or {}
         if _retry_scope.get() is not None:  # nested in a retry loop: one attempt
-            result = fn(*args, **kw)
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType or _awaitable(result):
                 result = await result
             return result
@@ -463,7 +462,7 @@ class RetryPolicy:
         try:
             while True:
                 try:
-                    result = fn(*args, **kw)
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
                     if result.__class__ is CoroutineType or _awaitable(result):
                         result = await result
                 except Exception as exc:
@@ -481,16 +480,15 @@ class RetryPolicy:
             _retry_scope.reset(token)
 
     def run_sync(self, fn: Callable[..., T], args: tuple[Any, ...] = (),
-                 kwargs: Mapping[str, Any] | None = None, *,
+                 kwargs: Mapping[str, Any] | None = None,
                  max_attempts: int | None = None) -> T:
         """Call the plain function ``fn(*args, **kwargs)`` with retries, sleeping with ``sleep_sync``.
 
         Raises:
             TypeError: ``fn`` returned a coroutine (use ``await run(...)`` for async functions).
         """
-        kw = kwargs or {}
         if _retry_scope.get() is not None:
-            result = fn(*args, **kw)
+            result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType:
                 _refuse_coroutine(fn, result)
             return result
@@ -501,7 +499,7 @@ class RetryPolicy:
         try:
             while True:
                 try:
-                    result = fn(*args, **kw)
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
                     if result.__class__ is CoroutineType:
                         _refuse_coroutine(fn, result)
                 except Exception as exc:
@@ -674,12 +672,12 @@ class MixinRetry:
         Raises:
             Exception: the last attempt's exception, unchanged apart from a note.
         """
-        return self.retry_policy.run(fn, args, kwargs, max_attempts=max_attempts)
+        return self.retry_policy.run(fn, args, kwargs, max_attempts)
 
     def with_retry_sync(self, fn: Callable[..., T], /, *args: Any,
                         max_attempts: int | None = None, **kwargs: Any) -> T:
         """Blocking ``with_retry`` for plain functions called from sync code (``time.sleep``)."""
-        return self.retry_policy.run_sync(fn, args, kwargs, max_attempts=max_attempts)
+        return self.retry_policy.run_sync(fn, args, kwargs, max_attempts)
 
     def _guard_retry(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         """Wrap ``process()`` with the configured policy (guard rank 50)."""
