@@ -69,7 +69,7 @@ MAX_BYTES = 1024 * 1024
 """Largest contract file accepted (1 MiB; real contracts are a few KiB)."""
 MAX_DEPTH = 64
 """Deepest nesting of mappings/sequences accepted."""
-MAX_NODES = 20_000
+MAX_NODES = 10_000
 """Most YAML nodes (scalars, mappings, sequences) one document may hold before aliases."""
 MAX_EXPANDED_NODES = 100_000
 """Most nodes one document may expand to once every alias is followed."""

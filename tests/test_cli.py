@@ -108,10 +108,12 @@ def test_validate_missing_path(capsys, tmp_path):
 def test_validate_node_contract_with_root(capsys):
     contract = FIXTURES / "nodes" / "error_node" / "contract.yaml"
     code, out, _ = run(capsys, "validate", "--root", str(FIXTURES), str(contract))
-    # error_handling may or may not be registered yet; the reference itself always resolves
-    assert "✓ YAML syntax valid" in out
-    assert "Subcontract file not found" not in out
-    assert code in (0, 1)
+    assert code == 0, out
+    assert out.splitlines() == [*SEED_OUTPUT.splitlines()[:4],
+                                "✓ Subcontract references resolved"]
+    # a root that excludes the referenced file makes the reference escape the tree
+    code, out, _ = run(capsys, "validate", "--root", str(contract.parent), str(contract))
+    assert code == 1 and "outside the contract tree" in out
 
 
 def test_run_usage_errors(capsys):

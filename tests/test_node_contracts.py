@@ -475,3 +475,25 @@ def test_seed000_style_hand_written_initialize_mixins(reg):
     if hasattr(contract.subcontracts, "event_kind"):
         pytest.fail("no bus subcontract was given")
     assert seen.config.greeting == "hey"
+
+
+# -- with the built-in capabilities (default registry) -----------------------------------------
+
+
+def test_seed000_event_type_key_reaches_event_bus():
+    contract = load_contract({"node_type": "COMPUTE",
+                              "subcontracts": {"event_type": {"namespace": "orders"}}})
+    assert hasattr(contract.subcontracts, "event_type")
+    assert contract.subcontracts.event_type.namespace == "orders"
+    assert contract.subcontracts.event_bus is contract.subcontracts.event_type
+    cls = compose_from_contract(contract)
+    assert "event_bus" in cls.__composition__.capabilities
+    node = cls(contract)
+    source = {c["name"]: c.get("config_source", "")
+              for c in explain(node).to_dict()["capabilities"]}["event_bus"]
+    assert "subcontracts.event_type" in source
+
+
+def test_builtin_capability_inline_config_is_validated():
+    with pytest.raises(ContractError, match="did you mean 'namespace'"):
+        load_contract({"node_type": "COMPUTE", "subcontracts": {"caching": {"namespce": "x"}}})

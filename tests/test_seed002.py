@@ -371,6 +371,12 @@ def test_load_node_feeds_the_referenced_subcontract_to_its_capability():
     assert "subcontracts[0] -> ../../mixins/mixin_error_handling.yaml" in source
 
 
+def test_seed_node_contract_with_the_builtin_error_handling_capability():
+    node = load_node(NODE_CONTRACT)
+    assert "error_handling" in type(node).__composition__.capabilities
+    assert node.contract.error_handling_configuration == ModelErrorHandlingSubcontract()
+
+
 def test_load_node_with_an_inline_seed_subcontract():
     reg = _registry()
     contract = ModelContractCompute(subcontracts=[
