@@ -42,14 +42,19 @@ would hang the program's exit. ``sync_calls: refuse`` makes a plain callable a `
 Sync code without an event loop uses ``timeout_policy.run_sync(...)`` (same thread rule).
 
 Why the timer is hand-written instead of ``async with asyncio.timeout(...)``: ``asyncio.Timeout``
-is a general, reschedulable state machine (an object, an enum state, ``reschedule()``, a
-``call_at`` handle) that adds ~4-6 µs per call; we only need a fixed deadline, so the guard
-schedules one ``loop.call_at`` that cancels the task and applies exactly asyncio's
-``cancelling()``/``uncancel()`` protocol on exit (an outside cancellation is never turned into
-a timeout, and a timeout is reported even when it races a completion, as ``asyncio.timeout``
-does). It costs about half as much; ``benchmarks/bench_guards.py`` compares it with
-``asyncio.timeout``, ``asyncio.wait_for`` and hyx, and ``tests/test_timeout.py`` checks the
-cancellation corner cases.
+is a general, reschedulable state machine (an object, an enum state, ``reschedule()``) that
+schedules one ``loop.call_at`` handle per call: a ``TimerHandle`` built in Python, pushed into
+the loop's heap with Python-level comparisons, cancelled, and left in the heap until the loop
+cleans it up. That adds ~4-6 µs per call. Here each policy keeps one deadline heap per event
+loop (plain tuples, C comparisons) and a single loop timer for the earliest deadline; a call
+pushes an entry and marks it finished on exit (finished entries are dropped lazily, amortised
+O(1)); when the timer fires it cancels the tasks whose deadline passed. On exit it applies
+exactly asyncio's ``cancelling()``/``uncancel()`` protocol: an outside cancellation is never
+turned into a timeout, a cancellation that arrives together with the timeout stays a
+cancellation, and work that swallows the cancellation still has it withdrawn.
+``benchmarks/bench_guards.py`` compares the cost with ``asyncio.timeout``, ``asyncio.wait_for``
+and hyx; ``tests/test_timeout.py`` checks the corner cases and, with hypothesis, that many
+concurrent calls each end at their own deadline.
 """
 
 from __future__ import annotations
@@ -57,7 +62,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import heapq
 import inspect
+import math
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import CoroutineType, FunctionType, MethodType
@@ -168,9 +175,59 @@ class TimeoutProtocol(Protocol):
                      **kwargs: Any) -> Awaitable[Any]: ...
 
 
-def _expire(task: asyncio.Task[Any], fired: list[bool]) -> None:
-    fired[0] = True
-    task.cancel()
+class _Watch:
+    """One event loop's deadlines: a heap of ``(when, seq, entry)`` and one timer for the earliest.
+
+    ``entry`` is ``[task, fired]``; a finished call sets its task to ``None`` (lazy removal).
+    Only the loop's own thread touches a watch, so it needs no lock.
+    """
+
+    __slots__ = ("handle", "heap", "live", "loop", "seq", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, list[Any]]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.when = math.inf
+        self.live = 0
+        self.seq = 0
+
+    def add(self, when: float, task: asyncio.Task[Any]) -> list[Any]:
+        heap = self.heap
+        n = len(heap)
+        if n > 64 and n > 2 * self.live:  # mostly finished calls: drop them (amortised O(1))
+            heap[:] = [item for item in heap if item[2][0] is not None]
+            heapq.heapify(heap)
+        entry = [task, False]
+        self.seq = seq = self.seq + 1
+        heapq.heappush(heap, (when, seq, entry))
+        self.live += 1
+        if when < self.when:
+            self._schedule(when)
+        return entry
+
+    def _schedule(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.handle = self.loop.call_at(when, self._fire)
+        self.when = when
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.when = math.inf
+        heap = self.heap
+        now = self.loop.time() + 1e-6  # the loop runs a timer up to its clock resolution early
+        while heap:
+            when, _seq, entry = heap[0]
+            task = entry[0]
+            if task is not None and when > now:
+                self._schedule(when)
+                return
+            heapq.heappop(heap)
+            if task is not None:
+                entry[0] = None
+                entry[1] = True
+                task.cancel()
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -229,7 +286,7 @@ class TimeoutPolicy:
         hang timeout
     """
 
-    __slots__ = ("_timeout", "_total", "abandoned_threads", "clock", "config", "guard",
+    __slots__ = ("_timeout", "_total", "_watch", "abandoned_threads", "clock", "config", "guard",
                  "metrics", "name", "timeouts")
 
     def __init__(self, config: TimeoutConfig | Mapping[str, Any] | None = None, *,
@@ -245,6 +302,7 @@ class TimeoutPolicy:
         self._total = cfg.total_timeout
         self.timeouts = 0
         self.abandoned_threads = 0
+        self._watch: _Watch | None = None
 
     def __repr__(self) -> str:
         return (f"<TimeoutPolicy {self.name!r} timeout={self._timeout} "
@@ -303,25 +361,28 @@ class TimeoutPolicy:
         task = _current_task(loop)
         if task is None:
             raise RuntimeError("with_timeout must run inside an asyncio task")
-        fired = [False]
+        watch = self._watch
+        if watch is None or watch.loop is not loop:
+            watch = self._watch = _Watch(loop)
         cancelling = task.cancelling()
-        handle = loop.call_at(loop.time() + (end - now), _expire, task, fired)
+        entry = watch.add(loop.time() + (end - now), task)
         token = _deadline_var.set(end)
         try:
             result = await make(*args, **kwargs)
         except _CancelledError as exc:
-            if fired[0] and task.uncancel() <= cancelling:
+            if entry[1] and task.uncancel() <= cancelling:
                 raise self._expired(operation or _name(make), timeout, now, source,
                                     getattr(exc, "_onex_abandoned", False)) from exc
             raise
         except BaseException:
-            if fired[0]:
+            if entry[1]:
                 task.uncancel()
             raise
         finally:
-            handle.cancel()
+            entry[0] = None
+            watch.live -= 1
             _deadline_var.reset(token)
-        if fired[0]:  # the work swallowed our cancellation and finished anyway
+        if entry[1]:  # the work swallowed our cancellation and finished anyway
             task.uncancel()
         return result
 

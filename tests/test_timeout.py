@@ -193,6 +193,55 @@ def test_nested_timeouts_fire_at_the_earliest_deadline(timeouts: list[float | No
     assert clock() == pytest.approx(min(expected))
 
 
+@settings(max_examples=100, deadline=None)
+@given(calls=st.lists(st.tuples(st.floats(0, 5), st.integers(1, 40), st.integers(1, 40)),
+                      min_size=1, max_size=60))
+def test_concurrent_calls_each_end_at_their_own_deadline(
+        calls: list[tuple[float, int, int]]) -> None:
+    """Many calls share one per-loop deadline heap: each ends at min(its timeout, its work)."""
+    clock = ManualClock()
+    p = policy(clock, timeout=None)
+    ended: dict[int, tuple[str, float]] = {}
+
+    async def one(i: int, start: float, timeout: float, work: float) -> None:
+        await asyncio.sleep(start)
+        try:
+            await p.run(asyncio.sleep, (work,), timeout=timeout)
+            ended[i] = ("done", clock() - start)
+        except OperationTimeoutError:
+            ended[i] = ("timeout", clock() - start)
+
+    async def main() -> None:
+        # integer tenths keep timeouts and work apart (no ties on the virtual clock)
+        await asyncio.gather(*(one(i, s, t / 10, w / 10 + 0.05)
+                               for i, (s, t, w) in enumerate(calls)))
+
+    clock.run(main())
+    for i, (_s, t, w) in enumerate(calls):
+        timeout, work = t / 10, w / 10 + 0.05
+        kind, took = ended[i]
+        assert kind == ("timeout" if timeout < work else "done")
+        assert took == pytest.approx(min(timeout, work), abs=1e-6)
+    watch = p._watch
+    assert watch is not None and watch.live == 0
+
+
+def test_the_deadline_heap_stays_small_when_calls_finish_early() -> None:
+    clock = ManualClock()
+    p = policy(clock, timeout=30)
+
+    async def quick() -> None:
+        await asyncio.sleep(0.001)
+
+    async def main() -> int:
+        for _ in range(5000):
+            await p.run(quick)
+        assert p._watch is not None
+        return len(p._watch.heap)
+
+    assert clock.run(main()) <= 130  # finished calls are dropped, not kept for 30 s
+
+
 def test_a_passed_deadline_raises_without_starting_the_work() -> None:
     clock = ManualClock(10.0)
     started = []
