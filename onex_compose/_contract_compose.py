@@ -15,6 +15,7 @@ from it; this is how third-party and scaffolded capabilities join a registry.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -197,7 +198,7 @@ def register_contract(path: str | os.PathLike[str], *, registry: Any = None,
 
 def _is_builtin(path: Path) -> bool:
     try:
-        from onex_compose.capabilities import CONTRACTS_DIR
+        contracts_dir = importlib.import_module("onex_compose.capabilities").CONTRACTS_DIR
     except ImportError:  # pragma: no cover - the package always ships it
         return False
-    return path.resolve().parent == Path(CONTRACTS_DIR).resolve()
+    return path.resolve().parent == Path(contracts_dir).resolve()

@@ -497,3 +497,36 @@ def test_seed000_event_type_key_reaches_event_bus():
 def test_builtin_capability_inline_config_is_validated():
     with pytest.raises(ContractError, match="did you mean 'namespace'"):
         load_contract({"node_type": "COMPUTE", "subcontracts": {"caching": {"namespce": "x"}}})
+
+
+# -- registering a capability from its YAML contract ---------------------------------------------
+
+
+def test_register_contract_takes_metadata_from_the_yaml(tree):
+    from onex_compose.model.contracts import register_contract
+
+    path = tree / "mixins" / "mixin_send.yaml"
+    with pytest.raises(ContractError, match="composition.module is required"):
+        register_contract(path, registry=Registry())
+    path.write_text(path.read_text() + f"""\
+requires_dependencies:
+  - {{name: greet, type: capability, description: "greets first", optional: false}}
+composition:
+  module: "{__name__}"
+  config_model: "SendConfig"
+  aliases: ["sender"]
+  rank: 200
+""")
+    reg = Registry()
+    reg.register(MixinGreet, name="greet", config=GreetConfig)
+    spec = register_contract(path, registry=reg)
+    assert spec.name == "send"
+    assert spec.mixin_ref == f"{__name__}:MixinSend"
+    assert spec.requires == {"greet"}
+    assert spec.applicable_node_types == {"EFFECT"}
+    assert spec.rank == 200
+    assert spec.config_model is SendConfig
+    assert reg.aliases["sender"] == ("send",)
+    node = load_node({"node_type": "EFFECT", "capabilities": ["sender"],
+                      "subcontracts": {"send": {"target": "t"}}}, registry=reg)
+    assert node.send_config.target == "t" and node.greet("x") == "hello x"
