@@ -1083,6 +1083,21 @@ return {tonumber(ARGV[2]), st}
 _OUTCOME = {_SUCCESS: "s", _FAILURE: "f", _NEUTRAL: "n"}
 
 
+# redis-py's asyncio pool raises MaxConnectionsError instead of waiting once 100 commands are in
+# flight; scripts of this module queue behind a per-loop semaphore instead (created lazily on the
+# running loop, so a node built outside a loop works across asyncio.run() calls).
+_MAX_INFLIGHT = 64
+_gates: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(_MAX_INFLIGHT)
+    return gate
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -1305,7 +1320,8 @@ class RedisCircuitBreaker(_BreakerBase):
             return await self._local.acall(fn, *args, **kwargs)
         admit, record, _ = _Scripts.of(_redis.async_client(self.url))
         try:
-            reply = await admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
+            async with _gate():
+                reply = await admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
         except self._backend_errors as exc:
             self._backend_failed(exc)
             if self._fallback() == "local":
@@ -1325,7 +1341,9 @@ class RedisCircuitBreaker(_BreakerBase):
         if outcome == _FAILURE:
             self._dispatch.failed(self.name)
         try:
-            self._recorded(await record(keys=self.keys, args=self._record_argv(adm, outcome)))
+            async with _gate():
+                reply = await record(keys=self.keys, args=self._record_argv(adm, outcome))
+            self._recorded(reply)
         except self._backend_errors as exc:
             self._backend_failed(exc)
 

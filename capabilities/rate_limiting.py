@@ -308,6 +308,21 @@ return {0, fmt(wait), fmt(tat - now)}
 """
 
 
+# redis-py's asyncio pool raises MaxConnectionsError instead of waiting once 100 commands are in
+# flight; scripts of this module queue behind a per-loop semaphore instead (created lazily on the
+# running loop, so a node built outside a loop works across asyncio.run() calls).
+_MAX_INFLIGHT = 64
+_gates: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _gate() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    gate = _gates.get(loop)
+    if gate is None:
+        gate = _gates[loop] = asyncio.Semaphore(_MAX_INFLIGHT)
+    return gate
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -445,8 +460,9 @@ class RateLimiter:
         if self._backend_ready():
             script = _Scripts.of(_redis.async_client(self.config.redis_url))
             try:
-                reply = await script(keys=[self._prefix + key], args=self._argv(
-                    limit, cost, allowance, peek))
+                async with _gate():
+                    reply = await script(keys=[self._prefix + key], args=self._argv(
+                        limit, cost, allowance, peek))
             except self._backend_errors as exc:
                 self._backend_failed(exc)
             else:
