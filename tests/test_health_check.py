@@ -493,7 +493,7 @@ async def test_postgres_check_against_an_unreachable_port() -> None:
 
 def test_compose_pulls_in_metrics_and_answers_to_its_alias() -> None:
     assert Service.__composition__.capabilities == ("metrics", "health_check")
-    assert compose(NodeCompute, ["health_monitoring"]) is Service
+    assert compose(NodeCompute, ["health_monitoring"]) is compose(NodeCompute, ["health_check"])
     assert has_capability(Service, "health_monitoring")
     node = Service()
     assert isinstance(node, HealthCheckProtocol)

@@ -318,18 +318,30 @@ def test_nodes_with_a_sink_pickle(tmp_path: Path) -> None:
     assert path.read_text().count("from the copy") == 1
 
 
-def test_library_records_are_disabled_by_default(records: list[dict[str, Any]]) -> None:
-    node = Service()
-    log = bind_logger(node, "caching")
-    code = compile("log.info('from the library')", "<lib>", "exec")
-    exec(code, {"__name__": "onex_compose.capabilities.caching", "log": log})
-    assert records == []
-    logger.enable("onex_compose")
-    try:
-        exec(code, {"__name__": "onex_compose.capabilities.caching", "log": log})
-    finally:
-        logger.disable("onex_compose")
-    assert [r["name"] for r in records] == ["onex_compose.capabilities.caching"]
+def test_library_records_are_disabled_by_default() -> None:
+    """In a fresh interpreter: onex_compose's own records are silent until the app enables them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from loguru import logger\n"
+        "from onex_compose import NodeCompute, compose\n"
+        "from onex_compose.capabilities.logging import bind_logger\n"
+        "logger.remove()\n"
+        "logger.add(sys.stdout, format='{name}|{message}')\n"
+        "node = compose(NodeCompute, ['logging'])()\n"
+        "log = bind_logger(node, 'caching')\n"
+        "lib = compile('log.info(\\'from the library\\')', '<lib>', 'exec')\n"
+        "exec(lib, {'__name__': 'onex_compose.capabilities.caching', 'log': log})\n"
+        "node.log.info('from the application')\n"
+        "logger.enable('onex_compose')\n"
+        "exec(lib, {'__name__': 'onex_compose.capabilities.caching', 'log': log})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["__main__|from the application",
+                   "onex_compose.capabilities.caching|from the library"]
 
 
 # -- process() guard --------------------------------------------------------------------------
