@@ -115,9 +115,12 @@ def explain(obj_or_cls: Any) -> Explanation:
     providers = {m: {"capability": c, "overrides": list(comp.overrides.get(m, ()))}
                  for m, c in sorted(comp.providers.items())}
     pipeline = getattr(cls, "__onex_pipeline__", None)
+    base = comp.base
+    if comp.style == "hand-written":  # show the node base the mixins were added to
+        base = next((b for b in cls.__bases__ if "__onex_capability__" not in vars(b)), base)
     data = {
         "class": cls.__qualname__,
-        "base": comp.base.__qualname__,
+        "base": base.__qualname__,
         "style": comp.style,
         "order": list(comp.capabilities),
         "capabilities": caps,

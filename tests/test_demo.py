@@ -1,0 +1,60 @@
+"""`onex demo`: the seed's RobustComputeService on embedded defaults and across two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from onex_compose._demo import main
+
+
+def _records(text: str) -> list[dict]:
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("DEMO ")]
+
+
+def test_demo_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    records = _records(out)
+    computed = [r for r in records if "input" in r]
+    assert [r["cache_hit"] for r in computed] == [False, False, False, True, False]
+    assert computed[-1]["attempts"] == 3  # two transient failures absorbed by with_retry
+    assert records[-1] == {"events": 4, "healthy": True, "role": "writer"}
+    for section in ("== explain ==", "== metrics ==", "== health =="):
+        assert section in out
+    assert "metrics: required by caching" in out
+    assert '"cache_hits": 1' in out
+
+
+@pytest.mark.redis
+def test_demo_two_processes_share_cache_events_and_invalidations(redis_url: str,
+                                                                 redis_prefix: str) -> None:
+    cmd = [sys.executable, "-m", "onex_compose._cli", "demo", "--redis", redis_url,
+           "--namespace", redis_prefix]
+    reader = subprocess.Popen([*cmd, "--role", "reader", "--timeout", "30"],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert reader.stdout is not None
+        first = reader.stdout.readline()
+        assert _records(first) == [{"ready": True, "role": "reader"}]
+        writer = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert writer.returncode == 0, writer.stderr
+        rest, _ = reader.communicate(timeout=40)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    assert reader.returncode == 0, rest
+    got = _records(rest)
+    events = [r for r in got if "event" in r]
+    assert len(events) == 4
+    for r in events:  # the writer's cache entries, read from the shared L2
+        assert r["cache_value"] == r["event"]["result"]
+    held = [r for r in got if "in_l1" in r]
+    assert len(held) == 4 and all(r["in_l1"] for r in held)  # promoted into the reader's L1
+    wrote = _records(writer.stdout)
+    invalidated = [r["invalidated"] for r in wrote if "invalidated" in r]
+    assert [r["invalidated"] for r in got if "invalidated" in r] == invalidated
