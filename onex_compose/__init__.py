@@ -20,8 +20,8 @@ from onex_compose._build import Composition, cache_clear, cache_info, compose, h
 from onex_compose._config import coerce_config
 from onex_compose._explain import explain
 from onex_compose._facility import facility
+from onex_compose._node_types import EnumNodeType
 from onex_compose._nodes import (
-    EnumNodeType,
     NodeCompute,
     NodeCoreBase,
     NodeEffect,
@@ -46,6 +46,21 @@ from onex_compose.exceptions import (
 )
 
 if TYPE_CHECKING:
+    from onex_compose._contract_compose import (
+        compose_from_contract,
+        load_contract,
+        load_node,
+        register_contract,
+    )
+    from onex_compose._contracts import ModelMixinContract
+    from onex_compose._node_contracts import (
+        ModelContract,
+        ModelContractCompute,
+        ModelContractEffect,
+        ModelContractOrchestrator,
+        ModelContractReducer,
+        ModelSubcontractReference,
+    )
     from onex_compose._seed import MixinDependencyResolver, create_service_with_capabilities
     from onex_compose._services import (
         NodeComputeService,
@@ -53,6 +68,8 @@ if TYPE_CHECKING:
         NodeOrchestratorService,
         NodeReducerService,
     )
+    from onex_compose._validate import ValidationReport, validate_contract
+    from onex_compose.model.subcontracts import ModelErrorHandlingSubcontract
 
 __version__ = "0.1.0"
 
@@ -64,6 +81,20 @@ _LAZY = {
     "NodeEffectService": "onex_compose._services",
     "NodeReducerService": "onex_compose._services",
     "NodeOrchestratorService": "onex_compose._services",
+    "ModelContract": "onex_compose._node_contracts",
+    "ModelContractCompute": "onex_compose._node_contracts",
+    "ModelContractEffect": "onex_compose._node_contracts",
+    "ModelContractReducer": "onex_compose._node_contracts",
+    "ModelContractOrchestrator": "onex_compose._node_contracts",
+    "ModelSubcontractReference": "onex_compose._node_contracts",
+    "ModelMixinContract": "onex_compose._contracts",
+    "ModelErrorHandlingSubcontract": "onex_compose.model.subcontracts",
+    "compose_from_contract": "onex_compose._contract_compose",
+    "load_node": "onex_compose._contract_compose",
+    "load_contract": "onex_compose._contract_compose",
+    "register_contract": "onex_compose._contract_compose",
+    "validate_contract": "onex_compose._validate",
+    "ValidationReport": "onex_compose._validate",
 }
 
 __all__ = [
@@ -78,6 +109,14 @@ __all__ = [
     "MROError",
     "MixinDefinitionError",
     "MixinDependencyResolver",
+    "ModelContract",
+    "ModelContractCompute",
+    "ModelContractEffect",
+    "ModelContractOrchestrator",
+    "ModelContractReducer",
+    "ModelErrorHandlingSubcontract",
+    "ModelMixinContract",
+    "ModelSubcontractReference",
     "NodeCompute",
     "NodeComputeService",
     "NodeCoreBase",
@@ -94,16 +133,22 @@ __all__ = [
     "Registry",
     "ServiceUnavailableError",
     "UnknownCapabilityError",
+    "ValidationReport",
     "cache_clear",
     "cache_info",
     "capability",
     "coerce_config",
     "compose",
+    "compose_from_contract",
     "create_service_with_capabilities",
     "default_registry",
     "explain",
     "facility",
     "has_capability",
+    "load_contract",
+    "load_node",
+    "register_contract",
+    "validate_contract",
 ]
 
 

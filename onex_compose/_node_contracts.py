@@ -79,7 +79,7 @@ from onex_compose._loading import (
     find_root,
     load_yaml,
 )
-from onex_compose._nodes import EnumNodeType
+from onex_compose._node_types import EnumNodeType
 from onex_compose.exceptions import ContractError, did_you_mean
 
 __all__ = [

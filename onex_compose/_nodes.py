@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from enum import Enum
 from typing import Any, ClassVar
 
 from loguru import logger
@@ -25,6 +24,7 @@ from loguru import logger
 from onex_compose._build import Composition, _register_base, check_class, lookup_composed
 from onex_compose._config import coerce_config, contract_config
 from onex_compose._facility import facility
+from onex_compose._node_types import EnumNodeType
 from onex_compose._pipeline import guard_order, install_pipeline
 from onex_compose._resolve import Options
 from onex_compose.exceptions import ConfigurationError, did_you_mean
@@ -41,18 +41,6 @@ __all__ = [
 _ids = itertools.count(1)
 _EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={}, overrides={},
                      options=Options(), style="hand-written")
-
-
-class EnumNodeType(str, Enum):
-    """The four ONEX node types."""
-
-    COMPUTE = "COMPUTE"
-    EFFECT = "EFFECT"
-    REDUCER = "REDUCER"
-    ORCHESTRATOR = "ORCHESTRATOR"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class _Plan:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from onex_compose._node_types import EnumNodeType
 from onex_compose._nodes import (
-    EnumNodeType,
     NodeCompute,
     NodeCoreBase,
     NodeEffect,
