@@ -274,7 +274,7 @@ class PubSubListener:
 
         await self._close_session(s)
         client = aioredis.Redis.from_url(self.url, **_options(self.timeout, 0, {}))
-        pubsub = client.pubsub()
+        pubsub: Any = client.pubsub()
         try:
             await asyncio.wait_for(pubsub.connect(), self.timeout)
         except BaseException:

@@ -80,7 +80,7 @@ import types
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import PurePath
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -352,7 +352,7 @@ def _fallback(obj: Any, out: list[str], active: set[int]) -> None:
         _canon(state, out, active)
         active.discard(id(obj))
         return
-    if t.__repr__ is not object.__repr__:
+    if vars(object)["__repr__"] is not getattr(t, "__repr__", None):
         out.append(f"!r:{_qual(t)}:{_json_str(repr(obj))}")
         return
     raise CacheKeyError(
@@ -403,6 +403,26 @@ def canonical(data: Any) -> str:
             "cannot build a cache key: the data is nested too deeply; pass a shorter key"
         ) from None
     return "".join(out)
+
+
+def _call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The key part for a decorated call's arguments.
+
+    Positional scalar arguments (the common case) give their canonical text directly when it is
+    short (``!t[1,"a"]``: it cannot clash with a 32-hex-digit hash); anything else is hashed.
+    """
+    if not kwargs:
+        parts = []
+        for a in args:
+            text = _SCALAR_TEXT.get(type(a))
+            if text is None:
+                break
+            parts.append(text(a))
+        else:
+            key = "!t[" + ",".join(parts) + "]"
+            if len(key) <= 64:
+                return key
+    return generate_cache_key((args, kwargs))
 
 
 def generate_cache_key(data: Any) -> str:
@@ -735,6 +755,10 @@ class Cache:
         value = await self.get(key, MISSING)
         if value is not MISSING:
             return value
+        return await self._load(key, loader, ttl)
+
+    async def _load(self, key: str, loader: Callable[[], Any], ttl: float | None) -> Any:
+        """The miss path of :meth:`get_or_set`: single-flight ``loader`` then ``set``."""
         if not self._enabled:
             self._loads += 1
             return await _call(loader)
@@ -802,8 +826,11 @@ class Cache:
 
             @functools.wraps(fn)
             async def wrapper(*args: Any, **kwargs: Any) -> T:
-                k = key(*args, **kwargs) if key else prefix + generate_cache_key((args, kwargs))
-                return await self.get_or_set(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
+                k = key(*args, **kwargs) if key else prefix + _call_key(args, kwargs)
+                value = await self.get(k, MISSING)
+                if value is not MISSING:
+                    return value  # type: ignore[no-any-return]
+                return await self._load(k, lambda: fn(*args, **kwargs), ttl)  # type: ignore[no-any-return]
 
             return wrapper
 
@@ -1142,8 +1169,12 @@ def cached(ttl: float | None = None, *, key: Callable[..., str] | None = None
 
         @functools.wraps(fn)
         async def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-            k = key(*args, **kwargs) if key else prefix + generate_cache_key((args, kwargs))
-            return await self.cache.get_or_set(  # type: ignore[no-any-return]
+            k = key(*args, **kwargs) if key else prefix + _call_key(args, kwargs)
+            cache: Cache = self.cache
+            value = await cache.get(k, MISSING)
+            if value is not MISSING:
+                return value  # type: ignore[no-any-return]
+            return await cache._load(  # type: ignore[no-any-return]
                 k, lambda: fn(self, *args, **kwargs), ttl)
 
         return wrapper
@@ -1233,8 +1264,7 @@ class MixinCaching:
             cache: Cache = node.cache
             if not cache.config.wrap_process:
                 return await call(*args, **kwargs)
-            key = prefix + generate_cache_key((args, kwargs) if kwargs or len(args) != 1
-                                              else args[0])
+            key = prefix + _call_key(args, kwargs)
             return await cache.get_or_set(key, lambda: call(*args, **kwargs))
 
         return guarded

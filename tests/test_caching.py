@@ -477,6 +477,8 @@ def test_cache_cached_decorator_on_a_function() -> None:
 
     run(body())
     assert calls == [3, 4]
+    stats = cache.stats()
+    assert stats["misses"]["l1"] == 2 and stats["hits"]["l1"] == 1  # a miss is counted once
 
 
 def test_cached_rejects_sync_functions_with_a_clear_error() -> None:
@@ -839,3 +841,12 @@ def test_facility_default_when_setup_never_ran() -> None:
     node = Service.__new__(Service)
     assert isinstance(node.cache, Cache)
     assert node.cache.config == CachingConfig()
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import onex_compose.capabilities.caching as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 10 and result.failed == 0

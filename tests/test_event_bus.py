@@ -471,3 +471,12 @@ def test_stats_health_and_metrics() -> None:
     assert counters["events_delivered_total"] == 1
     assert node.event_bus.health()["status"] == "healthy"
     asyncio.run(node.aclose())
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+
+    import onex_compose.capabilities.event_bus as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 5 and result.failed == 0
