@@ -503,7 +503,9 @@ class ErrorHandler:
                 ``retry`` capability is composed (its ``with_retry`` runs the attempts).
             operation_key: breaker and metric name (default: the operation's ``__name__``).
             attempts_made: attempts already made and failed before this call (the seed's flow
-                calls this after a first failure: pass 1 to keep the total bounded).
+                calls this after a first failure: pass 1 to keep the total bounded); the
+                back-off for the last of them is slept before the first attempt here (with
+                ``retry`` composed its loop starts at once and paces the attempts itself).
 
         Raises:
             Exception: the last error once attempts run out, or the first non-retriable one
@@ -526,6 +528,8 @@ class ErrorHandler:
                                               **kwargs)
         attempt = attempts_made
         metrics = self._metrics()
+        if attempts_made > 0:  # called after a failure: back off before the next attempt
+            await self.sleep(self._delay(attempts_made, None, cfg))
         while True:
             attempt += 1
             try:
