@@ -575,6 +575,21 @@ def test_retry_inside_with_timeout_never_sleeps_past_it() -> None:
     assert "deadline" in info.value.__notes__[0]
 
 
+def test_timeouts_count_as_breaker_failures_and_an_open_circuit_stops_retry() -> None:
+    from onex_compose.capabilities.circuit_breaker import CircuitOpenError
+
+    clock = ManualClock()
+    node = make(["retry", "circuit_breaker", "timeout"], 100, clock,
+                timeout={"timeout": 1}, circuit_breaker={"failure_threshold": 2},
+                retry={"max_attempts": 5, "jitter": "none", "initial_delay": 0.5})
+    pipeline = node.__onex_pipeline__
+    assert pipeline.index("retry") < pipeline.index("circuit_breaker") < pipeline.index("timeout")
+    with pytest.raises(CircuitOpenError) as info:
+        clock.run(node.process(1))
+    assert node.starts == [0.0, 1.5]  # two timed-out attempts opened the circuit
+    assert "CircuitOpenError is not retriable" in info.value.__notes__[0]
+
+
 class HandWritten(NodeCompute, MixinTimeout):
     async def process(self, x: int) -> int:
         return x
