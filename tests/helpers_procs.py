@@ -21,8 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
+import subprocess
 import sys
+import threading
+from pathlib import Path
 from typing import Any
+
+HELPER = Path(__file__)
 
 
 class JsonCodec:
@@ -36,6 +42,71 @@ class JsonCodec:
     def loads(data: bytes) -> Any:
         assert data[:1] == b"J", data
         return json.loads(data[1:])
+
+
+# -- used by the tests (the parent process) --------------------------------------------------
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.005)
+    return bool(check())
+
+
+async def no_tasks_left() -> bool:
+    await asyncio.sleep(0)
+    return asyncio.all_tasks() == {asyncio.current_task()}
+
+
+class Proc:
+    """A helper process speaking JSON lines (see helpers_procs.py)."""
+
+    def __init__(self, *args: str) -> None:
+        self.p = subprocess.Popen([sys.executable, str(HELPER), *args], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  bufsize=1)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.put(line)
+
+    def read(self, timeout: float = 10.0) -> Any:
+        try:
+            return json.loads(self.lines.get(timeout=timeout))
+        except queue.Empty:
+            err = self.p.stderr.read() if self.p.poll() is not None and self.p.stderr else ""
+            raise AssertionError(f"helper process said nothing for {timeout}s; stderr: {err}")
+
+    async def ask(self, line: str, timeout: float = 10.0) -> Any:
+        self.send(line)
+        return await asyncio.to_thread(self.read, timeout)
+
+    def send(self, line: str) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            try:
+                self.send("quit")
+                self.p.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.p.kill()
+                self.p.wait()
+        for stream in (self.p.stdin, self.p.stdout, self.p.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# -- the helper process ----------------------------------------------------------------------
 
 
 def emit(obj: Any) -> None:

@@ -850,3 +850,12 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 10 and result.failed == 0
+
+
+def test_with_health_check_the_cache_reports_in_the_nodes_health() -> None:
+    node = compose(NodeCompute, ["caching", "health_check"])()
+    report = run(node.health_check())
+    assert report["checks"]["cache"]["status"] == "healthy"
+    assert report["status"] == "healthy"
+    plain = compose(NodeCompute, ["caching"])()
+    assert not has_capability(plain, "health_check")  # nothing registered, nothing probed

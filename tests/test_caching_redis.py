@@ -6,18 +6,13 @@ mid-test), pickling. Each test uses its own key prefix (``redis_prefix``), remov
 from __future__ import annotations
 
 import asyncio
-import json
 import pickle
-import queue
 import socket
-import subprocess
-import sys
-import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from helpers_procs import Proc, eventually, no_tasks_left
 from loguru import logger
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.caching import (
@@ -29,8 +24,6 @@ from onex_compose.capabilities.caching import (
 from onex_compose import NodeCompute, compose
 
 pytestmark = pytest.mark.redis
-
-HELPER = Path(__file__).with_name("helpers_procs.py")
 
 
 @pytest.fixture
@@ -52,65 +45,6 @@ def logs() -> Any:
     sink = logger.add(lambda m: lines.append(str(m)), level="INFO")
     yield lines
     logger.remove(sink)
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if check():
-            return True
-        await asyncio.sleep(0.005)
-    return bool(check())
-
-
-async def no_tasks_left() -> bool:
-    await asyncio.sleep(0)
-    return asyncio.all_tasks() == {asyncio.current_task()}
-
-
-class Proc:
-    """A helper process speaking JSON lines (see helpers_procs.py)."""
-
-    def __init__(self, *args: str) -> None:
-        self.p = subprocess.Popen([sys.executable, str(HELPER), *args], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  bufsize=1)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def read(self, timeout: float = 10.0) -> Any:
-        try:
-            return json.loads(self.lines.get(timeout=timeout))
-        except queue.Empty:
-            err = self.p.stderr.read() if self.p.poll() is not None and self.p.stderr else ""
-            raise AssertionError(f"helper process said nothing for {timeout}s; stderr: {err}")
-
-    async def ask(self, line: str, timeout: float = 10.0) -> Any:
-        self.send(line)
-        return await asyncio.to_thread(self.read, timeout)
-
-    def send(self, line: str) -> None:
-        assert self.p.stdin is not None
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-
-    def close(self) -> None:
-        if self.p.poll() is None:
-            try:
-                self.send("quit")
-                self.p.wait(10)
-            except (OSError, subprocess.TimeoutExpired):
-                self.p.kill()
-                self.p.wait()
-        for stream in (self.p.stdin, self.p.stdout, self.p.stderr):
-            if stream is not None:
-                stream.close()
 
 
 # -- L1 + L2 -----------------------------------------------------------------------------------
@@ -436,3 +370,19 @@ async def test_redis_down_from_the_start_still_serves_l1(logs: list[str]) -> Non
     assert sum("unavailable" in line for line in logs) == 1
     await node.aclose()
     assert await no_tasks_left()
+
+
+async def test_a_redis_outage_shows_as_degraded_in_the_nodes_health(private_redis: Any) -> None:
+    node = compose(NodeCompute, ["caching", "health_check"])(capability_config={"caching": {
+        "backend": "redis", "redis_url": private_redis.url, "namespace": "h",
+        "redis_timeout": 0.5}})
+    await node.cache.set("k", 1)
+    assert (await node.health_check())["checks"]["cache"]["status"] == "healthy"
+    private_redis.stop()
+    await node.cache.set("k", 2)
+    report = await node.health_check()
+    assert report["status"] == "degraded"
+    assert "Redis L2 unavailable" in report["checks"]["cache"]["reason"]
+    assert node.is_healthy()  # degraded still serves
+    assert await node.cache.get("k") == 2
+    await node.aclose()

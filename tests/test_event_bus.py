@@ -480,3 +480,10 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_with_health_check_the_bus_reports_in_the_nodes_health() -> None:
+    node = compose(NodeCompute, ["event_bus", "health_check"])(
+        capability_config={"event_bus": {"namespace": ns()}})
+    report = asyncio.run(node.health_check())
+    assert report["checks"]["event_bus"]["status"] == "healthy"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import redis
+from helpers_procs import Proc, eventually, no_tasks_left
 from loguru import logger
 from onex_compose.capabilities import _context
 from onex_compose.capabilities.event_bus import (
@@ -19,7 +20,6 @@ from onex_compose.capabilities.event_bus import (
     EventBusError,
     EventPublishError,
 )
-from test_caching_redis import Proc, eventually, no_tasks_left
 
 from onex_compose import NodeCompute, compose
 
@@ -287,4 +287,55 @@ async def test_a_node_with_a_started_redis_bus_pickles(cfg: dict[str, Any]) -> N
     assert await eventually(lambda: [e.payload for e in got] == ["from the clone"])
     await clone.aclose()
     await node.aclose()
+    assert await no_tasks_left()
+
+
+async def test_seed_robust_service_shares_cache_and_events_through_redis(
+        redis_url: str, redis_prefix: str) -> None:
+    from onex_compose import NodeComputeService
+    from onex_compose.mixin import (
+        MixinCaching,
+        MixinEventBus,
+        MixinHealthCheck,
+        MixinMetrics,
+        MixinRetry,
+    )
+
+    class RobustComputeService(NodeComputeService, MixinHealthCheck, MixinMetrics,
+                               MixinCaching, MixinEventBus, MixinRetry):
+        executions = 0
+
+        async def compute(self, input_data: Any) -> Any:
+            with self.metrics.timer("compute_duration"):
+                cache_key = self.generate_cache_key(input_data)
+                cached_result = await self.cache.get(cache_key)
+                if cached_result:
+                    self.metrics.increment("cache_hits")
+                    return cached_result
+                result = await self.with_retry(self._execute_computation, input_data,
+                                               max_attempts=3)
+                await self.cache.set(cache_key, result, ttl=3600)
+                await self.event_bus.publish("computation_completed",
+                                             {"input": input_data, "result": result})
+                return result
+
+        async def _execute_computation(self, input_data: Any) -> Any:
+            type(self).executions += 1
+            return {"sum": sum(input_data["values"])}
+
+    redis_cfg = {"backend": "redis", "redis_url": redis_url, "namespace": redis_prefix}
+    contract = {"subcontracts": {"caching": redis_cfg, "event_type": redis_cfg}}
+    a = RobustComputeService(contract, node_id="a")
+    b = RobustComputeService(contract, node_id="b")
+    heard: list[Event] = []
+    await b.event_bus.subscribe("computation_completed", heard.append)
+    assert await a.compute({"values": [1, 2, 3]}) == {"sum": 6}
+    assert await b.compute({"values": [1, 2, 3]}) == {"sum": 6}  # from the shared L2
+    assert RobustComputeService.executions == 1
+    assert b.cache.stats()["hits"]["l2"] == 1
+    assert await eventually(lambda: len(heard) == 1)
+    assert heard[0].source == "a" and heard[0].payload["result"] == {"sum": 6}
+    assert "cache_hits" in str(b.metrics.snapshot())
+    await a.aclose()
+    await b.aclose()
     assert await no_tasks_left()
