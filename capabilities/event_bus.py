@@ -363,14 +363,18 @@ class _Router:
                 self.wild.discard(sub)
 
     def match(self, topic: str) -> list[Subscription]:
-        subs = self.exact.get(topic)
-        out = list(subs) if subs else []
-        if self.wild:
-            out.extend(s for s in list(self.wild) if s.matches(topic))
+        with self.lock:  # WeakSet iteration is not safe against a concurrent add
+            subs = self.exact.get(topic)
+            out = list(subs) if subs else []
+            wild = list(self.wild) if self.wild else ()
+        if wild:
+            out.extend(s for s in wild if s.matches(topic))
         return out
 
     def by_pattern(self, pattern: str) -> list[Subscription]:
-        return [s for s in list(self.wild) if s.pattern == pattern]
+        with self.lock:
+            wild = list(self.wild)
+        return [s for s in wild if s.pattern == pattern]
 
     def all(self) -> list[Subscription]:
         with self.lock:
@@ -586,7 +590,7 @@ class EventBus:
     @property
     def subscriptions(self) -> list[Subscription]:
         """This bus's active subscriptions."""
-        return [s for s in self._subs if s.active]
+        return [s for s in list(self._subs) if s.active]  # list(): health runs in a thread
 
     def stats(self) -> dict[str, Any]:
         """Counts: published, delivered, handler_errors, dropped, publish_errors,
