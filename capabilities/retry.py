@@ -384,7 +384,7 @@ class RetryPolicy:
         try:
             base = cfg.initial_delay * cfg.backoff_factor ** (failed_attempt - 1)
         except OverflowError:
-            base = math.inf
+            base = math.inf if cfg.initial_delay > 0 else 0.0
         cap = min(base, cfg.max_delay)
         if cfg.jitter == "full":
             return float(self.random() * cap)
@@ -428,9 +428,9 @@ class RetryPolicy:
     def _give_up(self, exc: Exception, fn: Any, attempt: int, outcome: str, why: str) -> None:
         exc.add_note(f"onex retry: gave up on {operation_name(fn)} after {attempt} "
                      f"attempt{'s' if attempt != 1 else ''}: {why}")
-        if outcome != "not_retriable":
-            self._giveups.append(self.clock())
-        if attempt > 1 or outcome == "deadline":
+        if attempt > 1 or outcome == "deadline":  # a loop that retried (or could not)
+            if outcome != "not_retriable":
+                self._giveups.append(self.clock())
             self._count(fn, outcome)
 
     def _count(self, fn: Any, outcome: str) -> None:

@@ -219,7 +219,7 @@ def test_delay_is_within_zero_and_the_cap(initial: float, factor: float, max_del
     try:
         cap = min(initial * factor ** (attempt - 1), max_delay)
     except OverflowError:
-        cap = max_delay
+        cap = max_delay if initial > 0 else 0.0
     d = p.delay(attempt)
     assert 0.0 <= d <= cap
     if jitter == "none":
@@ -623,6 +623,10 @@ def test_health_degrades_after_repeated_give_ups_and_recovers_with_time() -> Non
     assert report["status"] == "degraded" and "2 retried calls gave up" in report["reason"]
     clock.advance(11)
     assert p.health()["status"] == "healthy"
+    for _ in range(3):  # single-attempt calls that fail are not retry give-ups
+        with pytest.raises(ConnectionError):
+            p.run_sync(Flaky(9), max_attempts=1)
+    assert p.health()["gave_up_recently"] == 0
 
 
 # -- composed -------------------------------------------------------------------------------------
