@@ -415,6 +415,25 @@ def test_sync_callable_is_abandoned_on_timeout_and_keeps_running() -> None:
              'on_timeout_and_keeps_running.<locals>.blocking"}'] == 1
 
 
+def test_an_abandoned_thread_does_not_hold_up_interpreter_exit() -> None:
+    """asyncio.to_thread's executor is joined at exit; our daemon thread is not."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, threading\n"
+        "from onex_compose.capabilities.timeout import TimeoutPolicy, OperationTimeoutError\n"
+        "p = TimeoutPolicy({'timeout': 0.05})\n"
+        "try:\n"
+        "    asyncio.run(p.run(threading.Event().wait))  # blocks forever in its thread\n"
+        "except OperationTimeoutError:\n"
+        "    print('timed out')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "timed out"
+
+
 def test_sync_callable_errors_propagate() -> None:
     clock = ManualClock()
 
