@@ -82,7 +82,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import PurePath
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
 from onex_compose.capabilities import _context
@@ -608,7 +608,10 @@ class Cache:
             >>> asyncio.run(cache.get("absent", MISSING)) is MISSING
             True
         """
-        entry = self._data.get(key)
+        try:
+            entry = self._data.get(key)
+        except TypeError:  # unhashable
+            _bad_key(key)
         if entry is not None:
             exp = entry[1]
             if exp is None or exp > self.clock():
@@ -625,6 +628,8 @@ class Cache:
             self._data.pop(key, None)
         if not self._enabled:
             return default
+        if not isinstance(key, str):
+            _bad_key(key)
         self._misses[0] += 1
         self._inc("cache_lookups_total", 1, _L1_MISS)
         if self._l2:
@@ -676,7 +681,7 @@ class Cache:
         """
         if not self._enabled:
             return
-        if type(key) is not str:
+        if not isinstance(key, str):
             _bad_key(key)
         if ttl is None:
             ttl = self._default_ttl
@@ -1115,7 +1120,7 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def _bad_key(key: Any) -> None:
+def _bad_key(key: Any) -> NoReturn:
     raise CacheKeyError(
         f"cache keys are strings, got {type(key).__name__} {key!r}; build one with "
         "generate_cache_key(data)")

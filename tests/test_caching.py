@@ -149,6 +149,16 @@ def test_keys_must_be_strings() -> None:
     cache = Cache()
     with pytest.raises(CacheKeyError, match="generate_cache_key"):
         run(cache.set(("tuple", "key"), 1))  # type: ignore[arg-type]
+    with pytest.raises(CacheKeyError, match="list"):
+        run(cache.get(["unhashable"]))  # type: ignore[arg-type]
+    with pytest.raises(CacheKeyError, match="int"):
+        run(cache.get(42))  # type: ignore[arg-type]
+
+    class Kind(str, enum.Enum):
+        A = "a"
+
+    run(cache.set(Kind.A, 1))  # a str subclass is a string
+    assert run(cache.get("a")) == 1
     assert isinstance(CacheKeyError("x"), TypeError)
 
 
