@@ -869,3 +869,10 @@ def test_with_health_check_the_cache_reports_in_the_nodes_health() -> None:
     assert report["status"] == "healthy"
     plain = compose(NodeCompute, ["caching"])()
     assert not has_capability(plain, "health_check")  # nothing registered, nothing probed
+
+
+def test_the_contract_passes_onex_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    from onex_compose._cli import main
+
+    assert main(["validate", str(CONTRACTS_DIR / "mixin_caching.yaml")]) == 0
+    assert "✓ Action definitions complete" in capsys.readouterr().out

@@ -487,3 +487,10 @@ def test_with_health_check_the_bus_reports_in_the_nodes_health() -> None:
         capability_config={"event_bus": {"namespace": ns()}})
     report = asyncio.run(node.health_check())
     assert report["checks"]["event_bus"]["status"] == "healthy"
+
+
+def test_the_contract_passes_onex_validate(capsys: pytest.CaptureFixture[str]) -> None:
+    from onex_compose._cli import main
+
+    assert main(["validate", str(CONTRACTS_DIR / "mixin_event_bus.yaml")]) == 0
+    assert "✓ Action definitions complete" in capsys.readouterr().out
