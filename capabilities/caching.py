@@ -34,19 +34,35 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
   the loader once; the others wait for its result (or its exception, which is not cached).
 * ``enabled: false``: ``get`` always misses, ``set``/``delete``/``clear`` do nothing, and
   loaders always run.
+* **Decorators**: ``@cached(ttl=...)`` (this module) memoises an ``async def`` *method* of a
+  node in that node's ``self.cache``; ``@node.cache.cached(ttl=...)`` memoises a plain
+  ``async def`` function in one cache. Keys are the function's qualified name plus the
+  arguments (or ``key=callable``).
+* **process()**: with ``wrap_process: true`` the guard hook ``_guard_caching`` (rank 40, outside
+  retry and the other flow-control guards) memoises ``process()`` by its input. Off by default:
+  memoising an EFFECT node would skip its side effects.
+* **Metrics** (into the node's metrics): ``cache_lookups_total{level=l1|l2, result=hit|miss}``
+  (one metric, because seed 000's own ``compute()`` counts ``cache_hits``, whose Prometheus
+  series a ``cache_hits_total`` metric would take), ``cache_evictions_total``,
+  ``cache_loads_total``, ``cache_l2_errors_total{kind=unavailable|decode}``. ``stats()`` has
+  the same counts per level without the metrics capability.
+* **Health**: when the node has ``health_check``, ``cache.health()`` is registered as the
+  ``cache`` check (found through the node's composition, never by probing with ``hasattr``).
 
 Why the L1 is written here instead of using ``cachetools.TTLCache``: TTLCache has one TTL per
 cache (``TLRUCache`` needs a per-item function), evicts by insertion expiry rather than LRU
-order, takes no per-level statistics, and a hit through it costs more than this whole ``get``
-(``benchmarks/bench_cache.py`` measures both in one run). The L1 here is an ``OrderedDict`` of
+order, keeps no per-level statistics, and a sync ``TTLCache`` lookup alone costs more than
+this cache's async ``get`` without metrics (``benchmarks/bench_cache.py`` measures both in one
+run). The L1 here is an ``OrderedDict`` of
 ``(value, expires_at)`` pairs; the clock is read only for entries that expire.
 
 Why ``generate_cache_key`` has its own canonical encoder: ``json.dumps(sort_keys=True)`` (the
 usual recipe) makes ``{1: 'a'}`` and ``{'1': 'a'}`` (and ``(1, 2)`` and ``[1, 2]``) the same key
 and fails on sets, bytes and dataclasses; ``pickle`` output depends on insertion order and
-object identity. The encoder emits JSON text for JSON data (the common flat-dict case goes
-straight to the C encoder) and tagged forms for everything else, then hashes it (BLAKE2b, 128
-bits).
+object identity. The encoder emits JSON text for JSON data (a flat dict of scalars takes a
+short fast path) and tagged forms for everything else, then hashes it (BLAKE2b, 128 bits). Set
+elements and non-string dict keys are sorted by their encoding, so keys do not depend on
+``PYTHONHASHSEED``: another process computes the same key, which the shared L2 needs.
 
 Example:
     >>> import asyncio
