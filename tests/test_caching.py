@@ -848,7 +848,7 @@ def test_setup_caching_reconfigures_and_keeps_an_injected_clock() -> None:
 
 def test_facility_default_when_setup_never_ran() -> None:
     Service = compose(NodeCompute, ["caching"])
-    node = Service.__new__(Service)
+    node = _without_setup(Service)  # setup never ran: the node builds the defaults
     assert isinstance(node.cache, Cache)
     assert node.cache.config == CachingConfig()
 
@@ -876,3 +876,13 @@ def test_the_contract_passes_onex_validate(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["validate", str(CONTRACTS_DIR / "mixin_caching.yaml")]) == 0
     assert "✓ Action definitions complete" in capsys.readouterr().out
+
+
+def _without_setup(cls):  # type: ignore[no-untyped-def]
+    """An instance whose setup hooks never ran (a user _initialize_mixins that does nothing)."""
+
+    class Bare(cls):  # type: ignore[misc, valid-type]
+        def _initialize_mixins(self, contract=None, capability_config=None):  # type: ignore[no-untyped-def]
+            return None
+
+    return Bare()
