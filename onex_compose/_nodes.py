@@ -23,7 +23,7 @@ from loguru import logger
 
 from onex_compose._build import Composition, _register_base, check_class, lookup_composed
 from onex_compose._config import coerce_config, contract_config
-from onex_compose._facility import facility
+from onex_compose._facility import facilities_of
 from onex_compose._node_types import EnumNodeType
 from onex_compose._pipeline import guard_order, install_pipeline
 from onex_compose._resolve import Options
@@ -46,8 +46,8 @@ _EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={},
 class _Plan:
     """Per-class initialisation plan (computed once per class)."""
 
-    __slots__ = ("close_of", "closes", "defaults", "facilities", "names", "setups", "specs",
-                 "starts")
+    __slots__ = ("close_of", "closes", "defaults", "facilities", "facility_builders", "names",
+                 "setups", "specs", "starts")
 
     def __init__(self, cls: type, comp: Composition) -> None:
         self.specs = {s.name: s for s in comp.specs}
@@ -73,8 +73,16 @@ class _Plan:
         self.starts = tuple(starts)
         self.closes = tuple(reversed(closes))
         self.close_of = dict(closes)
-        self.facilities = frozenset(
-            n for k in cls.__mro__ for n, v in vars(k).items() if isinstance(v, facility))
+        # in dependency order: a default facility may use the facilities of its dependencies
+        every = dict(facilities_of(cls))
+        ordered: dict[str, Any] = {}
+        for spec in comp.specs:
+            for name in facilities_of(spec.mixin):
+                if name in every:
+                    ordered[name] = every[name]
+        ordered.update((n, b) for n, b in every.items() if n not in ordered)
+        self.facility_builders = tuple(ordered.items())
+        self.facilities = frozenset(n for n, _ in self.facility_builders)
 
 
 def hook_name(cls: type, spec: Any, kind: str) -> str | None:
@@ -138,6 +146,14 @@ class NodeCoreBase:
                  node_id: str | None = None) -> None:
         self.contract = contract
         self.node_id = node_id or f"{type(self).__name__}-{next(_ids)}"
+        cls = type(self)
+        if cls._initialize_mixins is not NodeCoreBase._initialize_mixins:
+            # a user-written _initialize_mixins (seed 000's contract-driven example) may set up
+            # capabilities in any order or skip some: give every facility its default first
+            d = self.__dict__
+            for name, build in cls.__onex_plan__.facility_builders:
+                if name not in d:
+                    d[name] = build(self)
         self._initialize_mixins(contract, capability_config)
 
     def _initialize_mixins(self, contract: Any = None,
@@ -163,6 +179,9 @@ class NodeCoreBase:
             configs, sources = _configs(type(self), plan, contract, capability_config)
             for name, setup, _default in plan.setups:
                 setup(self, configs[name])
+        for name, build in plan.facility_builders:
+            if name not in d:  # a capability without a setup hook, or one that left it unset
+                d[name] = build(self)
         owned = (set(d) - before) | plan.facilities
         if prev is not None:
             owned |= prev[3]

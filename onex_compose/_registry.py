@@ -270,6 +270,7 @@ def public_names(mixin: type) -> frozenset[str]:
     names: set[str] = set()
     for klass in mixin.__mro__[:-1]:
         names.update(n for n in vars(klass) if not n.startswith("_"))
+        names.update(vars(klass).get("__onex_facilities__", ()))  # attributes declared by facility
     return frozenset(names)
 
 

@@ -283,7 +283,7 @@ def test_replacing_a_capability_never_returns_a_stale_class() -> None:
         __slots__ = ()
 
         def setup_metrics(self, config: Any) -> None:
-            self.metrics = MixinToyMetrics.metrics.build(self)  # type: ignore[attr-defined]
+            self.metrics = MixinToyMetrics.__onex_facilities__["metrics"](self)  # type: ignore[attr-defined]
             self.better = True
 
     reg.register(MixinBetterMetrics, name="metrics", replace=True)
