@@ -141,8 +141,8 @@ def call_rows(table: Table, number: int, repeats: int) -> None:
     comp_read = time_sync(lambda: node.cache, number=number, repeats=repeats)
     table.add("composed instance: read self.cache (facility set by setup)", comp_read,
               baseline=base_read,
-              note="a same-named non-data descriptor on the class blocks LOAD_ATTR "
-                   "specialisation")
+              note="facility keeps no class attribute: a same-named one would block "
+                   "LOAD_ATTR specialisation")
     base_m = time_sync(plain.is_healthy, number=number, repeats=repeats)
     table.add("plain class: is_healthy() (own method)", base_m)
     comp_m = time_sync(node.is_healthy, number=number, repeats=repeats)
