@@ -151,7 +151,8 @@ class MixinToyMetrics:
 
     def setup_metrics(self, config: ToyMetricsConfig | Mapping[str, Any] | None = None) -> None:
         cfg = coerce_config(ToyMetricsConfig, config, "metrics")
-        self.metrics = ToyMetrics(cfg.prefix)
+        host: Any = self  # a slotted mixin sets its state on the host's __dict__
+        host.metrics = ToyMetrics(cfg.prefix)
 
     @facility
     def metrics(self) -> ToyMetrics:
@@ -165,7 +166,8 @@ class MixinToyHealthCheck:
     metrics: ToyMetrics
 
     def setup_health_check(self, config: Any = None) -> None:
-        self.health = ToyHealth()
+        host: Any = self
+        host.health = ToyHealth()
 
     @facility
     def health(self) -> ToyHealth:
@@ -183,7 +185,8 @@ class MixinToyCaching:
 
     def setup_caching(self, config: ToyCacheConfig | Mapping[str, Any] | None = None) -> None:
         cfg = coerce_config(ToyCacheConfig, config, "caching")
-        self.cache = ToyCache(cfg.max_size, self.metrics)
+        host: Any = self
+        host.cache = ToyCache(cfg.max_size, self.metrics)
 
     @facility
     def cache(self) -> ToyCache:
@@ -197,7 +200,8 @@ class MixinToyEventBus:
     metrics: ToyMetrics
 
     def setup_event_bus(self, config: Any = None) -> None:
-        self.event_bus = ToyBus(self.metrics)
+        host: Any = self
+        host.event_bus = ToyBus(self.metrics)
 
     @facility
     def event_bus(self) -> ToyBus:
@@ -211,7 +215,8 @@ class MixinToyRetry:
     metrics: ToyMetrics
 
     def setup_retry(self, config: Any = None) -> None:
-        self.retry_attempts = 3
+        host: Any = self
+        host.retry_attempts = 3
 
     def with_retry(self, func: Callable[..., Any], *args: Any, max_attempts: int = 3) -> Any:
         last: Exception | None = None
@@ -231,7 +236,8 @@ class MixinToyCircuitBreaker:
     __slots__ = ()
 
     def setup_circuit_breaker(self, config: Any = None) -> None:
-        self.breaker = ToyBreaker()
+        host: Any = self
+        host.breaker = ToyBreaker()
 
     @facility
     def breaker(self) -> ToyBreaker:
