@@ -497,11 +497,11 @@ class MixinBulkhead:
         one release it there, new calls use the new limit."""
         cfg = coerce_config(BulkheadConfig, config, "bulkhead")
         name = cfg.name or getattr(self, "node_id", None) or type(self).__name__
-        old = self.__dict__.get("bulkhead")
+        old = getattr(self, "bulkhead", None)
         bulkhead = Bulkhead(cfg, name=name, metrics=self.metrics)  # type: ignore[attr-defined]
         if isinstance(old, Bulkhead):
             bulkhead.clock = old.clock
-        self.__dict__["bulkhead"] = bulkhead
+        setattr(self, "bulkhead", bulkhead)  # noqa: B010 - the mixin declares no such slot
 
     @facility
     def bulkhead(self) -> Bulkhead:

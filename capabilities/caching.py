@@ -1234,9 +1234,8 @@ class MixinCaching:
         """Build ``self.cache`` from the caching subcontract (a model, a mapping or ``None``)."""
         cfg = coerce_config(CachingConfig, config, "caching")
         node: Any = self
-        old = node.__dict__.get("cache")
-        node.cache = Cache(cfg, metrics=node.metrics, owner=str(node.__dict__.get("node_id",
-                                                                                  "cache")),
+        old = getattr(node, "cache", None)
+        node.cache = Cache(cfg, metrics=node.metrics, owner=str(getattr(node, "node_id", "cache")),
                            clock=old.clock if isinstance(old, Cache) else None)
         if has_capability(self, "health_check"):
             node.register_health_check(node.cache.health, name="cache")
@@ -1270,7 +1269,7 @@ class MixinCaching:
     async def close_caching(self) -> None:
         """Stop the invalidation listener (idempotent)."""
         node: Any = self
-        cache = node.__dict__.get("cache")
+        cache = getattr(node, "cache", None)
         if isinstance(cache, Cache):
             await cache.aclose()
 

@@ -815,12 +815,12 @@ class MixinEventBus:
         ``None``)."""
         cfg = coerce_config(EventBusConfig, config, "event_bus")
         node: Any = self
-        old = node.__dict__.get("event_bus")
+        old = getattr(node, "event_bus", None)
         if isinstance(old, EventBus) and old.subscriptions:
             for sub in old.subscriptions:  # reconfigured: the old bus stops receiving
                 sub.unsubscribe()
         node.event_bus = EventBus(cfg, metrics=node.metrics,
-                                  source=node.__dict__.get("node_id"))
+                                  source=getattr(node, "node_id", None))
         if has_capability(self, "health_check"):
             node.register_health_check(node.event_bus.health, name="event_bus")
 
@@ -829,7 +829,7 @@ class MixinEventBus:
         """The node's event bus (built with defaults if ``setup_event_bus`` never ran)."""
         node: Any = self
         return EventBus(EventBusConfig(), metrics=node.metrics,
-                        source=node.__dict__.get("node_id"))
+                        source=getattr(node, "node_id", None))
 
     async def start_event_bus(self) -> None:
         """Subscribe on Redis now (no-op on the memory backend)."""
@@ -839,6 +839,6 @@ class MixinEventBus:
     async def close_event_bus(self) -> None:
         """Drain, unsubscribe and stop every task of the bus (idempotent)."""
         node: Any = self
-        bus = node.__dict__.get("event_bus")
+        bus = getattr(node, "event_bus", None)
         if isinstance(bus, EventBus):
             await bus.aclose()

@@ -637,21 +637,20 @@ class MixinHealthCheck:
                            ) -> None:
         """Configure ``self.health``; called again, it keeps the registered checks."""
         cfg = coerce_config(HealthCheckConfig, config, "health_check")
-        d = self.__dict__
         monitor = HealthMonitor(cfg, metrics=self.metrics,  # type: ignore[attr-defined]
-                                node_id=d.get("node_id"))
-        old = d.get("health")
+                                node_id=getattr(self, "node_id", None))
+        old = getattr(self, "health", None)
         if isinstance(old, HealthMonitor):
             monitor.adopt(old)
             monitor.clock, monitor.sleep = old.clock, old.sleep
             old._cancel_tasks()
-        d["health"] = monitor
+        setattr(self, "health", monitor)  # noqa: B010 - the mixin itself declares no such slot
 
     @facility
     def health(self) -> HealthMonitor:
         """The node's health monitor (a default one when ``setup_health_check`` never ran)."""
         return HealthMonitor(metrics=self.metrics,  # type: ignore[attr-defined]
-                             node_id=self.__dict__.get("node_id"))
+                             node_id=getattr(self, "node_id", None))
 
     def is_healthy(self) -> bool:
         """The last known status is not unhealthy (sync, never waits for a check)."""

@@ -363,7 +363,7 @@ def _node_type(node: Any) -> str | None:
 
 def _make_logger(node: Any, scrubber: Scrubber, capability: str | None) -> Any:
     return logger.patch(scrubber).bind(
-        node_id=node.__dict__.get("node_id"), node_type=_node_type(node), capability=capability)
+        node_id=getattr(node, "node_id", None), node_type=_node_type(node), capability=capability)
 
 
 _default_scrubber = Scrubber()
@@ -405,7 +405,7 @@ class _Sink:
     __slots__ = ("finalizer", "handler_id")
 
     def __init__(self, node: Any, config: LoggingConfig, scrubber: Scrubber) -> None:
-        node_id = node.__dict__.get("node_id")
+        node_id = getattr(node, "node_id", None)
 
         def mine(record: Any) -> bool:
             # records of this node's logger only: its patcher (this scrubber) just ran; two
@@ -463,14 +463,15 @@ class MixinLogging:
     def setup_logging(self, config: LoggingConfig | Mapping[str, Any] | None = None) -> None:
         """Bind ``self.log`` (once) and add the node's handler when ``enabled``."""
         cfg = coerce_config(LoggingConfig, config, "logging")
-        d = self.__dict__
-        old = d.get("_onex_log_sink")
+        # getattr/setattr, never self.__dict__: touching __dict__ slows every later attribute
+        # read on the node (CPython materialises the instance dict)
+        old = getattr(self, "_onex_log_sink", None)
         if isinstance(old, _Sink):
             old.close()
         scrubber = Scrubber(cfg.scrub_keys)
-        d["_onex_log_config"] = cfg
-        d["log"] = _make_logger(self, scrubber, None)
-        d["_onex_log_sink"] = _Sink(self, cfg, scrubber) if cfg.enabled else None
+        setattr(self, "_onex_log_config", cfg)  # noqa: B010
+        setattr(self, "log", _make_logger(self, scrubber, None))  # noqa: B010
+        setattr(self, "_onex_log_sink", _Sink(self, cfg, scrubber) if cfg.enabled else None)  # noqa: B010
 
     @facility
     def log(self) -> Any:
@@ -487,18 +488,18 @@ class MixinLogging:
 
     async def close_logging(self) -> None:
         """Remove the node's own handler, if it added one (idempotent)."""
-        sink = self.__dict__.get("_onex_log_sink")
+        sink = getattr(self, "_onex_log_sink", None)
         if isinstance(sink, _Sink):
             sink.close()
 
     def _guard_logging(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """Wrap ``process()``: every call runs with a correlation id."""
-        d = self.__dict__
+        node = self
 
         async def correlated(*args: Any, **kwargs: Any) -> Any:
             if correlation_id.get() is not None:
                 return await call(*args, **kwargs)
-            cfg = d.get("_onex_log_config")
+            cfg = getattr(node, "_onex_log_config", None)
             if cfg is not None and not cfg.correlate_process:
                 return await call(*args, **kwargs)
             token = correlation_id.set(new_correlation_id())

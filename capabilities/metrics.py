@@ -812,7 +812,7 @@ class MixinMetrics:
     def setup_metrics(self, config: MetricsConfig | Mapping[str, Any] | None = None) -> None:
         """Configure ``self.metrics`` (again: reconfigured in place, values cleared)."""
         cfg = coerce_config(MetricsConfig, config, "metrics")
-        current = self.__dict__.get("metrics")
+        current = getattr(self, "metrics", None)
         if isinstance(current, Metrics):
             current.configure(cfg)
         else:

@@ -122,7 +122,7 @@ class MixinNodeService:
     def setup_node_service(self, config: NodeServiceConfig | Mapping[str, Any] | None = None) -> None:
         """Configure service mode (``shutdown_timeout``, ``handle_signals``)."""
         cfg = coerce_config(NodeServiceConfig, config, "node_service")
-        old = self.__dict__.get("service")
+        old = getattr(self, "service", None)
         runtime = ServiceRuntime(cfg)
         if isinstance(old, ServiceRuntime):
             runtime.callbacks = old.callbacks

@@ -632,13 +632,13 @@ class MixinRetry:
         Reconfiguring keeps an injected clock, sleep and random source.
         """
         cfg = coerce_config(RetryConfig, config, "retry")
-        old = self.__dict__.get("retry_policy")
+        old = getattr(self, "retry_policy", None)
         node = getattr(self, "node_id", None) or type(self).__name__
         policy = RetryPolicy(cfg, metrics=self.metrics, name=f"{node}.retry")  # type: ignore[attr-defined]
         if isinstance(old, RetryPolicy):
             policy.clock, policy.sleep = old.clock, old.sleep
             policy.sleep_sync, policy.random = old.sleep_sync, old.random
-        self.__dict__["retry_policy"] = policy
+        setattr(self, "retry_policy", policy)  # noqa: B010 - the mixin declares no such slot
         self.register_health_check(  # type: ignore[attr-defined]
             _RetryHealth(self), name="retry", critical=False)
 

@@ -524,12 +524,12 @@ class MixinTimeout:
     def setup_timeout(self, config: TimeoutConfig | Mapping[str, Any] | None = None) -> None:
         """Configure the timeout capability (reconfiguring keeps an injected clock)."""
         cfg = coerce_config(TimeoutConfig, config, "timeout")
-        old = self.__dict__.get("timeout_policy")
+        old = getattr(self, "timeout_policy", None)
         node = getattr(self, "node_id", None) or type(self).__name__
         policy = TimeoutPolicy(cfg, metrics=self.metrics, name=f"{node}.timeout")  # type: ignore[attr-defined]
         if isinstance(old, TimeoutPolicy):
             policy.clock = old.clock
-        self.__dict__["timeout_policy"] = policy
+        setattr(self, "timeout_policy", policy)  # noqa: B010 - the mixin declares no such slot
 
     @facility
     def timeout_policy(self) -> TimeoutPolicy:

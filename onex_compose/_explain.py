@@ -94,7 +94,7 @@ def explain(obj_or_cls: Any) -> Explanation:
             "__composition__ (it is not a NodeCoreBase subclass).")
     sources: dict[str, str] = {}
     if not isinstance(obj_or_cls, type):
-        init = obj_or_cls.__dict__.get("_onex_init")
+        init = getattr(obj_or_cls, "_onex_init", None)
         if init is not None:
             sources = init[2] or dict.fromkeys(comp.capabilities, "defaults")
     caps = []

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _ids = itertools.count(1)
+_BOOKKEEPING = frozenset({"_onex_init", "_onex_started", "_onex_closed", "_onex_chain", "contract",
+                          "node_id"})
 _EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={}, overrides={},
                      options=Options(), style="hand-written")
 
@@ -47,7 +49,7 @@ class _Plan:
     """Per-class initialisation plan (computed once per class)."""
 
     __slots__ = ("close_of", "closes", "defaults", "facilities", "facility_builders", "names",
-                 "setups", "specs", "starts")
+                 "setups", "specs", "starts", "unset_by_default_setup")
 
     def __init__(self, cls: type, comp: Composition) -> None:
         self.specs = {s.name: s for s in comp.specs}
@@ -83,6 +85,7 @@ class _Plan:
         ordered.update((n, b) for n, b in every.items() if n not in ordered)
         self.facility_builders = tuple(ordered.items())
         self.facilities = frozenset(n for n, _ in self.facility_builders)
+        self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
 
 
 def hook_name(cls: type, spec: Any, kind: str) -> str | None:
@@ -106,6 +109,18 @@ def _default_config(name: str, model: Any) -> Any:
         return value
 
 
+class _NodeId:
+    """Class-level default of ``node_id``: ``<ClassName>-<n>``, made on first read and stored on
+    the instance (reads of ``node_id`` are rare; the init path stays free of the formatting)."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        value = f"{type(obj).__name__}-{next(_ids)}"
+        obj.node_id = value
+        return value
+
+
 class NodeCoreBase:
     """The base of every node: capability setup, async lifecycle, pickling.
 
@@ -123,6 +138,12 @@ class NodeCoreBase:
     """
 
     node_type: ClassVar[EnumNodeType | None] = None
+    # per-instance bookkeeping, defaulted on the class so reads never need self.__dict__
+    _onex_init: tuple[Any, Any, dict[str, str] | None] | None = None
+    _onex_started: bool = False
+    _onex_closed: bool = False
+    _onex_chain: tuple[Any, Any] | None = None
+    node_id: str = _NodeId()  # type: ignore[assignment]
     #: names the base owns that no capability may supply, even with prefer=
     __onex_protected__: ClassVar[frozenset[str]] = frozenset({
         "start", "aclose", "process", "_initialize_mixins", "contract", "node_id"})
@@ -145,15 +166,15 @@ class NodeCoreBase:
     def __init__(self, contract: Any = None, *, capability_config: Mapping[str, Any] | None = None,
                  node_id: str | None = None) -> None:
         self.contract = contract
-        self.node_id = node_id or f"{type(self).__name__}-{next(_ids)}"
+        if node_id is not None:
+            self.node_id = node_id
         cls = type(self)
         if cls._initialize_mixins is not NodeCoreBase._initialize_mixins:
             # a user-written _initialize_mixins (seed 000's contract-driven example) may set up
             # capabilities in any order or skip some: give every facility its default first
-            d = self.__dict__
             for name, build in cls.__onex_plan__.facility_builders:
-                if name not in d:
-                    d[name] = build(self)
+                if not hasattr(self, name):
+                    setattr(self, name, build(self))
         self._initialize_mixins(contract, capability_config)
 
     def _initialize_mixins(self, contract: Any = None,
@@ -164,28 +185,34 @@ class NodeCoreBase:
         after ``super().__init__(contract)``) does nothing; a different contract or an explicit
         ``capability_config`` reconfigures.
         """
-        d = self.__dict__
-        prev = d.get("_onex_init")
+        # Attributes are read and written with getattr/setattr, never through self.__dict__:
+        # touching __dict__ makes CPython 3.11 materialise the instance dict, and every later
+        # attribute read on this node (self.cache, self.metrics) takes a slower path (~2x).
+        prev = self._onex_init
         if prev is not None and prev[0] is contract and capability_config is None:
             return
         plan = type(self).__onex_plan__
-        d.pop("_onex_chain", None)
-        before = set(d)
+        if prev is not None:
+            self._onex_chain = None  # guards are rebound to the reconfigured facilities
         if contract is None and not capability_config:
             for _name, setup, default in plan.setups:
                 setup(self, default)
             sources = None
+            unset = plan.unset_by_default_setup
+            if unset is None:  # first default instance of this class: learn which are left unset
+                unset = plan.unset_by_default_setup = tuple(
+                    (n, b) for n, b in plan.facility_builders if not hasattr(self, n))
+            for name, build in unset:
+                if not hasattr(self, name):
+                    setattr(self, name, build(self))
         else:
             configs, sources = _configs(type(self), plan, contract, capability_config)
             for name, setup, _default in plan.setups:
                 setup(self, configs[name])
-        for name, build in plan.facility_builders:
-            if name not in d:  # a capability without a setup hook, or one that left it unset
-                d[name] = build(self)
-        owned = (set(d) - before) | plan.facilities
-        if prev is not None:
-            owned |= prev[3]
-        d["_onex_init"] = (contract, capability_config, sources, frozenset(owned))
+            for name, build in plan.facility_builders:
+                if not hasattr(self, name):  # a capability without setup, or one that left it unset
+                    setattr(self, name, build(self))
+        self._onex_init = (contract, capability_config, sources)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -195,8 +222,7 @@ class NodeCoreBase:
         If one fails, those already started are closed again (in reverse) before the error
         propagates.
         """
-        d = self.__dict__
-        if d.get("_onex_started"):
+        if self._onex_started:
             return
         started: list[tuple[str, str | None]] = []
         plan = type(self).__onex_plan__
@@ -212,8 +238,8 @@ class NodeCoreBase:
                     except Exception as exc:  # keep the original error
                         logger.opt(exception=exc).warning("close after failed start: {}", exc)
             raise
-        d["_onex_started"] = True
-        d["_onex_closed"] = False
+        self._onex_started = True
+        self._onex_closed = False
 
     async def aclose(self) -> None:
         """Close every capability's resources in reverse dependency order (idempotent).
@@ -221,11 +247,10 @@ class NodeCoreBase:
         Every close hook runs even if an earlier one fails; the first failure is re-raised
         after all of them ran.
         """
-        d = self.__dict__
-        if d.get("_onex_closed"):
+        if self._onex_closed:
             return
-        d["_onex_closed"] = True
-        d["_onex_started"] = False
+        self._onex_closed = True
+        self._onex_started = False
         first: BaseException | None = None
         for name, hook in type(self).__onex_plan__.closes:
             try:
@@ -259,18 +284,22 @@ class NodeCoreBase:
             token = ("composed", comp.base, cls.__qualname__)
         else:
             token = cls
-        init: tuple[Any, Any, Any, frozenset[str]] = self.__dict__.get("_onex_init") or (
-            self.__dict__.get("contract"), None, None, frozenset())
-        skip = init[3] | {"_onex_init", "_onex_started", "_onex_closed", "_onex_chain", "contract",
-                          "node_id"}
-        state = {k: v for k, v in self.__dict__.items() if k not in skip}
-        return (_rebuild, (token, init[0], init[1], self.__dict__.get("node_id")), state)
+        init = self._onex_init or (getattr(self, "contract", None), None, None)
+        node_id = getattr(self, "node_id", None)
+        # what the capabilities own is rebuilt from config on unpickling, so it is left out: the
+        # attributes a fresh node with the same configuration has (pickling is rare; this keeps
+        # the init path free of bookkeeping)
+        fresh = _rebuild(token, init[0], init[1], node_id)
+        skip = set(vars(fresh)) | _BOOKKEEPING
+        state = {k: v for k, v in vars(self).items() if k not in skip}
+        return (_rebuild, (token, init[0], init[1], node_id), state)
 
     def __setstate__(self, state: Mapping[str, Any]) -> None:
-        self.__dict__.update(state)
+        for key, value in state.items():
+            setattr(self, key, value)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__qualname__} node_id={self.__dict__.get('node_id')!r}>"
+        return f"<{type(self).__qualname__} node_id={getattr(self, 'node_id', None)!r}>"
 
 
 def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | None) -> Any:

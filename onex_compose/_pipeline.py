@@ -73,13 +73,13 @@ def install_pipeline(cls: type, guards: tuple[str, ...]) -> None:
         call: Callable[..., Awaitable[Any]] = raw.__get__(self)
         for hook in reversed(hooks):
             call = getattr(self, hook)(call)
-        self.__dict__["_onex_chain"] = (raw, call)
+        self._onex_chain = (raw, call)  # never via __dict__: see _nodes._initialize_mixins
         return call
 
     async def process(self: Any, *args: Any, **kwargs: Any) -> Any:
         if _inside.get() is self:
             return await raw(self, *args, **kwargs)
-        chain = self.__dict__.get("_onex_chain")
+        chain = self._onex_chain
         call = chain[1] if chain is not None and chain[0] is raw else chain_for(self)
         token = _inside.set(self)
         try:
