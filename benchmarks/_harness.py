@@ -76,7 +76,8 @@ class Table:
         lines = [f"### {self.title}", "", head, sep]
         for r in self.rows:
             ratio = f"{r['ratio']:.2f}x" if r["ratio"] is not None else ""
-            lines.append(f"| {r['label']:<58} | {r['ns']:>10.1f} | {ratio:>7} | {r['target']} | {r['note']} |")
+            lines.append(f"| {r['label']:<58} | {r['ns']:>10.1f} | {ratio:>7} | {r['target']} "
+                         f"| {r['note']} |")
         return "\n".join(lines)
 
     def finish(self, smoke: bool) -> None:

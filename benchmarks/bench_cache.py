@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import cachetools  # noqa: E402
 from _harness import Table, parse_args, time_async, time_sync  # noqa: E402
-from onex_compose.capabilities.caching import Cache, cached, generate_cache_key  # noqa: E402
 
 from onex_compose import NodeCompute, compose  # noqa: E402
+from onex_compose.capabilities.caching import Cache, cached, generate_cache_key  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 import aiocache  # noqa: E402

@@ -31,10 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Table, parse_args, time_async, time_sync  # noqa: E402
-from onex_compose.capabilities.bulkhead import Bulkhead  # noqa: E402
-from onex_compose.capabilities.timeout import TimeoutPolicy  # noqa: E402
 
 from onex_compose import NodeEffect, compose  # noqa: E402
+from onex_compose.capabilities.bulkhead import Bulkhead  # noqa: E402
+from onex_compose.capabilities.timeout import TimeoutPolicy  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 import hyx.bulkhead  # noqa: E402

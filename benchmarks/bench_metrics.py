@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import prometheus_client  # noqa: E402
 from _harness import Table, parse_args, time_sync  # noqa: E402
+
 from onex_compose.capabilities.metrics import MetricsConfig, build_metrics  # noqa: E402
 
 

@@ -33,9 +33,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _harness import Table, parse_args, time_async, time_sync  # noqa: E402
-from onex_compose.capabilities.retry import RetryPolicy  # noqa: E402
 
 from onex_compose import NodeCompute, compose  # noqa: E402
+from onex_compose.capabilities.retry import RetryPolicy  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 import stamina  # noqa: E402

@@ -50,10 +50,10 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import CoroutineType, TracebackType
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field
 
 from onex_compose import OnexError, coerce_config, facility
+from onex_compose.capabilities import _context
 
 __all__ = ["Bulkhead", "BulkheadConfig", "BulkheadFullError", "BulkheadProtocol", "MixinBulkhead"]
 

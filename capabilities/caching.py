@@ -101,10 +101,10 @@ from pathlib import PurePath
 from typing import Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
-from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities import _context
 from onex_compose.exceptions import OnexError
 
 __all__ = [

@@ -70,10 +70,10 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from loguru import logger
-from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities import _context
 from onex_compose.exceptions import OnexError
 
 __all__ = [

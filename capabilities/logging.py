@@ -64,10 +64,10 @@ from contextvars import Token
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from loguru import logger
-from onex_compose.capabilities._context import correlation_id
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities._context import correlation_id
 
 __all__ = [
     "DEFAULT_SCRUB_KEYS",

@@ -70,10 +70,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
-from onex_compose.capabilities import _context
 from pydantic import BaseModel, ConfigDict, Field
 
 from onex_compose import OnexError, coerce_config, facility
+from onex_compose.capabilities import _context
 
 __all__ = [
     "MixinTimeout",

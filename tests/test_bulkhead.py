@@ -17,6 +17,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import ConfigurationError, NodeEffect, OnexError, compose
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities import bulkhead as bulkhead_module
 from onex_compose.capabilities._context import ManualClock
@@ -31,8 +33,6 @@ from onex_compose.capabilities.bulkhead import (
 from onex_compose.capabilities.metrics import Metrics
 from onex_compose.capabilities.retry import RetryPolicy
 from onex_compose.capabilities.timeout import OperationTimeoutError
-
-from onex_compose import ConfigurationError, NodeEffect, OnexError, compose
 
 # -- configuration and the error ----------------------------------------------------------------
 

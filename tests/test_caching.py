@@ -24,6 +24,15 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import (
+    ConfigurationError,
+    NodeCompute,
+    NodeEffect,
+    compose,
+    explain,
+    has_capability,
+)
 from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.caching import (
@@ -37,15 +46,6 @@ from onex_compose.capabilities.caching import (
     cached,
     canonical,
     generate_cache_key,
-)
-
-from onex_compose import (
-    ConfigurationError,
-    NodeCompute,
-    NodeEffect,
-    compose,
-    explain,
-    has_capability,
 )
 
 try:

@@ -14,14 +14,14 @@ import pytest
 import redis
 from helpers_procs import Proc, eventually, no_tasks_left
 from loguru import logger
+
+from onex_compose import NodeCompute, compose
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.caching import (
     MISSING,
     Cache,
     CacheSerializationError,
 )
-
-from onex_compose import NodeCompute, compose
 
 pytestmark = pytest.mark.redis
 

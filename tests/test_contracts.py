@@ -9,13 +9,13 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onex_compose.capabilities import CONTRACTS_DIR
 from pydantic import ValidationError
 
 from onex_compose import Registry, default_registry
 from onex_compose._contracts import ModelMixinContract, problems_from_error
 from onex_compose._loading import load_yaml, load_yaml_text
 from onex_compose._validate import validate_data, validate_file, validate_text
+from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.model.subcontracts import SUBCONTRACT_META_FIELDS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "contracts"

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from loguru import logger
+
+from onex_compose import ConfigurationError, NodeCompute, compose, explain, has_capability
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities.event_bus import (
     Event,
@@ -27,8 +29,6 @@ from onex_compose.capabilities.event_bus import (
     MixinEventBus,
     Subscription,
 )
-
-from onex_compose import ConfigurationError, NodeCompute, compose, explain, has_capability
 
 try:
     from onex_compose import NodeComputeService

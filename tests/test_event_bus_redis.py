@@ -13,6 +13,8 @@ import pytest
 import redis
 from helpers_procs import Proc, eventually, no_tasks_left
 from loguru import logger
+
+from onex_compose import NodeCompute, compose
 from onex_compose.capabilities import _context
 from onex_compose.capabilities.event_bus import (
     Event,
@@ -20,8 +22,6 @@ from onex_compose.capabilities.event_bus import (
     EventBusError,
     EventPublishError,
 )
-
-from onex_compose import NodeCompute, compose
 
 pytestmark = pytest.mark.redis
 

@@ -13,6 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
+
+from onex_compose import (
+    NodeCompute,
+    NodeEffect,
+    ServiceUnavailableError,
+    compose,
+    has_capability,
+)
 from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.health_check import (
@@ -27,14 +35,6 @@ from onex_compose.capabilities.health_check import (
     redis_check,
 )
 from onex_compose.capabilities.metrics import Metrics, MixinMetrics
-
-from onex_compose import (
-    NodeCompute,
-    NodeEffect,
-    ServiceUnavailableError,
-    compose,
-    has_capability,
-)
 
 Service = compose(NodeCompute, ["health_check"])
 

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import yaml
 from loguru import logger
+
+from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, default_registry
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities.logging import (
     REDACTED,
@@ -28,8 +30,6 @@ from onex_compose.capabilities.logging import (
     new_correlation_id,
 )
 from onex_compose.capabilities.metrics import MixinMetrics
-
-from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, default_registry
 
 Service = compose(NodeCompute, ["logging"])
 

@@ -13,6 +13,9 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, has_capability
 from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.metrics import (
@@ -24,9 +27,6 @@ from onex_compose.capabilities.metrics import (
     MixinMetrics,
     build_metrics,
 )
-from prometheus_client.parser import text_string_to_metric_families
-
-from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, has_capability
 
 
 def parse(text: str) -> dict[str, float]:

@@ -11,9 +11,9 @@ import textwrap
 import time
 
 import pytest
-from onex_compose.capabilities.node_service import ServiceStoppingError
 
 from onex_compose import NodeComputeService, NodeEffectService, explain, has_capability
+from onex_compose.capabilities.node_service import ServiceStoppingError
 
 
 class Slow(NodeComputeService):

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, explain
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities import retry as retry_module
 from onex_compose.capabilities._context import ManualClock, RetryScope
@@ -33,8 +35,6 @@ from onex_compose.capabilities.retry import (
     retry_testing,
 )
 from onex_compose.capabilities.timeout import OperationTimeoutError
-
-from onex_compose import ConfigurationError, NodeCompute, NodeEffect, compose, explain
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import ConfigurationError, NodeCompute, NodeEffect, OnexError, compose
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities import timeout as timeout_module
 from onex_compose.capabilities._context import ManualClock
@@ -32,8 +34,6 @@ from onex_compose.capabilities.timeout import (
     TimeoutProtocol,
     is_async_callable,
 )
-
-from onex_compose import ConfigurationError, NodeCompute, NodeEffect, OnexError, compose
 
 
 async def hang() -> None:

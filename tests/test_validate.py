@@ -10,7 +10,6 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onex_compose.capabilities import CONTRACTS_DIR
 
 from onex_compose import Registry
 from onex_compose._validate import (
@@ -23,6 +22,7 @@ from onex_compose._validate import (
     validate_paths,
     validate_text,
 )
+from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.exceptions import ContractError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "contracts"
