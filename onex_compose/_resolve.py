@@ -312,7 +312,8 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                        f", or prefer={{{member!r}: {owner!r}}} to override the base on purpose"))
             problems.append(CapabilityConflictError(
                 owner, side.__qualname__, kind="base-member", member=member,
-                where={owner: by_name[owner].declared_at, side.__qualname__: _where(definer)},
+                where={owner: by_name[owner].declared_at,
+                       side.__qualname__: _where(definer, member)},
                 hint=f"the base {side.__qualname__} already defines {member!r}{defined_in}"
                 + (" and no capability may replace it" if member in protected else "")
                 + f"; {ways}"))
@@ -342,9 +343,21 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     return providers, overrides
 
 
-def _where(obj: type) -> str:
+def _where(obj: type, member: str | None = None) -> str:
+    """``file:line`` of a class (or of one of its members).
+
+    Functions know where they were defined even when ``__module__`` was rewritten for nicer
+    reprs (``onex_compose.NodeCompute``), so a member's code object is asked first.
+    """
     import inspect
 
+    candidates = [vars(obj).get(member)] if member else []
+    candidates += list(vars(obj).values())
+    for value in candidates:
+        fn = getattr(value, "__func__", getattr(value, "fget", value))
+        code = getattr(fn, "__code__", None)
+        if code is not None:
+            return f"{code.co_filename}:{code.co_firstlineno}"
     try:
         return f"{inspect.getsourcefile(obj)}:{inspect.getsourcelines(obj)[1]}"
     except (OSError, TypeError):

@@ -326,12 +326,6 @@ def test_a_mixin_member_clashing_with_the_base_is_a_conflict(member: str) -> Non
     assert "already defines" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: the base side of a base-member clash is located as 'NodeCompute at "
-    "onex_compose' instead of a file:line: onex_compose/__init__.py rewrites __module__ of the "
-    "public classes to 'onex_compose', so inspect.getsourcelines() in _resolve._where cannot "
-    "find the class statement (use the defining function's __code__ or record the location "
-    "before the rewrite)"))
 def test_a_base_clash_locates_the_base_by_file_and_line() -> None:
     reg = _registry(sneaky={"members": {"process": lambda self: None}})
     with pytest.raises(CapabilityConflictError) as info:
