@@ -106,7 +106,7 @@ def _on_registry_change(changed: frozenset[str]) -> None:
 
 
 default_registry.on_change(_on_registry_change)
-_watched: set[int] = {id(default_registry)}
+_watched: weakref.WeakSet[Registry] = weakref.WeakSet([default_registry])
 
 
 def cache_info() -> dict[str, int]:
@@ -164,7 +164,15 @@ def compose(base: B, capabilities: Sequence[str], /, **options: Any) -> B:
         return cast(B, _compose_cold(base, capabilities, Options(), default_registry, None))
 
 
+_NO_OPTIONS = Options()
+
+
 def _compose_with_options(base: type, capabilities: Sequence[str], options: dict[str, Any]) -> type:
+    if len(options) == 1 and "registry" in options:  # the common plugin/test spelling: stay warm
+        try:
+            return _front[base, tuple(capabilities), _NO_OPTIONS, options["registry"]]
+        except (KeyError, TypeError):
+            pass
     unknown = [k for k in options if k not in _OPTION_NAMES]
     if unknown:
         raise ConfigurationError(
@@ -175,12 +183,13 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
     registry = options.get("registry") or default_registry
     if not isinstance(registry, Registry):
         raise ConfigurationError(f"registry= must be a Registry, got {registry!r}.")
-    if id(registry) not in _watched:
+    if registry not in _watched:
         registry.on_change(_on_registry_change)
-        _watched.add(id(registry))
+        _watched.add(registry)
     opts = Options.make(options.get("prefer"), options.get("exclude"), options.get("alias"))
     try:
-        key: Any = (base, tuple(capabilities), opts, id(registry))
+        # the registry object itself, never id(): a collected registry's id can be reused
+        key: Any = (base, tuple(capabilities), opts, registry)
         return _front[key]
     except KeyError:
         return _compose_cold(base, capabilities, opts, registry, key)
@@ -223,7 +232,7 @@ def _compose_cold(base: type, capabilities: Sequence[str], opts: Options, regist
     names = _check_request(base, capabilities)
     fixed = _base_capabilities(base)
     res = resolve(registry, base, names, opts, node_type=node_type_of(base), fixed=fixed)
-    canon_key = (base, frozenset(res.names), opts, id(registry))
+    canon_key = (base, frozenset(res.names), opts, registry)
     with _lock:
         cls = _canon.get(canon_key)
         if cls is not None:
