@@ -265,13 +265,21 @@ def check_mixin(name: str, mixin: Any) -> None:
             )
 
 
+_public_names: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
 def public_names(mixin: type) -> frozenset[str]:
-    """The public names a mixin class (and its mixin bases) defines."""
+    """The public names a mixin class (and its mixin bases) defines (cached per class)."""
+    try:
+        return _public_names[mixin]
+    except KeyError:
+        pass
     names: set[str] = set()
     for klass in mixin.__mro__[:-1]:
         names.update(n for n in vars(klass) if not n.startswith("_"))
         names.update(vars(klass).get("__onex_facilities__", ()))  # attributes declared by facility
-    return frozenset(names)
+    result = _public_names[mixin] = frozenset(names)
+    return result
 
 
 _live: dict[tuple[str, str], weakref.ReferenceType[Registry]] = {}

@@ -149,9 +149,10 @@ class Resolution:
     overrides: Mapping[str, tuple[str, ...]]
     edges: tuple[tuple[str, str, str], ...]
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.specs)
+    names: tuple[str, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(s.name for s in self.specs))
 
 
 def closure(registry: Registry, requested: Iterable[str], options: Options,
