@@ -49,7 +49,7 @@ class _Plan:
     """Per-class initialisation plan (computed once per class)."""
 
     __slots__ = ("close_of", "closes", "defaults", "facilities", "facility_builders", "names",
-                 "setups", "specs", "starts", "unset_by_default_setup")
+                 "default_fast", "setups", "specs", "starts", "unset_by_default_setup")
 
     def __init__(self, cls: type, comp: Composition) -> None:
         self.specs = {s.name: s for s in comp.specs}
@@ -86,6 +86,7 @@ class _Plan:
         self.facility_builders = tuple(ordered.items())
         self.facilities = frozenset(n for n, _ in self.facility_builders)
         self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
+        self.default_fast = False
 
 
 def hook_name(cls: type, spec: Any, kind: str) -> str | None:
@@ -169,6 +170,16 @@ class NodeCoreBase:
         if node_id is not None:
             self.node_id = node_id
         cls = type(self)
+        plan = cls.__onex_plan__
+        if plan.default_fast and contract is None and not capability_config:
+            # the common case, inlined: every setup with its default config, in dependency order
+            for _name, setup, default in plan.setups:
+                setup(self, default)
+            for name, build in plan.unset_by_default_setup or ():
+                if not hasattr(self, name):
+                    setattr(self, name, build(self))
+            self._onex_init = (None, None, None)
+            return
         if cls._initialize_mixins is not NodeCoreBase._initialize_mixins:
             # a user-written _initialize_mixins (seed 000's contract-driven example) may set up
             # capabilities in any order or skip some: give every facility its default first
@@ -202,6 +213,9 @@ class NodeCoreBase:
             if unset is None:  # first default instance of this class: learn which are left unset
                 unset = plan.unset_by_default_setup = tuple(
                     (n, b) for n, b in plan.facility_builders if not hasattr(self, n))
+                # later default instances take the inlined path in __init__, unless the class
+                # overrides _initialize_mixins (then it must run)
+                plan.default_fast = type(self)._initialize_mixins is NodeCoreBase._initialize_mixins
             for name, build in unset:
                 if not hasattr(self, name):
                     setattr(self, name, build(self))
