@@ -81,11 +81,11 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from loguru import logger
-from onex_compose.capabilities import _redis
-from onex_compose.capabilities._context import monotonic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities import _redis
+from onex_compose.capabilities._context import monotonic
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -671,6 +671,11 @@ class CircuitBreaker(_BreakerBase):
             self._window = (_CountWindow(policy.window_size) if policy.window_type == "count"
                             else _TimeWindow(policy.window_size))
         self._ha = self._hok = self._hfail = 0  # half-open: admitted, succeeded, failed
+        self._min_calls = policy.minimum_calls
+        self._rate_threshold = policy.failure_rate_threshold
+        self._on_success = (self._success_other if not self._rate
+                            else self._success_count if policy.window_type == "count"
+                            else self._success_time)
         self._dispatch.created(name, _CLOSED)
 
     def __repr__(self) -> str:
@@ -734,7 +739,9 @@ class CircuitBreaker(_BreakerBase):
             CircuitOpenError: the circuit is open, or half-open with all probe slots taken.
         """
         st = self._st
-        if st.state is _CLOSED and self._fast:
+        if st.state is not _CLOSED:
+            st = self._admit()
+        elif self._fast:  # consecutive mode, no slow-call timing: no lock, no clock
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -743,7 +750,6 @@ class CircuitBreaker(_BreakerBase):
             if self._failures:
                 self._record(st, _SUCCESS)
             return result
-        st = self._admit()
         slow = self._slow
         started = self.clock() if slow is not None else 0.0
         try:
@@ -753,6 +759,8 @@ class CircuitBreaker(_BreakerBase):
             raise
         if slow is not None and self.clock() - started >= slow:
             self._record(st, _FAILURE)
+        elif st.state is _CLOSED:
+            self._on_success(st)
         else:
             self._record(st, _SUCCESS)
         return result
@@ -764,7 +772,9 @@ class CircuitBreaker(_BreakerBase):
             CircuitOpenError: the circuit is open, or half-open with all probe slots taken.
         """
         st = self._st
-        if st.state is _CLOSED and self._fast:
+        if st.state is not _CLOSED:
+            st = self._admit()
+        elif self._fast:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
@@ -773,7 +783,6 @@ class CircuitBreaker(_BreakerBase):
             if self._failures:
                 self._record(st, _SUCCESS)
             return result
-        st = self._admit()
         slow = self._slow
         started = self.clock() if slow is not None else 0.0
         try:
@@ -783,9 +792,64 @@ class CircuitBreaker(_BreakerBase):
             raise
         if slow is not None and self.clock() - started >= slow:
             self._record(st, _FAILURE)
+        elif st.state is _CLOSED:
+            self._on_success(st)
         else:
             self._record(st, _SUCCESS)
         return result
+
+    def _success_count(self, st: _Epoch) -> None:
+        """A closed-state success in a count window: the ring update inlined (hot path)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._st is not st:
+                return
+            w = cast(_CountWindow, self._window)
+            pos = w.pos
+            if w.calls == w.size:
+                w.failures -= w.ring[pos]
+            else:
+                w.calls += 1
+            w.ring[pos] = 0
+            pos += 1
+            w.pos = 0 if pos == w.size else pos
+            failures, calls = w.failures, w.calls
+            # a success never raises the rate, but it can bring the window to minimum_calls
+            if (not failures or calls < self._min_calls
+                    or failures * 100 < self._rate_threshold * calls):
+                return
+            change = self._go(_OPEN, self.clock(), "failure_rate")
+        finally:
+            lock.release()
+        self._dispatch.emit(change, self.on_state_change)
+
+    def _success_time(self, st: _Epoch) -> None:
+        """A closed-state success in a time window: the bucket update inlined (hot path)."""
+        now = self.clock()
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self._st is not st:
+                return
+            w = cast(_TimeWindow, self._window)
+            head = w.head
+            sec = head if head is not None and now // 1 <= head else w._advance(now)
+            i = sec % w.size
+            w.bcalls[i] += 1
+            w.calls += 1
+            failures, calls = w.failures, w.calls
+            if (not failures or calls < self._min_calls
+                    or failures * 100 < self._rate_threshold * calls):
+                return
+            change = self._go(_OPEN, now, "failure_rate")
+        finally:
+            lock.release()
+        self._dispatch.emit(change, self.on_state_change)
+
+    def _success_other(self, st: _Epoch) -> None:
+        if self._rate or self._failures:  # consecutive mode: nothing to reset, nothing to lock
+            self._record(st, _SUCCESS)
 
     def record_success(self) -> None:
         """Record an outcome observed elsewhere (for code that cannot wrap the call)."""
@@ -866,8 +930,8 @@ class CircuitBreaker(_BreakerBase):
                     self._window.record(outcome, now)
                     calls, failures = self._window.totals(now)
                     self._failures = failures
-                    if (calls >= self.policy.minimum_calls
-                            and failures * 100 >= self.policy.failure_rate_threshold * calls):
+                    if (calls >= self._min_calls
+                            and failures * 100 >= self._rate_threshold * calls):
                         change = self._go(_OPEN, now, "failure_rate")
             elif state is _HALF_OPEN:
                 if outcome == _NEUTRAL:
@@ -1615,11 +1679,31 @@ class MixinCircuitBreaker:
 
     def _guard_circuit_breaker(self, call: Callable[..., Awaitable[T]]
                                ) -> Callable[..., Awaitable[T]]:
-        """Wrap ``process()``: every call goes through the ``process`` breaker."""
+        """Wrap ``process()``: every call goes through the ``process`` breaker (guard rank 60).
+
+        For an in-process breaker the closed-state fast path is inlined here, so the guard adds
+        one coroutine frame, not two.
+        """
         breaker = cast(Any, self).circuit_breaker.default
         acall = breaker.acall
+        if not isinstance(breaker, CircuitBreaker) or not breaker._fast:
+            async def guarded(*args: Any, **kwargs: Any) -> T:
+                return cast(T, await acall(call, *args, **kwargs))
 
-        async def guarded(*args: Any, **kwargs: Any) -> T:
-            return cast(T, await acall(call, *args, **kwargs))
+            return guarded
+        record, classify = breaker._record, breaker._classify
 
-        return guarded
+        async def guarded_fast(*args: Any, **kwargs: Any) -> T:
+            st = breaker._st
+            if st.state is not _CLOSED:
+                return cast(T, await acall(call, *args, **kwargs))
+            try:
+                result = await call(*args, **kwargs)
+            except BaseException as exc:
+                record(st, classify(exc))
+                raise
+            if breaker._failures:
+                record(st, _SUCCESS)
+            return result
+
+        return guarded_fast
