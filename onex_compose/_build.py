@@ -334,7 +334,8 @@ def _resolution_members(res: Resolution, opts: Options) -> dict[str, Any]:
 
 def _precheck_layout(base: type, specs: Sequence[CapabilitySpec], bases: tuple[type, ...],
                      names: Sequence[str]) -> None:
-    """Report inheritance, metaclass and ``__slots__`` problems by capability before ``type()``."""
+    """Report layout problems by capability before ``type()`` runs (a mixin inheriting another
+    selected mixin, or a base that already inherits one under another name)."""
     for spec in specs:
         for other in specs:
             if other is not spec and issubclass(spec.mixin, other.mixin):
@@ -348,26 +349,9 @@ def _precheck_layout(base: type, specs: Sequence[CapabilitySpec], bases: tuple[t
         already = [s.name for s in specs if issubclass(base, s.mixin)]
         raise MROError(base, list(names), bases,
                        f"the base already inherits the mixin of {already} under another name")
-    meta: type = type(base)
-    for spec in specs:
-        m = type(spec.mixin)
-        if issubclass(meta, m):
-            continue
-        if issubclass(m, meta):
-            meta = m
-            continue
-        raise MROError(
-            base, list(names), bases,
-            f"metaclass conflict: the base uses {type(base).__qualname__} and capability "
-            f"{spec.name!r} brings {m.__qualname__}; mixins must not bring a metaclass")
-    for spec in specs:
-        for klass in spec.mixin.__mro__[:-1]:
-            slots = vars(klass).get("__slots__", ())
-            if slots if not isinstance(slots, str) else True:
-                raise MROError(
-                    base, list(names), bases,
-                    f"instance layout conflict: capability {spec.name!r} ({klass.__qualname__}) "
-                    f"declares __slots__ = {slots!r}; mixins must declare __slots__ = ()")
+    # metaclasses and __slots__ of every mixin were checked at registration (check_mixin: plain
+    # ``type``, empty slots, no built-in layout), so only the base can bring a metaclass here,
+    # and every mixin is compatible with it
 
 
 def _check_mro(cls: type, base: type, mixins: Sequence[type], names: Sequence[str]) -> None:

@@ -16,6 +16,7 @@ keeps no attribute of that name and reads stay as fast as on a hand-written clas
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -69,9 +70,21 @@ class facility(Generic[T]):
         def __get__(self, obj: object | None, objtype: type | None = None) -> T | facility[T]: ...
 
 
+_cache: weakref.WeakKeyDictionary[type, Mapping[str, Callable[[Any], Any]]] = (
+    weakref.WeakKeyDictionary())
+
+
 def facilities_of(cls: type) -> Mapping[str, Callable[[Any], Any]]:
-    """Every facility declared along ``cls``'s MRO, name to builder (most-derived wins)."""
+    """Every facility declared along ``cls``'s MRO, name to builder (most-derived wins).
+
+    Cached per class (a class's MRO does not change after ``__init_subclass__``).
+    """
+    try:
+        return _cache[cls]
+    except KeyError:
+        pass
     found: dict[str, Callable[[Any], Any]] = {}
     for klass in reversed(cls.__mro__):
         found.update(vars(klass).get("__onex_facilities__", {}))
+    _cache[cls] = found
     return found

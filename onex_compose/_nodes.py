@@ -48,8 +48,19 @@ _EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={},
 class _Plan:
     """Per-class initialisation plan (computed once per class)."""
 
-    __slots__ = ("close_of", "closes", "defaults", "facilities", "facility_builders", "names",
-                 "default_fast", "setups", "specs", "starts", "unset_by_default_setup")
+    __slots__ = (
+        "close_of",
+        "closes",
+        "default_fast",
+        "defaults",
+        "facilities",
+        "facility_builders",
+        "names",
+        "setups",
+        "specs",
+        "starts",
+        "unset_by_default_setup",
+    )
 
     def __init__(self, cls: type, comp: Composition) -> None:
         self.specs = {s.name: s for s in comp.specs}
