@@ -64,14 +64,14 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 from loguru import logger
-from onex_compose.capabilities import _context, _redis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from onex_compose import coerce_config, facility
+from onex_compose.capabilities import _context, _redis
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -198,16 +198,15 @@ class Limit:
     limit: int
     period: float
     burst: int
+    emission: float = field(init=False, repr=False, compare=False)
+    """``T``: seconds one unit occupies (computed once)."""
+    tolerance: float = field(init=False, repr=False, compare=False)
+    """``tau``: ``T * burst`` (computed once)."""
 
-    @property
-    def emission(self) -> float:
-        """``T``: seconds one unit occupies."""
-        return self.period / self.limit
-
-    @property
-    def tolerance(self) -> float:
-        """``tau``: ``T * burst``."""
-        return self.emission * self.burst
+    def __post_init__(self) -> None:
+        emission = self.period / self.limit
+        object.__setattr__(self, "emission", emission)
+        object.__setattr__(self, "tolerance", emission * self.burst)
 
     @classmethod
     def of(cls, spec: LimitSpec) -> Limit:
@@ -506,21 +505,46 @@ class RateLimiter:
 
     # -- public API ----------------------------------------------------------------------------
 
+    def _admit_now(self, key: str, cost: int) -> bool:
+        """Memory store: spend ``cost`` of ``key`` if that is possible right now (the hot path,
+        inlined: one dict read and write under the lock; nothing is spent otherwise)."""
+        limit = self._limits.get(key, self.default_limit) if self._limits else self.default_limit
+        if cost != 1:
+            self._check_cost(key, cost, limit)
+        now = self._clock()
+        store = self._local
+        tats = store.tat
+        lock = store.lock
+        lock.acquire()
+        try:
+            tat = tats.get(key, now)
+            if tat < now:
+                tat = now
+            new = tat + limit.emission * cost
+            if new - limit.tolerance - now > _EPS:
+                return False
+            tats[key] = new
+            if len(tats) > store.sweep_at:
+                store._sweep(now)
+            return True
+        finally:
+            lock.release()
+
     def hit(self, key: str = "default", cost: int = 1) -> bool:
         """Spend ``cost`` units of ``key`` if available now; never waits (``limits``' ``hit``).
 
         Returns:
             ``True`` if admitted (the units are spent), ``False`` if not (nothing spent).
         """
-        limit = self._limits.get(key, self.default_limit) if self._limits else self.default_limit
+        if not self._redis:
+            if self._admit_now(key, cost):
+                return True
+            self._rejected(key)
+            return False
+        limit = self.limit_for(key)
         if cost != 1:
             self._check_cost(key, cost, limit)
-        if not self._redis:
-            wait = self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
-                                    0.0)[0]
-        else:
-            wait = self._take_sync(key, cost, limit, 0.0)[0]
-        if wait <= _EPS:
+        if self._take_sync(key, cost, limit, 0.0)[0] <= _EPS:
             return True
         self._rejected(key)
         return False
@@ -591,15 +615,13 @@ class RateLimiter:
             RateLimitExceededError: reject mode and no capacity, or wait mode and the wait
                 would exceed ``max_wait`` or the current deadline.
         """
-        limit = self._limits.get(key, self.default_limit) if self._limits else self.default_limit
+        if not self._redis and self._admit_now(key, cost):
+            return 0.0
+        limit = self.limit_for(key)
         if cost != 1:
             self._check_cost(key, cost, limit)
         allowance = self._allowance()
-        if not self._redis:
-            wait = self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
-                                    allowance)[0]
-        else:
-            wait = (await self._take_async(key, cost, limit, allowance))[0]
+        wait = (await self._take_async(key, cost, limit, allowance))[0]
         if wait <= _EPS:
             return 0.0
         wait = self._outcome(key, cost, limit, allowance, wait)
@@ -705,10 +727,13 @@ class MixinRateLimiting:
             return call
         key, cost = limiter.config.guard_key, limiter.config.guard_cost
         acquire = limiter.acquire
+        admit_now = None if limiter._redis else limiter._admit_now
 
         async def limited(*args: Any, **kwargs: Any) -> T:
             key_func = limiter.key_func
-            await acquire(key_func(*args, **kwargs) if key_func is not None else key, cost)
+            k = key_func(*args, **kwargs) if key_func is not None else key
+            if admit_now is None or not admit_now(k, cost):  # memory store: inline fast path
+                await acquire(k, cost)
             return await call(*args, **kwargs)
 
         return limited
