@@ -1687,12 +1687,14 @@ class MixinCircuitBreaker:
         breaker = cast(Any, self).circuit_breaker.default
         acall = breaker.acall
         if not isinstance(breaker, CircuitBreaker) or not breaker._fast:
+            @functools.wraps(call)
             async def guarded(*args: Any, **kwargs: Any) -> T:
                 return cast(T, await acall(call, *args, **kwargs))
 
             return guarded
         record, classify = breaker._record, breaker._classify
 
+        @functools.wraps(call)
         async def guarded_fast(*args: Any, **kwargs: Any) -> T:
             st = breaker._st
             if st.state is not _CLOSED:

@@ -74,12 +74,12 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
 
 from loguru import logger
-from onex_compose.capabilities import _context
-from onex_compose.capabilities.circuit_breaker import CircuitBreakerConfig, CircuitBreakers
-from onex_compose.capabilities.logging import bind_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities import _context
+from onex_compose.capabilities.circuit_breaker import CircuitBreakerConfig, CircuitBreakers
+from onex_compose.capabilities.logging import bind_logger
 from onex_compose.model.subcontracts import (
     EnumCircuitBreakerState,
     ModelErrorHandlingResult,

@@ -59,6 +59,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -665,8 +666,6 @@ class RateLimiter:
         """
 
         def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-            import functools
-
             name: str = key or str(getattr(fn, "__qualname__", "default"))
 
             @functools.wraps(fn)
@@ -729,6 +728,7 @@ class MixinRateLimiting:
         acquire = limiter.acquire
         admit_now = None if limiter._redis else limiter._admit_now
 
+        @functools.wraps(call)
         async def limited(*args: Any, **kwargs: Any) -> T:
             key_func = limiter.key_func
             k = key_func(*args, **kwargs) if key_func is not None else key

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import ConfigurationError, NodeCompute, OnexError, compose, has_capability
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.circuit_breaker import (
     BreakerPolicy,
@@ -26,8 +28,6 @@ from onex_compose.capabilities.circuit_breaker import (
     MixinCircuitBreaker,
 )
 from onex_compose.capabilities.metrics import Metrics
-
-from onex_compose import ConfigurationError, NodeCompute, OnexError, compose, has_capability
 
 CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN
 
@@ -550,6 +550,7 @@ async def test_registry_health_report():
 
 def test_contract_config_section_matches_the_model():
     import yaml
+
     from onex_compose.capabilities import CONTRACTS_DIR
 
     data = yaml.safe_load((CONTRACTS_DIR / "mixin_circuit_breaker.yaml").read_text())

@@ -13,6 +13,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from onex_compose import NodeCompute, compose
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.circuit_breaker import (
     BreakerPolicy,
@@ -21,8 +23,6 @@ from onex_compose.capabilities.circuit_breaker import (
     CircuitState,
     RedisCircuitBreaker,
 )
-
-from onex_compose import NodeCompute, compose
 
 pytestmark = pytest.mark.redis
 

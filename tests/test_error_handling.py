@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 from loguru import logger
+
+from onex_compose import NodeCompute, compose, has_capability
 from onex_compose.capabilities import CONTRACTS_DIR, MANIFEST
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.circuit_breaker import CircuitOpenError
@@ -24,8 +26,6 @@ from onex_compose.capabilities.error_handling import (
 )
 from onex_compose.capabilities.metrics import Metrics
 from onex_compose.capabilities.rate_limiting import RateLimitExceededError
-
-from onex_compose import NodeCompute, compose, has_capability
 from onex_compose.model.contracts import ModelContractCompute
 from onex_compose.model.subcontracts import ModelErrorHandlingResult, ModelErrorHandlingSubcontract
 from onex_compose.nodes import NodeCompute as SeedNodeCompute
@@ -437,3 +437,13 @@ async def _aboom():
 
 def _boom():
     raise ConnectionError("down")
+
+
+def test_a_composed_node_pickles_and_rebuilds_its_handler():
+    import pickle
+
+    cls = compose(NodeCompute, ["error_handling", "metrics"])
+    node = cls(capability_config={"error_handling": {"error_retry_attempts": 7}})
+    clone = pickle.loads(pickle.dumps(node))
+    assert clone.error_handling.config.error_retry_attempts == 7
+    assert clone.error_handling.node is clone and clone.error_handling.metrics is clone.metrics

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from onex_compose import ConfigurationError, NodeCompute, OnexError, compose
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.metrics import Metrics
@@ -22,8 +24,6 @@ from onex_compose.capabilities.rate_limiting import (
     RateLimitExceededError,
     RateLimitingConfig,
 )
-
-from onex_compose import ConfigurationError, NodeCompute, OnexError, compose
 
 
 def limiter(clock: ManualClock | None = None, **config) -> RateLimiter:
@@ -278,6 +278,7 @@ def test_bad_configuration_is_a_clear_error():
 
 def test_contract_config_section_matches_the_model():
     import yaml
+
     from onex_compose.capabilities import CONTRACTS_DIR
 
     data = yaml.safe_load((CONTRACTS_DIR / "mixin_rate_limiting.yaml").read_text())
@@ -340,3 +341,14 @@ def test_hit_from_many_threads_on_a_composed_node():
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         assert sum(pool.map(worker, range(4))) == 50
+
+
+def test_a_composed_node_pickles_and_rebuilds_its_limiter():
+    import pickle
+
+    node = compose(NodeCompute, ["rate_limiting"])(
+        capability_config={"rate_limiting": {"limit": 3, "period": 60}})
+    node.rate_limiter.hit("k")
+    clone = pickle.loads(pickle.dumps(node))
+    assert clone.rate_limiter.default_limit == Limit(3, 60.0, 3)
+    assert clone.rate_limiter.check("k").remaining == 3  # in-process state is not carried over

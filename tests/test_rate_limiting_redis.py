@@ -13,11 +13,11 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from onex_compose import NodeCompute, compose
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.metrics import Metrics
 from onex_compose.capabilities.rate_limiting import RateLimiter, RateLimitExceededError
-
-from onex_compose import NodeCompute, compose
 
 pytestmark = pytest.mark.redis
 
