@@ -465,7 +465,8 @@ class ErrorHandler:
         return self.config.error_retry_attempts
 
     @staticmethod
-    def _delay(attempt: int, error: BaseException, cfg: ModelErrorHandlingSubcontract) -> float:
+    def _delay(attempt: int, error: BaseException | None,
+               cfg: ModelErrorHandlingSubcontract) -> float:
         cap = cfg.max_retry_delay_ms / 1000.0
         delay = min(cap, cfg.error_retry_delay_ms / 1000.0
                     * cfg.error_retry_backoff_multiplier ** (attempt - 1))
