@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from loguru import logger
+from onex_compose.capabilities._log import logger
 
 __all__ = [
     "DEFAULT_REDIS_URL",

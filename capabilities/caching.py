@@ -100,11 +100,11 @@ from json.encoder import encode_basestring_ascii as _json_str
 from pathlib import PurePath
 from typing import Any, Literal, NoReturn, Protocol, TypeVar, runtime_checkable
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
+from onex_compose.capabilities._log import logger
 from onex_compose.exceptions import OnexError
 
 __all__ = [

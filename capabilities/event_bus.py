@@ -69,11 +69,11 @@ from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
+from onex_compose.capabilities._log import logger
 from onex_compose.exceptions import OnexError
 
 __all__ = [

@@ -72,11 +72,11 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities._context import monotonic
+from onex_compose.capabilities._log import logger
 from onex_compose.exceptions import OnexError
 
 __all__ = [

@@ -36,7 +36,7 @@ from the context variable by the patcher only when a record is actually emitted,
 that logs nothing pays nothing for it.
 
 Example:
-    >>> from loguru import logger
+    >>> from onex_compose.capabilities._log import logger
     >>> from onex_compose import NodeCompute, compose
     >>> node = compose(NodeCompute, ["logging"])(node_id="n1")
     >>> lines = []
@@ -63,11 +63,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextvars import Token
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities._context import correlation_id
+from onex_compose.capabilities._log import logger
 
 __all__ = [
     "DEFAULT_SCRUB_KEYS",
@@ -437,7 +437,7 @@ class MixinLogging:
 
     Example:
         >>> import asyncio
-        >>> from loguru import logger
+        >>> from onex_compose.capabilities._log import logger
         >>> from onex_compose import NodeCompute
         >>> class Service(NodeCompute, MixinLogging):
         ...     async def handle(self, item):

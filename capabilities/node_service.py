@@ -22,10 +22,10 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from onex_compose import OnexError, coerce_config, facility
+from onex_compose.capabilities._log import logger
 
 __all__ = [
     "MixinNodeService",

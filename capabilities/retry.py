@@ -70,12 +70,12 @@ from datetime import timedelta
 from types import CoroutineType, GeneratorType
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload, runtime_checkable
 
-from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._context import RetryScope, current_deadline
+from onex_compose.capabilities._log import logger
 
 __all__ = [
     "DEFAULT_FATAL",

@@ -174,10 +174,6 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-from loguru import logger as _logger  # noqa: E402
-
-_logger.disable("onex_compose")  # a library stays silent until the user enables it (loguru advice)
-
 for _name in ("Composition", "CapabilitySpec", "Registry", "Options", "EnumNodeType",
               "NodeCoreBase", "NodeCompute", "NodeEffect", "NodeReducer", "NodeOrchestrator"):
     globals()[_name].__module__ = "onex_compose"

@@ -19,8 +19,6 @@ import itertools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from loguru import logger
-
 from onex_compose._build import Composition, _register_base, check_class, lookup_composed
 from onex_compose._config import coerce_config, contract_config
 from onex_compose._facility import facilities_of
@@ -261,6 +259,8 @@ class NodeCoreBase:
                     try:
                         await getattr(self, close)()
                     except Exception as exc:  # keep the original error
+                        from onex_compose.capabilities._log import logger
+
                         logger.opt(exception=exc).warning("close after failed start: {}", exc)
             raise
         self._onex_started = True
@@ -281,6 +281,8 @@ class NodeCoreBase:
             try:
                 await getattr(self, hook)()
             except Exception as exc:
+                from onex_compose.capabilities._log import logger
+
                 logger.opt(exception=exc).warning("capability {} failed to close: {}", name, exc)
                 first = first or exc
         if first is not None:

@@ -513,7 +513,7 @@ class Registry:
                 try:
                     obj = ep.load()
                 except Exception as exc:  # a broken plugin must not break everybody
-                    from loguru import logger
+                    from onex_compose.capabilities._log import logger
 
                     logger.opt(exception=exc).warning(
                         "onex_compose: entry point {!r} failed to load: {}", ep.name, exc)
