@@ -641,3 +641,12 @@ def test_a_composed_node_pickles_and_rebuilds_its_breakers():
     clone = pickle.loads(pickle.dumps(node))
     assert clone.circuit_breaker("db").policy.failure_threshold == 7
     assert clone.circuit_breaker("db").state is CLOSED  # in-process state is not carried over
+
+
+def test_docstring_examples_run_as_written():
+    import doctest
+
+    import onex_compose.capabilities.circuit_breaker as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -447,3 +447,12 @@ def test_a_composed_node_pickles_and_rebuilds_its_handler():
     clone = pickle.loads(pickle.dumps(node))
     assert clone.error_handling.config.error_retry_attempts == 7
     assert clone.error_handling.node is clone and clone.error_handling.metrics is clone.metrics
+
+
+def test_docstring_examples_run_as_written():
+    import doctest
+
+    import onex_compose.capabilities.error_handling as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

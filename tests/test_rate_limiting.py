@@ -352,3 +352,12 @@ def test_a_composed_node_pickles_and_rebuilds_its_limiter():
     clone = pickle.loads(pickle.dumps(node))
     assert clone.rate_limiter.default_limit == Limit(3, 60.0, 3)
     assert clone.rate_limiter.check("k").remaining == 3  # in-process state is not carried over
+
+
+def test_docstring_examples_run_as_written():
+    import doctest
+
+    import onex_compose.capabilities.rate_limiting as module
+
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
