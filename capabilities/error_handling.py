@@ -236,7 +236,7 @@ class ErrorHandler:
         # bound once (loguru's bind allocates a logger): the node's logging capability when
         # composed (its scrubbing and correlation ids apply), else a logger with the same fields
         self.log: Any = bind_logger(node, "error_handling") if node is not None else logger
-        self._categories: dict[tuple[int, type], str] = {}
+        self._categories: dict[type, str] = {}
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -303,11 +303,11 @@ class ErrorHandler:
         own = getattr(error, "__dict__", {}).get("onex_retriable")
         if isinstance(own, bool):
             return "retriable" if own else "rejected"
-        cfg = config or self.config
-        key = (id(cfg), type(error))
-        hit = self._categories.get(key)
-        if hit is None:
-            hit = self._categories[key] = self._categorize_type(type(error), cfg)
+        if config is not None and config is not self.config:
+            return cast(ErrorCategory, self._categorize_type(type(error), config))
+        hit = self._categories.get(type(error))
+        if hit is None:  # cached per type for this handler's own configuration only
+            hit = self._categories[type(error)] = self._categorize_type(type(error), self.config)
         return cast(ErrorCategory, hit)
 
     @staticmethod
