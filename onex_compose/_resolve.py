@@ -21,6 +21,7 @@ Steps, each collecting every problem rather than stopping at the first:
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -211,14 +212,18 @@ def closure(registry: Registry, requested: Iterable[str], options: Options,
 
 
 def _graph(selected: Mapping[str, CapabilitySpec]) -> Any:
+    """The request's ``networkx.DiGraph``: an edge ``a -> b`` means a comes first.
+
+    Edges are collected in a plain dict first and handed to networkx in one call (the first
+    constraint found for a pair labels it); building edge by edge costs about twice as much.
+    """
     import networkx as nx
 
-    graph = nx.DiGraph()
-    graph.add_nodes_from(selected)
+    edges: dict[tuple[str, str], str] = {}
 
     def edge(a: str, b: str, why: str) -> None:
-        if a in selected and b in selected and a != b and not graph.has_edge(a, b):
-            graph.add_edge(a, b, constraint=why)
+        if a != b and a in selected and b in selected and (a, b) not in edges:
+            edges[a, b] = why
 
     for name, spec in selected.items():
         for dep in spec.requires:
@@ -227,12 +232,15 @@ def _graph(selected: Mapping[str, CapabilitySpec]) -> Any:
             edge(dep, name, f"{name} optionally uses {dep}")
         for proto in spec.requires_protocols:
             for other, ospec in selected.items():
-                if protocol_key(proto) in ospec.provides:
-                    edge(other, name, f"{name} requires protocol {protocol_key(proto)} of {other}")
+                if proto in ospec.provides:
+                    edge(other, name, f"{name} requires protocol {proto} of {other}")
         for later in spec.before:
             edge(name, later, f"{name} before {later}")
         for earlier in spec.after:
             edge(earlier, name, f"{name} after {earlier}")
+    graph = nx.DiGraph()
+    graph.add_nodes_from(selected)
+    graph.add_edges_from((a, b, {"constraint": why}) for (a, b), why in edges.items())
     return graph
 
 
@@ -263,16 +271,8 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
             else:
                 provided[proto] = spec.name
     # public names: mixins against each other and against the base
-    # each public name of the base (methods and declared instance attributes) -> defining class
-    base_owner: dict[str, type] = {}
-    for klass in reversed(base.__mro__[:-1]):
-        if "__onex_capability__" not in vars(klass) and klass is not skip:
-            for n in vars(klass):
-                if not n.startswith("_"):
-                    base_owner[n] = klass
-            for n in vars(klass).get("__onex_instance_attrs__", ()):
-                base_owner[n] = klass
-    base_names = set(base_owner)
+    base_owner = _base_owners(base, skip)
+    base_names = base_owner.keys()
     protected: frozenset[str] = getattr(base, "__onex_protected__", frozenset())
     prefer = dict(options.prefer)
     hidden = set(options.exclude_members)
@@ -342,6 +342,31 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                 f"{cap}.{member}", sorted(f"{cap}.{m}" for m in public_names(by_name[cap].mixin)),
                 what="member in exclude=/alias="))
     return providers, overrides
+
+
+_owners_cache: weakref.WeakKeyDictionary[type, dict[str, type]] = weakref.WeakKeyDictionary()
+
+
+def _base_owners(base: type, skip: type | None) -> dict[str, type]:
+    """Each public name of the base (methods and declared instance attributes) -> defining class.
+
+    Cached per base for composed classes (``skip`` is ``None``): a base's own names do not change.
+    """
+    if skip is None:
+        cached = _owners_cache.get(base)
+        if cached is not None:
+            return cached
+    owners: dict[str, type] = {}
+    for klass in reversed(base.__mro__[:-1]):
+        if "__onex_capability__" not in vars(klass) and klass is not skip:
+            for n in vars(klass):
+                if not n.startswith("_"):
+                    owners[n] = klass
+            for n in vars(klass).get("__onex_instance_attrs__", ()):
+                owners[n] = klass
+    if skip is None:
+        _owners_cache[base] = owners
+    return owners
 
 
 def _where(obj: type, member: str | None = None) -> str:
