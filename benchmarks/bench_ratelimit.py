@@ -81,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     fixed = strategies.FixedWindowRateLimiter(mem)
     sliding = strategies.SlidingWindowCounterRateLimiter(mem)
     mw_keys, fw_keys, sw_keys = (rotating_keys(distinct) for _ in range(3))
-    aio = aiolimiter.AsyncLimiter(HUGE, 1)
+    # aiolimiter binds to the first loop that uses it: one instance per timed case (one loop each)
+    aio, aio_cm = aiolimiter.AsyncLimiter(HUGE, 1), aiolimiter.AsyncLimiter(HUGE, 1)
     plain = Plain()
     limited = Limited(capability_config={"rate_limiting": {"limit": HUGE}})
 
     async def aio_ctx() -> None:
-        async with aio:
+        async with aio_cm:
             return
 
     table = Table("ratelimit", "rate limiter, admitted request (ns per call)")
