@@ -81,8 +81,11 @@ def async_client(url: str | None = None, *, timeout: float | None = None,
     per_loop = _async_clients.setdefault(loop, {})
     client = per_loop.get(key)
     if client is None:
-        client = per_loop[key] = aioredis.Redis.from_url(
-            url, **_options(timeout, retries, kwargs))
+        # a blocking pool: more concurrent commands than connections wait for a free connection
+        # (redis-py's default pool raises MaxConnectionsError past its limit instead)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=10, **_options(timeout, retries, kwargs))
+        client = per_loop[key] = aioredis.Redis.from_pool(pool)  # the client owns the pool
     return client
 
 

@@ -19,7 +19,13 @@ import itertools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from onex_compose._build import Composition, _register_base, check_class, lookup_composed
+from onex_compose._build import (
+    COMPOSED_MODULE,
+    Composition,
+    _register_base,
+    check_class,
+    lookup_composed,
+)
 from onex_compose._config import coerce_config, contract_config
 from onex_compose._facility import facilities_of
 from onex_compose._node_types import EnumNodeType
@@ -307,7 +313,8 @@ class NodeCoreBase:
         cls = type(self)
         comp = vars(cls).get("__composition__")
         token: Any
-        if isinstance(comp, Composition) and comp.style == "composed":
+        if (isinstance(comp, Composition) and comp.style == "composed"
+                and cls.__module__ == COMPOSED_MODULE):  # built by compose(), not a subclass
             token = ("composed", comp.base, cls.__qualname__)
         else:
             token = cls

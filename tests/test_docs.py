@@ -18,6 +18,21 @@ MODULES = [
     "onex_compose.exceptions",
     "onex_compose.capabilities._context",
     "onex_compose.capabilities.node_service",
+    "onex_compose.capabilities.metrics",
+    "onex_compose.capabilities.health_check",
+    "onex_compose.capabilities.caching",
+    "onex_compose.capabilities.event_bus",
+    "onex_compose.capabilities.retry",
+    "onex_compose.capabilities.timeout",
+    "onex_compose.capabilities.bulkhead",
+    "onex_compose.capabilities.circuit_breaker",
+    "onex_compose.capabilities.rate_limiting",
+    "onex_compose.capabilities.error_handling",
+    "onex_compose._contracts",
+    "onex_compose._node_contracts",
+    "onex_compose._loading",
+    "onex_compose._validate",
+    "onex_compose._contract_compose",
 ]
 
 

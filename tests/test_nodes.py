@@ -228,3 +228,14 @@ def _without_setup(cls):  # type: ignore[no-untyped-def]
             return None
 
     return Bare()
+
+
+class SubOfComposed(Service):  # type: ignore[misc, valid-type]
+    async def process(self, x: int) -> int:
+        return x
+
+
+def test_pickle_instance_of_a_subclass_of_a_composed_class() -> None:
+    node = SubOfComposed(capability_config={"store": {"size": 2}})
+    clone = pickle.loads(pickle.dumps(node))
+    assert type(clone) is SubOfComposed and clone.store["size"] == 2
