@@ -31,8 +31,10 @@ __all__ = [
     "PubSubListener",
     "async_client",
     "connection_errors",
+    "load_codec",
     "redis_url",
     "sync_client",
+    "text",
 ]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -421,3 +423,33 @@ async def _quiet_close(pubsub: Any, client: Any) -> None:
             await obj.aclose()
         except Exception as exc:
             logger.debug("closing a Redis connection failed: {!r}", exc)
+
+
+def text(value: Any) -> str:
+    """A Redis reply value as ``str`` (replies are ``bytes`` with ``protocol=2``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def load_codec(spec: str, *, what: str, error: type[Exception]) -> Any:
+    """Import a ``'module:object'`` serializer that has ``dumps(value)`` and ``loads(bytes)``.
+
+    Args:
+        spec: ``'module:object'`` (the object may be a module, a class or an instance).
+        what: the config field, for messages (``"caching.serializer"``).
+        error: the exception class to raise when it cannot be used.
+    """
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise error(
+            f"{what} {spec!r} cannot be imported ({exc}); give 'module:object' where the object "
+            "has dumps(value) -> bytes and loads(bytes) -> value") from None
+    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
+        raise error(f"{what} {spec!r} has no dumps()/loads(); give an object (or module) with "
+                    "dumps(value) -> bytes and loads(bytes) -> value")
+    return obj

@@ -87,7 +87,6 @@ import decimal
 import enum
 import functools
 import hashlib
-import importlib
 import inspect
 import json
 import math
@@ -105,6 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._redis import load_codec
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -498,20 +498,8 @@ def _serializer(spec: str) -> _Serializer:
         return _Pickle()
     if spec == "json":
         return _Json()
-    module, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise CacheSerializationError(
-            f"caching.serializer {spec!r} cannot be imported ({exc}); give 'module:object' "
-            "where the object has dumps(value) -> bytes and loads(bytes) -> value") from None
-    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
-        raise CacheSerializationError(
-            f"caching.serializer {spec!r} has no dumps()/loads(); give an object (or module) "
-            "with dumps(value) -> bytes and loads(bytes) -> value")
-    return obj  # type: ignore[no-any-return]
+    return load_codec(spec, what="caching.serializer",  # type: ignore[no-any-return]
+                      error=CacheSerializationError)
 
 
 # -- metrics ---------------------------------------------------------------------------------

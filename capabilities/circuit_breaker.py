@@ -86,6 +86,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _redis
 from onex_compose.capabilities._context import monotonic
+from onex_compose.capabilities._redis import text
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -1147,29 +1148,12 @@ return {tonumber(ARGV[2]), st}
 _OUTCOME = {_SUCCESS: "s", _FAILURE: "f", _NEUTRAL: "n"}
 
 
-# redis-py's asyncio pool raises MaxConnectionsError instead of waiting once 100 commands are in
-# flight; scripts of this module queue behind a per-loop semaphore instead (created lazily on the
-# running loop, so a node built outside a loop works across asyncio.run() calls).
-_MAX_INFLIGHT = 64
-_gates: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(_MAX_INFLIGHT)
-    return gate
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _time_window_totals(raw: Mapping[Any, Any], size: int, now: float) -> tuple[int, int]:
     """Calls and failures of a Redis time window at ``now``, computed as ``_TimeWindow.totals``
     does (buckets that fell out of the window are excluded without being deleted)."""
-    data = {_text(k): int(_text(v)) for k, v in raw.items()}
+    data = {text(k): int(text(v)) for k, v in raw.items()}
     head = data.get("h")
     calls, failures = data.get("c", 0), data.get("f", 0)
     sec = int(now // 1)
@@ -1311,7 +1295,7 @@ class RedisCircuitBreaker(_BreakerBase):
 
     def _admitted(self, reply: Any) -> _Admission:
         decision, epoch, state = int(reply[0]), int(reply[1]), CircuitState(int(reply[2]))
-        retry_after, source = float(_text(reply[3])), int(reply[4])
+        retry_after, source = float(text(reply[3])), int(reply[4])
         self._last_state = state  # transitions made by other processes are theirs to announce
         if source >= 0:
             reason = "reset_timeout" if source == _OPEN else "half_open_timeout"
@@ -1324,7 +1308,7 @@ class RedisCircuitBreaker(_BreakerBase):
         return _Admission(epoch, decision == 2)
 
     def _recorded(self, reply: Any) -> None:
-        state, source, reason = CircuitState(int(reply[0])), int(reply[1]), _text(reply[2])
+        state, source, reason = CircuitState(int(reply[0])), int(reply[1]), text(reply[2])
         self._last_state = state
         if source >= 0:
             self._dispatch.emit(CircuitStateChange(self.name, CircuitState(source), state,
@@ -1384,8 +1368,7 @@ class RedisCircuitBreaker(_BreakerBase):
             return await self._local.acall(fn, *args, **kwargs)
         admit, record, _ = _Scripts.of(_redis.async_client(self.url))
         try:
-            async with _gate():
-                reply = await admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
+            reply = await admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
         except self._backend_errors as exc:
             self._backend_failed(exc)
             if self._fallback() == "local":
@@ -1405,8 +1388,7 @@ class RedisCircuitBreaker(_BreakerBase):
         if outcome == _FAILURE:
             self._dispatch.failed(self.name)
         try:
-            async with _gate():
-                reply = await record(keys=self.keys, args=self._record_argv(adm, outcome))
+            reply = await record(keys=self.keys, args=self._record_argv(adm, outcome))
             self._recorded(reply)
         except self._backend_errors as exc:
             self._backend_failed(exc)
@@ -1429,10 +1411,10 @@ class RedisCircuitBreaker(_BreakerBase):
             rate = 100.0 * failures / calls if calls else 0.0
         retry = 0.0
         if state is _OPEN and since is not None:
-            retry = max(0.0, float(_text(since)) + policy.reset_timeout - now)
+            retry = max(0.0, float(text(since)) + policy.reset_timeout - now)
         last = None
         if lf is not None:
-            at = float(_text(lf))
+            at = float(text(lf))
             last = (datetime.fromtimestamp(at, UTC) if not self._client_time
                     or self.clock is time.time else self._wall(at))
         return BreakerStatus(self.name, state, failures, rate, calls, last, retry)

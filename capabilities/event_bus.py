@@ -56,7 +56,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
 import pickle
@@ -74,6 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._redis import load_codec
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -430,18 +430,8 @@ def _codec(spec: str) -> _Codec:
         return _JsonCodec()
     if spec == "pickle":
         return _PickleCodec()
-    module, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise EventBusError(
-            f"event_bus.serializer {spec!r} cannot be imported ({exc}); give 'module:object' "
-            "where the object has dumps(value) -> bytes and loads(bytes) -> value") from None
-    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
-        raise EventBusError(f"event_bus.serializer {spec!r} has no dumps()/loads()")
-    return obj  # type: ignore[no-any-return]
+    return load_codec(spec, what="event_bus.serializer",  # type: ignore[no-any-return]
+                      error=EventBusError)
 
 
 def _no_metric(name: str, value: float = 1, labels: Mapping[str, str] | None = None) -> None:

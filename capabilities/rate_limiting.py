@@ -308,23 +308,6 @@ return {0, fmt(wait), fmt(tat - now)}
 """
 
 
-# redis-py's asyncio pool raises MaxConnectionsError instead of waiting once 100 commands are in
-# flight; scripts of this module queue behind a per-loop semaphore instead (created lazily on the
-# running loop, so a node built outside a loop works across asyncio.run() calls).
-_MAX_INFLIGHT = 64
-_gates: weakref.WeakKeyDictionary[Any, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-def _gate() -> asyncio.Semaphore:
-    loop = asyncio.get_running_loop()
-    gate = _gates.get(loop)
-    if gate is None:
-        gate = _gates[loop] = asyncio.Semaphore(_MAX_INFLIGHT)
-    return gate
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class _Scripts:
@@ -449,7 +432,7 @@ class RateLimiter:
             except self._backend_errors as exc:
                 self._backend_failed(exc)
             else:
-                return float(_text(reply[1])), float(_text(reply[2]))
+                return float(_redis.text(reply[1])), float(_redis.text(reply[2]))
         return self._degraded(key, cost, limit, allowance, peek)
 
     async def _take_async(self, key: str, cost: int, limit: Limit, allowance: float,
@@ -460,13 +443,12 @@ class RateLimiter:
         if self._backend_ready():
             script = _Scripts.of(_redis.async_client(self.config.redis_url))
             try:
-                async with _gate():
-                    reply = await script(keys=[self._prefix + key], args=self._argv(
-                        limit, cost, allowance, peek))
+                reply = await script(keys=[self._prefix + key], args=self._argv(
+                    limit, cost, allowance, peek))
             except self._backend_errors as exc:
                 self._backend_failed(exc)
             else:
-                return float(_text(reply[1])), float(_text(reply[2]))
+                return float(_redis.text(reply[1])), float(_redis.text(reply[2]))
         return self._degraded(key, cost, limit, allowance, peek)
 
     def _argv(self, limit: Limit, cost: int, allowance: float, peek: bool) -> list[str]:
