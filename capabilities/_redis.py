@@ -453,3 +453,19 @@ def load_codec(spec: str, *, what: str, error: type[Exception]) -> Any:
         raise error(f"{what} {spec!r} has no dumps()/loads(); give an object (or module) with "
                     "dumps(value) -> bytes and loads(bytes) -> value")
     return obj
+
+
+def require_client(capability: str) -> None:
+    """Fail at setup, with the fix, when ``backend: redis`` is configured without redis-py.
+
+    Checked with ``importlib.util.find_spec`` (no import), so the memory backend pays nothing.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("redis") is None:
+        from onex_compose.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"{capability}: backend 'redis' needs the redis client, which is not installed. "
+            "Install it with: pip install 'onex-compose[redis]' (or use backend: memory).",
+            capability=capability)

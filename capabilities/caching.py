@@ -104,7 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import load_codec
+from onex_compose.capabilities._redis import load_codec, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -573,6 +573,8 @@ class Cache:
         self._generation = 0
         # L2
         self._l2 = cfg.backend == "redis" and cfg.enabled
+        if self._l2:
+            require_client("caching")
         self._serializer: _Serializer | None = _serializer(cfg.serializer) if self._l2 else None
         self._prefix = f"{cfg.namespace}:cache:"
         self.channel = f"{cfg.namespace}:invalidate"

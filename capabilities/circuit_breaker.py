@@ -86,7 +86,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _redis
 from onex_compose.capabilities._context import monotonic
-from onex_compose.capabilities._redis import text
+from onex_compose.capabilities._redis import require_client, text
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -1551,6 +1551,7 @@ class CircuitBreakers:
         cfg = self.config
         policy = cfg.policy(name)
         if cfg.backend == "redis":
+            require_client("circuit_breaker")
             return RedisCircuitBreaker(
                 name, policy, url=cfg.redis_url, namespace=cfg.namespace, clock=self._clock,
                 redis_clock=cfg.redis_clock, on_backend_error=cfg.on_backend_error,

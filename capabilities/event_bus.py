@@ -73,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import load_codec
+from onex_compose.capabilities._redis import load_codec, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -475,6 +475,8 @@ class EventBus:
         inc = getattr(metrics, "increment", None)
         self._inc: Callable[..., Any] = inc if callable(inc) else _no_metric
         self._redis = cfg.backend == "redis"
+        if self._redis:
+            require_client("event_bus")
         self._codec: _Codec | None = _codec(cfg.serializer) if self._redis else None
         self._router = _Router() if self._redis else _hub(cfg.namespace)
         self._subs: set[Subscription] = set()

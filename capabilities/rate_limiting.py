@@ -363,6 +363,8 @@ class RateLimiter:
             _INF if cfg.max_wait is None else cfg.max_wait)
         self._local = _MemoryStore()
         self._redis = cfg.backend == "redis"
+        if self._redis:
+            _redis.require_client("rate_limiting")
         self._prefix = f"{cfg.namespace}:rate_limit:"
         self._down_until: float | None = None
         self._backend_errors: tuple[type[BaseException], ...] = ()

@@ -886,3 +886,15 @@ def _without_setup(cls):  # type: ignore[no-untyped-def]
             return None
 
     return Bare()
+
+
+def test_redis_backend_without_the_client_is_a_clear_setup_error(monkeypatch) -> None:
+    import importlib.util
+
+    from onex_compose import ConfigurationError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "redis" else real(name, *a))
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[redis\]'"):
+        compose(NodeCompute, ["caching"])(capability_config={"caching": {"backend": "redis"}})
