@@ -279,13 +279,14 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     renamed = {(c, m): n for c, m, n in options.alias}
     owners: dict[str, list[str]] = {}
     for spec in specs:
-        hooks = {spec.setup, spec.start, spec.close,
-                 f"setup_{spec.name}", f"start_{spec.name}", f"close_{spec.name}"}
-        for member in sorted(public_names(spec.mixin)):
-            if (spec.name, member) in hidden or member in hooks:
-                continue
-            exposed = renamed.get((spec.name, member), member)
-            owners.setdefault(exposed, []).append(spec.name)
+        if hidden or renamed:
+            for member in _members(spec):
+                if (spec.name, member) in hidden:
+                    continue
+                owners.setdefault(renamed.get((spec.name, member), member), []).append(spec.name)
+        else:
+            for member in _members(spec):
+                owners.setdefault(member, []).append(spec.name)
     providers: dict[str, str] = {}
     overrides: dict[str, tuple[str, ...]] = {}
     for member, caps in sorted(owners.items()):
@@ -320,10 +321,10 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                 + f"; {ways}"))
             continue
         providers[member] = owner
-        others = [c for c in caps if c != owner]
-        if member in base_names:
-            others.append(base_owner[member].__qualname__)
-        if others:
+        if len(caps) > 1 or member in base_names:
+            others = [c for c in caps if c != owner]
+            if member in base_names:
+                others.append(base_owner[member].__qualname__)
             overrides[member] = tuple(others)
     # resolutions that refer to nothing
     for cap in sorted(set(prefer.values())):
@@ -342,6 +343,18 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                 f"{cap}.{member}", sorted(f"{cap}.{m}" for m in public_names(by_name[cap].mixin)),
                 what="member in exclude=/alias="))
     return providers, overrides
+
+
+def _members(spec: CapabilitySpec) -> tuple[str, ...]:
+    """The public names a capability adds (its hook methods excepted), sorted; cached per spec."""
+    try:
+        return spec._loaded["members"]  # type: ignore[no-any-return]
+    except KeyError:
+        hooks = {spec.setup, spec.start, spec.close,
+                 f"setup_{spec.name}", f"start_{spec.name}", f"close_{spec.name}"}
+        members = tuple(sorted(m for m in public_names(spec.mixin) if m not in hooks))
+        spec._loaded["members"] = members
+        return members
 
 
 _owners_cache: weakref.WeakKeyDictionary[type, dict[str, type]] = weakref.WeakKeyDictionary()
