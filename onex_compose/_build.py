@@ -336,17 +336,18 @@ def _precheck_layout(base: type, specs: Sequence[CapabilitySpec], bases: tuple[t
                      names: Sequence[str]) -> None:
     """Report layout problems by capability before ``type()`` runs (a mixin inheriting another
     selected mixin, or a base that already inherits one under another name)."""
-    for spec in specs:
-        for other in specs:
-            if other is not spec and issubclass(spec.mixin, other.mixin):
+    mixins = [(s, s.mixin) for s in specs]
+    for spec, mixin in mixins:
+        for other, other_mixin in mixins:
+            if other is not spec and issubclass(mixin, other_mixin):
                 raise MROError(
                     base, list(names), bases,
                     f"{spec.mixin.__qualname__} ({spec.name!r}) already subclasses "
                     f"{other.mixin.__qualname__} ({other.name!r}), so the two cannot both be listed "
                     f"as bases; make {spec.name!r} a separate mixin that requires {other.name!r} "
                     "instead of inheriting from its mixin")
-    if issubclass(base, tuple(s.mixin for s in specs)) if specs else False:
-        already = [s.name for s in specs if issubclass(base, s.mixin)]
+    if specs and issubclass(base, tuple(m for _, m in mixins)):
+        already = [s.name for s, m in mixins if issubclass(base, m)]
         raise MROError(base, list(names), bases,
                        f"the base already inherits the mixin of {already} under another name")
     # metaclasses and __slots__ of every mixin were checked at registration (check_mixin: plain

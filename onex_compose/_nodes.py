@@ -107,10 +107,21 @@ class _Plan:
 def hook_name(cls: type, spec: Any, kind: str) -> str | None:
     """The name of a capability's ``setup``/``start``/``close`` hook on ``cls``, if it has one.
 
-    Declared in the spec, or by convention ``<kind>_<capability>`` (``setup_caching``).
+    Declared in the spec, or by convention ``<kind>_<capability>`` (``setup_caching``). Whether
+    the mixin defines it is cached per spec; ``cls`` is asked only then (a subclass may
+    override the hook, never add one the mixin lacks).
     """
-    name = getattr(spec, kind) or f"{kind}_{spec.name}"
-    return name if callable(getattr(cls, name, None)) else None
+    key = f"hook_{kind}"
+    try:
+        name = spec._loaded[key]
+    except KeyError:
+        name = getattr(spec, kind) or f"{kind}_{spec.name}"
+        if not callable(getattr(spec.mixin, name, None)):
+            name = None
+        spec._loaded[key] = name
+    if name is None or not callable(getattr(cls, name, None)):
+        return None
+    return str(name)
 
 
 _default_cache: dict[tuple[str, Any], Any] = {}
