@@ -5,7 +5,11 @@ service loop: it starts the node, installs SIGTERM/SIGINT handlers, and waits un
 ``stop()`` is called or a signal arrives. ``stop()`` then refuses new ``process()`` calls, lets
 in-flight ones finish within ``shutdown_timeout`` (cancelling the stragglers), runs the shutdown
 callbacks (newest first, each isolated), and closes the node. Stop before start is a no-op;
-repeated stops and repeated signals are safe.
+repeated stops and repeated signals are safe: a ``stop()`` that finds a shutdown under way waits
+for it to finish, ``serve()`` returns only once the shutdown is complete, and its signal handlers
+stay installed until then (a second SIGTERM during the drain is counted and ignored, never the
+default action that would kill the process mid-drain). Closing the node directly (``aclose()``,
+``async with``) also ends service mode: ``serve()`` wakes up and the shutdown callbacks run.
 
 In-flight tracking is the ``process()`` guard with the outermost rank, so every call through
 the node's pipeline is counted without the user doing anything.
@@ -24,7 +28,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onex_compose import OnexError, coerce_config, facility
+from onex_compose import ConfigurationError, OnexError, coerce_config, facility
 from onex_compose.capabilities._log import logger
 
 __all__ = [
@@ -69,23 +73,37 @@ class ServiceRuntime:
         self.stopping = False
         self.in_flight = 0
         self.callbacks: list[Callable[[], Any]] = []
+        self.stopped = False  # set when a stop() (or a direct close) has completed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._shutdown: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._done: asyncio.Event | None = None
+        # tasks running a process() call (cancelled when they outlast the shutdown timeout);
+        # never the stop task itself, which must survive to run the callbacks and close
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop_tasks: set[asyncio.Task[Any]] = set()
         self.signals_received = 0
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._shutdown is None or self._idle is None:
+        if (self._loop is not loop or self._shutdown is None or self._idle is None
+                or self._done is None):
             self._loop = loop
             self._shutdown = asyncio.Event()
             self._idle = asyncio.Event()
+            self._done = asyncio.Event()
             if self.in_flight == 0:
                 self._idle.set()
             if self.stopping:
                 self._shutdown.set()
+            if self.stopped:
+                self._done.set()
         return self._shutdown, self._idle
+
+    def _done_event(self) -> asyncio.Event:
+        self._events()
+        assert self._done is not None
+        return self._done
 
     @property
     def shutdown_event(self) -> asyncio.Event:
@@ -138,8 +156,27 @@ class MixinNodeService:
         rt = self.service
         rt.running = True
         rt.stopping = False
+        rt.stopped = False
         shutdown, _ = rt._events()
         shutdown.clear()
+        rt._done_event().clear()
+
+    async def close_node_service(self) -> None:
+        """End service mode when the node is closed directly (``aclose()``, ``async with``).
+
+        Inside ``stop()`` this does nothing (``stop()`` drains and runs the callbacks itself);
+        otherwise it wakes ``serve()`` and runs the shutdown callbacks.
+        """
+        rt = self.service
+        if rt.stopping or not rt.running:
+            return
+        try:
+            rt._events()[0].set()
+            await self._run_shutdown_callbacks()
+        finally:
+            rt.running = False
+            rt.stopped = True
+            rt._done_event().set()
 
     def add_shutdown_callback(self, callback: Callable[[], Any]) -> None:
         """Run ``callback`` (sync or async) when the service stops; newest first."""
@@ -164,52 +201,83 @@ class MixinNodeService:
             shutdown, _ = rt._events()
             await shutdown.wait()
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
-            await self.stop()
+            try:
+                # waits for a shutdown already under way (a signal, another task's stop());
+                # the handlers stay installed until it is complete, so a repeated signal
+                # during the drain is ignored instead of killing the process
+                await self.stop()
+            finally:
+                for sig in installed:
+                    loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: int) -> None:
         rt = self.service
         rt.signals_received += 1
         logger.info("node_service: received signal {}, shutting down", sig)
-        if not rt.stopping:
-            task = asyncio.get_running_loop().create_task(self.stop())
-            rt._tasks.add(task)
-            task.add_done_callback(rt._tasks.discard)
+        if rt.stopping:
+            logger.info("node_service: shutdown already under way; signal {} ignored", sig)
+            return
+        task = asyncio.get_running_loop().create_task(self.stop())
+        rt._stop_tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(rt._stop_tasks.discard)
 
     async def stop(self, timeout: float | None = None) -> None:
         """Shut down gracefully: refuse new calls, drain in-flight ones, run callbacks, close.
 
+        Safe to call repeatedly and concurrently: a call that finds a shutdown under way waits
+        for it to complete; a call before ``start()`` does nothing.
+
         Args:
             timeout: seconds in-flight calls get (default: ``shutdown_timeout``).
+
+        Raises:
+            ConfigurationError: ``timeout`` is not a non-negative number.
         """
+        if timeout is not None and (isinstance(timeout, bool)
+                                    or not isinstance(timeout, int | float) or not timeout >= 0):
+            raise ConfigurationError(
+                f"stop(timeout=...) takes a non-negative number of seconds, got {timeout!r}.",
+                capability="node_service")
         rt = self.service
-        if not rt.running or rt.stopping:
+        if rt.stopping:
+            done = rt._done_event()
+            if not done.is_set():
+                await done.wait()
+            return
+        if not rt.running:
             return
         rt.stopping = True
         shutdown, idle = rt._events()
+        done = rt._done_event()
         shutdown.set()
         limit = rt.config.shutdown_timeout if timeout is None else timeout
-        if rt.in_flight:
-            try:
-                async with asyncio.timeout(limit):
-                    await idle.wait()
-            except TimeoutError:
-                logger.warning("node_service: {} call(s) still running after {}s; cancelling",
-                               rt.in_flight, limit)
-                for task in list(rt._tasks):
-                    task.cancel()
-        for callback in reversed(rt.callbacks):
+        try:
+            if rt.in_flight:
+                try:
+                    async with asyncio.timeout(limit):
+                        await idle.wait()
+                except TimeoutError:
+                    logger.warning("node_service: {} call(s) still running after {}s; cancelling",
+                                   rt.in_flight, limit)
+                    current = asyncio.current_task()
+                    for task in list(rt._tasks):
+                        if task is not current:
+                            task.cancel()
+            await self._run_shutdown_callbacks()
+            await self.aclose()  # type: ignore[attr-defined]
+        finally:
+            rt.running = False
+            rt.stopped = True
+            done.set()
+
+    async def _run_shutdown_callbacks(self) -> None:
+        for callback in reversed(self.service.callbacks):
             try:
                 result = callback()
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:
                 logger.opt(exception=exc).warning("node_service: shutdown callback failed: {}", exc)
-        try:
-            await self.aclose()  # type: ignore[attr-defined]
-        finally:
-            rt.running = False
 
     def _guard_node_service(self, call: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         rt = self.service

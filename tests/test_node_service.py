@@ -156,3 +156,142 @@ def test_sigterm_lets_in_flight_work_finish() -> None:
     lines = out.split()
     assert "finished" in out and "callback" in out and "exited" in lines
     assert out.index("finished") < out.index("callback")
+
+
+async def test_a_second_stop_waits_for_the_shutdown_under_way() -> None:
+    node = Slow(capability_config={"node_service": {"shutdown_timeout": 5}})
+    seen: list[str] = []
+    node.add_shutdown_callback(lambda: seen.append("callback"))
+    await node.start()
+    work = asyncio.create_task(node.process(0.2))
+    await asyncio.sleep(0.01)
+    first = asyncio.create_task(node.stop())
+    await asyncio.sleep(0.01)
+    await node.stop()  # returns only once the first stop has drained, called back and closed
+    assert work.done() and seen == ["callback"]
+    assert not node.service.running and node._onex_closed
+    await first
+
+
+async def test_serve_returns_only_when_the_shutdown_is_complete() -> None:
+    node = Slow(capability_config={"node_service": {"shutdown_timeout": 5,
+                                                     "handle_signals": False}})
+    seen: list[str] = []
+    node.add_shutdown_callback(lambda: seen.append("callback"))
+    serving = asyncio.create_task(node.serve())
+    await asyncio.sleep(0.01)
+    work = asyncio.create_task(node.process(0.2))
+    await asyncio.sleep(0.01)
+    asyncio.create_task(node.stop())  # another task begins the shutdown
+    await asyncio.wait_for(serving, 5)
+    assert work.done() and seen == ["callback"]
+    assert not node.service.running and node.service.in_flight == 0
+
+
+async def test_timeout_on_a_signal_stop_still_runs_callbacks_and_closes() -> None:
+    """The stop task started by a signal must not cancel itself with the stragglers."""
+    node = Slow(capability_config={"node_service": {"shutdown_timeout": 0.05,
+                                                     "handle_signals": False}})
+    seen: list[str] = []
+
+    async def async_cb() -> None:
+        await asyncio.sleep(0)
+        seen.append("async-cb")
+
+    node.add_shutdown_callback(lambda: seen.append("sync-cb"))
+    node.add_shutdown_callback(async_cb)
+    serving = asyncio.create_task(node.serve())
+    await asyncio.sleep(0.01)
+    straggler = asyncio.create_task(node.process(30))
+    await asyncio.sleep(0.01)
+    node._on_signal(signal.SIGTERM)  # what the loop's SIGTERM handler calls
+    await asyncio.wait_for(serving, 5)
+    assert seen == ["async-cb", "sync-cb"]
+    assert node._onex_closed and not node.service.running
+    with pytest.raises(asyncio.CancelledError):
+        await straggler
+
+
+async def test_closing_the_node_directly_ends_service_mode() -> None:
+    node = Slow(capability_config={"node_service": {"handle_signals": False}})
+    seen: list[str] = []
+    node.add_shutdown_callback(lambda: seen.append("callback"))
+    serving = asyncio.create_task(node.serve())
+    await asyncio.sleep(0.01)
+    await node.aclose()  # not stop(): serve() must not block forever
+    await asyncio.wait_for(serving, 5)
+    assert seen == ["callback"] and not node.service.running
+
+    seen.clear()
+    async with Slow() as other:
+        other.add_shutdown_callback(lambda: seen.append("with"))
+    assert seen == ["with"] and not other.service.running
+
+
+async def test_restart_after_stop_serves_again() -> None:
+    node = Slow()
+    for _ in range(2):
+        await node.start()
+        assert await node.process(0) == "done"
+        await node.stop()
+        assert not node.service.running
+
+
+@pytest.mark.parametrize("bad", [-1, "5", float("nan"), True])
+async def test_stop_timeout_must_be_a_non_negative_number(bad: object) -> None:
+    from onex_compose import ConfigurationError
+
+    node = Slow()
+    await node.start()
+    with pytest.raises(ConfigurationError, match="non-negative number of seconds"):
+        await node.stop(timeout=bad)  # type: ignore[arg-type]
+    await node.stop()
+
+
+DRAIN_SCRIPT = textwrap.dedent("""
+    import asyncio
+    from onex_compose import NodeComputeService
+
+    class Svc(NodeComputeService):
+        async def process(self, x):
+            await asyncio.sleep(x)
+            return x
+
+    async def main():
+        node = Svc(capability_config={"node_service": {"shutdown_timeout": 5}})
+        node.add_shutdown_callback(lambda: print("callback", flush=True))
+        async def work():
+            await asyncio.sleep(0.1)
+            print("ready", flush=True)
+            r = await node.process(0.6)
+            print("finished", r, flush=True)
+        async def announce():
+            await asyncio.sleep(0.05)
+            await node.service.shutdown_event.wait()
+            print("draining", flush=True)
+        t = asyncio.create_task(work())
+        a = asyncio.create_task(announce())
+        await node.serve()
+        print("served", node.service.in_flight, node.service.running, flush=True)
+        await t
+        print("exited", flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def test_a_second_sigterm_during_the_drain_does_not_kill_the_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", DRAIN_SCRIPT], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ})
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "draining"
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # mid-drain: must be ignored, not the default action
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    lines = out.splitlines()
+    # serve() returned only after the drain and the callbacks, with nothing in flight
+    assert lines[:3] == ["finished 0.6", "callback", "served 0 False"], lines
+    assert lines[-1] == "exited"
