@@ -280,12 +280,12 @@ DRAIN_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_second_sigterm_during_the_drain_does_not_kill_the_process() -> None:
+def test_sigint_drains_and_a_second_signal_during_the_drain_does_not_kill_the_process() -> None:
     proc = subprocess.Popen([sys.executable, "-c", DRAIN_SCRIPT], stdout=subprocess.PIPE,
                             text=True, env={**os.environ})
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C starts the same graceful shutdown as SIGTERM
     assert proc.stdout.readline().strip() == "draining"
     time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)  # mid-drain: must be ignored, not the default action
