@@ -96,7 +96,9 @@ class RateLimitExceededError(OnexError, RuntimeError):
     """A request was not admitted (reject mode, or a wait longer than allowed).
 
     Not retried by the retry capability by default (``onex_retriable = False``): the caller
-    should back off for ``retry_after`` seconds, or use ``mode: wait``.
+    should back off for ``retry_after`` seconds, or use ``mode: wait``. Neither a success nor a
+    failure for a circuit breaker around the limiter (``onex_breaker_neutral = True``): the
+    node shed the request itself, the dependency was never called.
 
     Attributes:
         key: the rate-limited key.
@@ -112,6 +114,7 @@ class RateLimitExceededError(OnexError, RuntimeError):
     """
 
     onex_retriable = False
+    onex_breaker_neutral = True
 
     def __init__(self, key: str, retry_after: float, *, cost: int = 1,
                  limit: Limit | None = None, reason: str = "limited") -> None:
@@ -133,6 +136,14 @@ class RateLimitExceededError(OnexError, RuntimeError):
 def _rebuild_error(key: str, retry_after: float, cost: int, limit: Limit | None,
                    reason: str) -> RateLimitExceededError:
     return RateLimitExceededError(key, retry_after, cost=cost, limit=limit, reason=reason)
+
+
+def _check_key(key: Any) -> str:
+    """``key`` if it is a string; else a ``TypeError`` saying so (the same on every store)."""
+    if isinstance(key, str):
+        return key
+    raise TypeError(f"rate limiter keys are strings, got {key!r} ({type(key).__name__}); pass "
+                    "str(...) of it (a key_func must return a string too)")
 
 
 class LimitSpec(BaseModel):
@@ -406,6 +417,8 @@ class RateLimiter:
 
     def limit_for(self, key: str) -> Limit:
         """The limit that applies to ``key`` (its override, else the default)."""
+        if key.__class__ is not str:
+            key = _check_key(key)
         return self._limits.get(key, self.default_limit)
 
     def _policy_label(self, key: str) -> str:
@@ -423,6 +436,8 @@ class RateLimiter:
 
     def _take_sync(self, key: str, cost: int, limit: Limit, allowance: float,
                    peek: bool = False) -> tuple[float, float]:
+        if key.__class__ is not str:
+            key = _check_key(key)
         if not self._redis:
             return self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
                                     allowance, peek)
@@ -439,6 +454,8 @@ class RateLimiter:
 
     async def _take_async(self, key: str, cost: int, limit: Limit, allowance: float,
                           peek: bool = False) -> tuple[float, float]:
+        if key.__class__ is not str:
+            key = _check_key(key)
         if not self._redis:
             return self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
                                     allowance, peek)
@@ -493,6 +510,8 @@ class RateLimiter:
     def _admit_now(self, key: str, cost: int) -> bool:
         """Memory store: spend ``cost`` of ``key`` if that is possible right now (the hot path,
         inlined: one dict read and write under the lock; nothing is spent otherwise)."""
+        if key.__class__ is not str:
+            key = _check_key(key)
         limit = self._limits.get(key, self.default_limit) if self._limits else self.default_limit
         if cost != 1:
             self._check_cost(key, cost, limit)
@@ -628,12 +647,15 @@ class RateLimiter:
 
     def reset(self, key: str | None = None) -> None:
         """Forget the state of ``key`` (``None``: every key of the in-process store)."""
+        if key is not None:
+            key = _check_key(key)
         self._local.reset(key)
         if self._redis and key is not None:
             _redis.sync_client(self.config.redis_url).delete(self._prefix + key)
 
     async def areset(self, key: str) -> None:
         """Forget the state of ``key`` (async; on Redis too)."""
+        key = _check_key(key)
         self._local.reset(key)
         if self._redis:
             await _redis.async_client(self.config.redis_url).delete(self._prefix + key)
@@ -704,20 +726,34 @@ class MixinRateLimiting:
 
     def _guard_rate_limiting(self, call: Callable[..., Awaitable[T]]
                              ) -> Callable[..., Awaitable[T]]:
-        """Wrap ``process()``: each call spends ``guard_cost`` of ``guard_key`` (guard rank 70)."""
-        limiter: RateLimiter = cast(Any, self).rate_limiter
-        if not limiter.config.guard_process:
-            return call
-        key, cost = limiter.config.guard_key, limiter.config.guard_cost
-        acquire = limiter.acquire
-        admit_now = None if limiter._redis else limiter._admit_now
+        """Wrap ``process()``: each call spends ``guard_cost`` of ``guard_key`` (guard rank 70).
+
+        The guard follows the node's current limiter: after ``setup_rate_limiting(...)``
+        reconfigures the node (limits, ``guard_process``, key, cost), the next call uses the
+        new one (one identity check per call).
+        """
+        node = cast(Any, self)
+        # (the limiter it is bound to, guard on?, key, cost, memory fast path or None, acquire)
+        bound: list[tuple[Any, ...]] = [(None,)]
+
+        def rebind(limiter: RateLimiter) -> tuple[Any, ...]:
+            cfg = limiter.config
+            state = bound[0] = (limiter, cfg.guard_process, cfg.guard_key, cfg.guard_cost,
+                                None if limiter._redis else limiter._admit_now, limiter.acquire)
+            return state
 
         @functools.wraps(call)
         async def limited(*args: Any, **kwargs: Any) -> T:
-            key_func = limiter.key_func
-            k = key_func(*args, **kwargs) if key_func is not None else key
-            if admit_now is None or not admit_now(k, cost):  # memory store: inline fast path
-                await acquire(k, cost)
+            limiter = node.rate_limiter
+            state = bound[0]
+            if state[0] is not limiter:
+                state = rebind(limiter)
+            _, on, key, cost, admit_now, acquire = state
+            if on:
+                key_func = limiter.key_func
+                k = key_func(*args, **kwargs) if key_func is not None else key
+                if admit_now is None or not admit_now(k, cost):  # memory: inline fast path
+                    await acquire(k, cost)
             return await call(*args, **kwargs)
 
         return limited

@@ -361,3 +361,54 @@ def test_docstring_examples_run_as_written():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# review fixes: string keys on every entry point, the guard follows reconfiguration
+
+
+@pytest.mark.parametrize("key", [123, None, b"alice", ("a", 1), ["a"]])
+async def test_a_non_string_key_is_a_clear_error_on_every_entry_point(key):
+    lim = limiter(limit=5, mode="wait")
+    calls = [lambda: lim.hit(key), lambda: lim.hit(key, 2), lambda: lim.check(key),
+             lambda: lim.acquire_sync(key), lambda: lim.limit_for(key)]
+    if key is not None:  # reset(None) forgets every key
+        calls.append(lambda: lim.reset(key))
+    for call in calls:
+        with pytest.raises(TypeError, match=r"rate limiter keys are strings, got .*; pass str"):
+            call()
+    for acall in (lim.ahit, lim.acheck, lim.acquire, lim.areset):
+        with pytest.raises(TypeError, match="rate limiter keys are strings"):
+            await acall(key)
+    assert lim._local.tat == {}  # nothing was spent under a non-string key
+
+
+async def test_a_key_func_returning_a_non_string_is_named():
+    node = Api(capability_config={"rate_limiting": {"limit": 5}})
+    node.rate_limiter.key_func = lambda request: request["user_id"]
+    with pytest.raises(TypeError, match="got 42 .int.*key_func must return a string"):
+        await node.process({"user": "a", "user_id": 42})
+
+
+async def test_the_process_guard_follows_a_reconfigured_node():
+    node = Api(capability_config={"rate_limiting": {"limit": 100, "period": 60}})
+    clock = ManualClock()
+    node.rate_limiter.use_clock(clock)  # kept by the reconfigurations below
+    assert await node.process({"user": "a"}) == "served a"  # the guard is bound to this limiter
+    node.setup_rate_limiting({"limit": 1, "period": 60, "guard_key": "api"})
+    await node.process({"user": "b"})
+    with pytest.raises(RateLimitExceededError) as info:
+        await node.process({"user": "c"})
+    assert info.value.key == "api" and info.value.retry_after == 60.0
+    node.setup_rate_limiting({"limit": 1, "guard_process": False})
+    for _ in range(3):
+        await node.process({"user": "d"})
+    node.setup_rate_limiting({"limit": 1, "period": 60})
+    await node.process({"user": "e"})
+    with pytest.raises(RateLimitExceededError):
+        await node.process({"user": "f"})
+
+
+def test_a_rejection_is_neutral_for_a_circuit_breaker():
+    assert RateLimitExceededError.onex_breaker_neutral is True
+    assert RateLimitExceededError.onex_retriable is False

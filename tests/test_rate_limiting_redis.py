@@ -164,3 +164,14 @@ async def test_outage_deny_policy_fails_closed(private_redis):
     assert info.value.reason == "backend_unavailable" and info.value.retry_after == 5.0
     with pytest.raises(RateLimitExceededError):
         lim.hit("k")
+
+
+async def test_a_non_string_key_is_the_same_clear_error_as_in_process(redis_url, redis_prefix):
+    shared = redis_limiter(redis_url, redis_prefix, ManualClock(500.0))
+    for call in (lambda: shared.hit(7), lambda: shared.check(7), lambda: shared.reset(7)):
+        with pytest.raises(TypeError, match="rate limiter keys are strings, got 7"):
+            call()
+    for acall in (shared.ahit, shared.acquire, shared.areset):
+        with pytest.raises(TypeError, match="rate limiter keys are strings, got 7"):
+            await acall(7)
+    assert shared.hit("7")
