@@ -72,6 +72,10 @@ class BulkheadFullError(OnexError, RuntimeError):
         waited: seconds the caller waited.
         max_wait: the configured wait.
 
+    Neither a success nor a failure for a circuit breaker around the bulkhead
+    (``onex_breaker_neutral = True``): the node shed the call itself, the dependency was never
+    called, so a burst that fills the bulkhead does not open the circuit.
+
     Example:
         >>> err = BulkheadFullError("db", 10, active=10, waited=0.0, max_wait=0.0)
         >>> err.onex_retriable, err.limit
@@ -79,6 +83,7 @@ class BulkheadFullError(OnexError, RuntimeError):
     """
 
     onex_retriable = False
+    onex_breaker_neutral = True
 
     def __init__(self, name: str, limit: int, *, active: int, waited: float,
                  max_wait: float) -> None:

@@ -33,7 +33,11 @@ Semantics (resilience4j's, with the Python libraries' default trip rule):
   that ends with one gives its permit back. With ``record_exceptions`` set only those count as
   failures and any other exception counts as a success (resilience4j's rule).
   ``CancelledError``, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` are always
-  neutral.
+  neutral, and so are the node's own load-shedding rejections (exception classes with
+  ``onex_breaker_neutral = True``: ``RateLimitExceededError`` and ``BulkheadFullError``, which
+  sit inside the breaker in the ``process()`` pipeline): a call the node refused to make says
+  nothing about the dependency, so a burst that fills the bulkhead never opens the circuit
+  (list such an error in ``record_exceptions`` to count it anyway).
 * Results of calls admitted before a state change (a call that started while closed and ended
   after the circuit opened) are discarded, so late results can never close or re-open a
   circuit they did not probe.
@@ -274,6 +278,12 @@ class BreakerPolicy(BaseModel):
 _POLICY_FIELDS = frozenset(BreakerPolicy.model_fields)
 
 
+def _policy(policy: BreakerPolicy | Mapping[str, Any] | None) -> BreakerPolicy:
+    """A policy from a :class:`BreakerPolicy`, a mapping of its fields or ``None`` (defaults);
+    bad keys or values are a ``ConfigurationError`` naming them."""
+    return cast(BreakerPolicy, coerce_config(BreakerPolicy, policy, "circuit_breaker"))
+
+
 class CircuitBreakerConfig(BreakerPolicy):
     """The ``circuit_breaker`` subcontract: the default policy plus store and reporting options.
 
@@ -393,9 +403,12 @@ class _Classifier:
             return _NEUTRAL
         if self.ignore and self.ignore(exc):
             return _NEUTRAL
-        if self.record and not self.record(exc):
-            return _SUCCESS
-        return _FAILURE
+        record = self.record
+        if record and record(exc):
+            return _FAILURE
+        if getattr(type(exc), "onex_breaker_neutral", False):
+            return _NEUTRAL  # this node shed the load itself: the dependency was never called
+        return _SUCCESS if record else _FAILURE
 
 
 # ------------------------------------------------------------------------------------------------
@@ -632,7 +645,8 @@ class CircuitBreaker(_BreakerBase):
 
     Args:
         name: the protected operation (appears in errors, metrics and events).
-        policy: trip and recovery rules (defaults: 5 consecutive failures, 30 s open).
+        policy: trip and recovery rules, a :class:`BreakerPolicy` or a mapping of its fields
+            (defaults: 5 consecutive failures, 30 s open).
         clock: seconds, monotonic (inject a ``ManualClock`` in tests).
         metrics: a metrics facility (``increment``/``gauge``) or ``None``.
         ignore: extra exception types counted as neither success nor failure.
@@ -646,7 +660,7 @@ class CircuitBreaker(_BreakerBase):
         'closed'
     """
 
-    def __init__(self, name: str, policy: BreakerPolicy | None = None, *,
+    def __init__(self, name: str, policy: BreakerPolicy | Mapping[str, Any] | None = None, *,
                  clock: Clock = monotonic, metrics: Any = None,
                  ignore: Iterable[type[BaseException]] = (),
                  record: Iterable[type[BaseException]] = (),
@@ -654,7 +668,7 @@ class CircuitBreaker(_BreakerBase):
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty string name, got {name!r}")
         self.name = name
-        self.policy = policy = policy or BreakerPolicy()
+        self.policy = policy = _policy(policy)
         self.clock = clock
         self.on_state_change: list[Listener] = []
         self._dispatch = _dispatcher or _Dispatcher(metrics)
@@ -1213,7 +1227,7 @@ class RedisCircuitBreaker(_BreakerBase):
         >>> await breaker.acall(charge, order)  # doctest: +SKIP
     """
 
-    def __init__(self, name: str, policy: BreakerPolicy | None = None, *,
+    def __init__(self, name: str, policy: BreakerPolicy | Mapping[str, Any] | None = None, *,
                  url: str | None = None, namespace: str = "onex", clock: Clock | None = None,
                  redis_clock: Literal["server", "client"] = "server",
                  on_backend_error: Literal["local", "allow", "deny"] = "local",
@@ -1226,7 +1240,7 @@ class RedisCircuitBreaker(_BreakerBase):
         import redis.exceptions as rexc
 
         self.name = name
-        self.policy = policy = policy or BreakerPolicy()
+        self.policy = policy = _policy(policy)
         self.url = url
         self.on_state_change: list[Listener] = []
         self._dispatch = _dispatcher or _Dispatcher(metrics)
@@ -1501,9 +1515,10 @@ class CircuitBreakers:
         [('api', 'closed'), ('db', 'closed')]
     """
 
-    def __init__(self, config: CircuitBreakerConfig | None = None, *, metrics: Any = None,
-                 clock: Clock | None = None) -> None:
-        self.config = config or CircuitBreakerConfig()
+    def __init__(self, config: CircuitBreakerConfig | Mapping[str, Any] | None = None, *,
+                 metrics: Any = None, clock: Clock | None = None) -> None:
+        self.config: CircuitBreakerConfig = coerce_config(CircuitBreakerConfig, config,
+                                                          "circuit_breaker")
         self._clock = clock
         self._dispatch = _Dispatcher(metrics)
         self.on_state_change = self._dispatch.listeners
@@ -1664,31 +1679,40 @@ class MixinCircuitBreaker:
                                ) -> Callable[..., Awaitable[T]]:
         """Wrap ``process()``: every call goes through the ``process`` breaker (guard rank 60).
 
-        For an in-process breaker the closed-state fast path is inlined here, so the guard adds
-        one coroutine frame, not two.
+        The guard follows the node's current breakers: after ``setup_circuit_breaker(...)``
+        reconfigures the node, the next call uses the new ``process`` breaker (one identity
+        check per call). For an in-process breaker the closed-state fast path is inlined here,
+        so the guard adds one coroutine frame, not two.
         """
-        breaker = cast(Any, self).circuit_breaker.default
-        acall = breaker.acall
-        if not isinstance(breaker, CircuitBreaker) or not breaker._fast:
-            @functools.wraps(call)
-            async def guarded(*args: Any, **kwargs: Any) -> T:
-                return cast(T, await acall(call, *args, **kwargs))
+        node = cast(Any, self)
+        # (the CircuitBreakers it is bound to, their process breaker, whether the fast path applies)
+        bound: list[tuple[Any, Any, bool]] = [(None, None, False)]
 
-            return guarded
-        record, classify = breaker._record, breaker._classify
+        def rebind(breakers: CircuitBreakers) -> tuple[Any, Any, bool]:
+            breaker = breakers.default
+            state = bound[0] = (breakers, breaker,
+                                isinstance(breaker, CircuitBreaker) and breaker._fast)
+            return state
 
         @functools.wraps(call)
-        async def guarded_fast(*args: Any, **kwargs: Any) -> T:
+        async def guarded(*args: Any, **kwargs: Any) -> T:
+            breakers = node.circuit_breaker
+            state = bound[0]
+            if state[0] is not breakers:
+                state = rebind(breakers)
+            breaker = state[1]
+            if not state[2]:
+                return cast(T, await breaker.acall(call, *args, **kwargs))
             st = breaker._st
             if st.state is not _CLOSED:
-                return cast(T, await acall(call, *args, **kwargs))
+                return cast(T, await breaker.acall(call, *args, **kwargs))
             try:
                 result = await call(*args, **kwargs)
             except BaseException as exc:
-                record(st, classify(exc))
+                breaker._record(st, breaker._classify(exc))
                 raise
             if breaker._failures:
-                record(st, _SUCCESS)
+                breaker._record(st, _SUCCESS)
             return result
 
-        return guarded_fast
+        return guarded

@@ -650,3 +650,80 @@ def test_docstring_examples_run_as_written():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# review fixes: mappings as policies, load shedding is neutral, the guard follows reconfiguration
+
+
+def test_a_policy_or_a_config_may_be_a_mapping_and_bad_keys_are_named():
+    breaker = CircuitBreaker("db", {"failure_threshold": 2}, clock=ManualClock())
+    assert isinstance(breaker.policy, BreakerPolicy) and breaker.policy.failure_threshold == 2
+    fail(breaker, 2)
+    assert breaker.state is OPEN
+    breakers = CircuitBreakers({"failure_threshold": 3, "breakers": {"x": {"reset_timeout": 4}}})
+    assert breakers("x").policy.failure_threshold == 3
+    assert breakers("x").policy.reset_timeout == 4
+    with pytest.raises(ConfigurationError, match=r"failure_treshold: unknown key \(did you mean "
+                                                 r"'failure_threshold'"):
+        CircuitBreaker("db", {"failure_treshold": 2})
+    with pytest.raises(ConfigurationError, match="reset_timeout"):
+        CircuitBreakers({"reset_timeout": -1})
+    with pytest.raises(ConfigurationError, match="must be a mapping"):
+        CircuitBreaker("db", 5)  # type: ignore[arg-type]
+
+
+def test_load_shedding_rejections_are_neither_success_nor_failure():
+    from onex_compose.capabilities.bulkhead import BulkheadFullError
+    from onex_compose.capabilities.rate_limiting import RateLimitExceededError
+
+    def shed(kind: str):
+        if kind == "bulkhead":
+            raise BulkheadFullError("b", 1, active=1, waited=0.0, max_wait=0.0)
+        raise RateLimitExceededError("k", 1.0)
+
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=2, reset_timeout=5)
+    fail(breaker, 1)
+    for _ in range(10):  # a burst the node sheds itself: not failures, and not a reset either
+        for kind in ("bulkhead", "rate"):
+            with pytest.raises((BulkheadFullError, RateLimitExceededError)):
+                breaker.call(shed, kind)
+    assert breaker.state is CLOSED and breaker.status().failure_count == 1
+    fail(breaker, 1)
+    assert breaker.state is OPEN
+    clock.advance(5)
+    with pytest.raises(BulkheadFullError):  # a shed probe gives its slot back
+        breaker.call(shed, "bulkhead")
+    assert breaker.state is HALF_OPEN
+    assert breaker.call(lambda: "ok") == "ok" and breaker.state is CLOSED
+    # listed in record_exceptions, it counts after all
+    counted = make(clock, failure_threshold=1, record_exceptions=["BulkheadFullError"])
+    with pytest.raises(BulkheadFullError):
+        counted.call(shed, "bulkhead")
+    assert counted.state is OPEN
+    # with record_exceptions set, an unlisted shed error is still neutral (not a success)
+    strict = make(clock, failure_threshold=2, record_exceptions=["ConnectionError"])
+    fail(strict, 1)
+    with pytest.raises(RateLimitExceededError):
+        strict.call(shed, "rate")
+    fail(strict, 1)
+    assert strict.state is OPEN
+
+
+async def test_the_process_guard_follows_a_reconfigured_node():
+    node = Flaky()
+    node.circuit_breaker.clock = ManualClock()  # kept by the reconfiguration below
+    assert await node.process("a") == "A"  # the guard is bound to the first breakers
+    node.setup_circuit_breaker({"failure_threshold": 1, "reset_timeout": 10})
+    with pytest.raises(ConnectionError):
+        await node.process("bad")
+    assert node.circuit_breaker.default.state is OPEN  # the new process breaker saw it
+    with pytest.raises(CircuitOpenError) as info:
+        await node.process("a")
+    assert info.value.retry_after == 10.0
+    report = await node.health_check()
+    assert report["checks"]["circuit_breaker"]["details"] == {"breakers": {"process": "open"}}
+    node.setup_circuit_breaker({"process_breaker": "main"})
+    assert await node.process("b") == "B"
+    assert node.circuit_breaker.states() == {"main": "closed"}
