@@ -257,6 +257,20 @@ def is_async_callable(fn: Any) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def _check_timeout(value: Any) -> float | None:
+    """A per-call ``timeout`` argument: ``None`` or a number of seconds, as ``asyncio.timeout``
+    takes it (``<= 0``: already expired, the work is not started; ``inf``: no limit). NaN, bools
+    and non-numbers are errors instead of a timeout that silently never fires."""
+    if value is None:
+        return None
+    if value.__class__ is float and value == value:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    raise (ValueError if isinstance(value, float) else TypeError)(
+        f"timeout must be a number of seconds, got {value!r}; pass e.g. timeout=2.5")
+
+
 def _name(fn: Any) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -395,17 +409,23 @@ class TimeoutPolicy:
 
         Args:
             fn: an ``async def`` function, or a plain callable (see ``sync_calls``).
-            timeout: seconds for this call; ``None`` applies only the enclosing deadline.
+            timeout: seconds for this call (``<= 0``: already expired, as with
+                ``asyncio.timeout``); ``None`` applies only the enclosing deadline.
             operation: the name used in errors and metrics (default: ``fn``'s name).
 
         Raises:
             OperationTimeoutError: the deadline passed first (the work was cancelled).
-            TypeError: a plain callable while ``sync_calls`` is ``"refuse"``.
+            TypeError: a plain callable while ``sync_calls`` is ``"refuse"``; ``fn`` is not
+                callable; ``timeout`` is not a number.
+            ValueError: ``timeout`` is NaN.
         """
-        t = self._timeout if timeout is _UNSET else timeout
+        t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
         kw = kwargs or {}
         if is_async_callable(fn):
             return self._call(fn, args, kw, t, None, operation)
+        if not callable(fn):
+            raise TypeError(f"with_timeout needs a callable (an async def function or a plain "
+                            f"one) as its first argument, got {fn!r}")
         if self.config.sync_calls == "refuse":
             raise TypeError(
                 f"with_timeout got the plain function {_name(fn)}, and this node's timeout "
@@ -467,7 +487,9 @@ class TimeoutPolicy:
             >>> policy.run_sync(sum, ([1, 2, 3],))
             6
         """
-        t = self._timeout if timeout is _UNSET else timeout
+        t = self._timeout if timeout is _UNSET else _check_timeout(timeout)
+        if not callable(fn):
+            raise TypeError(f"run_sync needs a plain callable as its first argument, got {fn!r}")
         op = operation or _name(fn)
         if self.config.sync_calls == "refuse":
             raise TypeError(f"run_sync({op}): sync_calls is 'refuse'; set sync_calls: thread")

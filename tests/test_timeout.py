@@ -638,3 +638,31 @@ def test_with_timeout_default_comes_from_config() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(timeout_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+# -- review fixes: bad arguments are clear errors ------------------------------------------------
+
+
+@pytest.mark.parametrize(("bad", "error"), [
+    ("2", TypeError), (True, TypeError), ([1], TypeError), (float("nan"), ValueError)])
+def test_a_bad_timeout_argument_is_a_clear_error(bad: Any, error: type[Exception]) -> None:
+    clock = ManualClock()
+    p = policy(clock)
+    node = compose(NodeCompute, ["timeout"])()
+    for call in (lambda: p.run(hang, timeout=bad), lambda: p.run(sum, ([1],), timeout=bad),
+                 lambda: p.run_sync(sum, ([1],), timeout=bad),
+                 lambda: node.with_timeout(hang, timeout=bad)):
+        with pytest.raises(error, match=r"timeout must be a number of seconds, got .*timeout=2.5"):
+            call()
+    assert clock.run(p.run(asyncio.sleep, (0, "ok"), timeout=float("inf"))) == "ok"
+    assert clock.run(p.run(asyncio.sleep, (0, "ok"), timeout=3)) == "ok"  # an int is fine
+    with pytest.raises(OperationTimeoutError):  # <= 0 is already expired, as asyncio has it
+        clock.run(p.run(hang, timeout=-1))
+
+
+def test_a_non_callable_is_named() -> None:
+    p = TimeoutPolicy()
+    with pytest.raises(TypeError, match="with_timeout needs a callable .* got 5"):
+        p.run(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="run_sync needs a plain callable .* got 'x'"):
+        p.run_sync("x")  # type: ignore[arg-type]
