@@ -327,3 +327,33 @@ def test_a_contract_for_another_node_type_is_refused() -> None:
 
     with pytest.raises(OnexError, match="EFFECT"):
         Service(ModelContractEffect())
+
+
+def test_every_builtin_capability_works_without_start_across_repeated_asyncio_run() -> None:
+    """Issue 4: capabilities work without start(), and a node built outside a loop keeps
+    working across repeated asyncio.run() calls (the real capabilities, embedded defaults)."""
+    from onex_compose import default_registry
+
+    class Doubler(NodeCompute):
+        async def process(self, x: int) -> int:
+            return 2 * x
+
+    names = [spec.name for spec in default_registry]
+    node: Any = compose(Doubler, names)()  # built outside any event loop, never started
+
+    async def use(i: int) -> tuple[Any, ...]:
+        await node.cache.set("k", i)
+        node.metrics.increment("calls")
+        await node.health_check()
+        return await node.process(i), await node.cache.get("k"), node.is_healthy()
+
+    for i in range(3):  # each asyncio.run() is a new loop
+        assert asyncio.run(use(i)) == (2 * i, i, True)
+
+    async def lifecycle(i: int) -> int:
+        async with node:
+            return int(await node.process(i))
+
+    assert asyncio.run(lifecycle(4)) == 8
+    assert asyncio.run(lifecycle(5)) == 10  # started, closed and started again on a new loop
+    assert asyncio.run(use(6)) == (12, 6, True)
