@@ -67,6 +67,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import builtins
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -192,6 +193,52 @@ def scrub(value: Any, *, _depth: int = 0) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------
+# inputs: the error as an instance, a class or (should_retry, categorize) a class name
+
+_NAMED: dict[str, type[BaseException]] = {}
+
+
+def _named_error(name: str) -> type[BaseException]:
+    """The exception class a name stands for: a built-in one (``"ConnectionRefusedError"``, so
+    its bases count), else a stand-in ``Exception`` subclass with that name (``"mod.Qual"``
+    sets the module), cached per name."""
+    kind = _NAMED.get(name)
+    if kind is None:
+        builtin = getattr(builtins, name, None)
+        if isinstance(builtin, type) and issubclass(builtin, BaseException):
+            kind = builtin
+        else:
+            module, _, short = name.rpartition(".")
+            kind = type(short, (Exception,), {"__module__": module or "builtins",
+                                              "__qualname__": short})
+        if len(_NAMED) < 1024:
+            _NAMED[name] = kind
+    return kind
+
+
+def _exception_of(value: Any, action: str, *, names: bool = True) -> BaseException:
+    """An exception instance for ``value``: the instance itself, an instance of an exception
+    class (made without calling its ``__init__``), or (``names``) of the class a name stands
+    for. Anything else is a ``TypeError`` saying what to pass."""
+    if isinstance(value, BaseException):
+        return value
+    kind: Any = None
+    if isinstance(value, type) and issubclass(value, BaseException):
+        kind = value
+    elif names and isinstance(value, str) and value.strip():
+        kind = _named_error(value.strip())
+    if kind is not None:
+        try:
+            return cast(BaseException, kind.__new__(kind))
+        except Exception:
+            raise TypeError(f"{action}: cannot make an instance of {kind.__qualname__} to "
+                            "classify it; pass the exception that was raised") from None
+    wanted = "an exception, an exception class or an exception class name" if names else \
+        "an exception or an exception class"
+    raise TypeError(f"{action} takes {wanted}, got {value!r} ({type(value).__name__})")
+
+
+# ------------------------------------------------------------------------------------------------
 # the handler
 
 _SUGGESTIONS = {
@@ -290,14 +337,21 @@ class ErrorHandler:
 
     # -- categorisation ------------------------------------------------------------------------
 
-    def categorize(self, error: BaseException,
+    def categorize(self, error: BaseException | type[BaseException] | str,
                    config: ModelErrorHandlingSubcontract | None = None) -> ErrorCategory:
         """``retriable``, ``fatal``, ``rejected``, ``unknown`` or ``cancelled`` (see module doc).
 
+        ``error`` is the exception, its class, or its class name.
+
         Example:
-            >>> ErrorHandler().categorize(ConnectionRefusedError())
-            'retriable'
+            >>> handler = ErrorHandler()
+            >>> handler.categorize(ConnectionRefusedError()), handler.categorize(PermissionError)
+            ('retriable', 'unknown')
+            >>> handler.categorize("ValidationError")
+            'fatal'
         """
+        if not isinstance(error, BaseException):
+            error = _exception_of(error, "categorize")
         if not isinstance(error, Exception):
             return "cancelled"
         own = getattr(error, "__dict__", {}).get("onex_retriable")
@@ -307,7 +361,9 @@ class ErrorHandler:
             return cast(ErrorCategory, self._categorize_type(type(error), config))
         hit = self._categories.get(type(error))
         if hit is None:  # cached per type for this handler's own configuration only
-            hit = self._categories[type(error)] = self._categorize_type(type(error), self.config)
+            hit = self._categorize_type(type(error), self.config)
+            if len(self._categories) < 1024:
+                self._categories[type(error)] = hit
         return cast(ErrorCategory, hit)
 
     @staticmethod
@@ -326,14 +382,14 @@ class ErrorHandler:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def handle_error(self, error_info: BaseException,
+    def handle_error(self, error_info: BaseException | type[BaseException],
                      error_context: Mapping[str, Any] | None = None,
                      handling_strategy: HandlingStrategy | None = None,
                      ) -> ModelErrorHandlingResult:
         """Categorise, log (scrubbed) and count an error; say what to do about it.
 
         Args:
-            error_info: the exception.
+            error_info: the exception (or its class).
             error_context: execution context (``operation_name`` or ``operation_key`` names
                 the operation in logs and metrics; everything is scrubbed before logging).
             handling_strategy: ``retry``, ``fail`` or ``ignore`` to force the action
@@ -347,6 +403,11 @@ class ErrorHandler:
         if handling_strategy not in (None, "retry", "fail", "ignore"):
             raise ValueError(f"handling_strategy must be 'retry', 'fail', 'ignore' or None, "
                              f"got {handling_strategy!r}")
+        if not isinstance(error_info, BaseException):
+            error_info = _exception_of(error_info, "handle_error(error_info)", names=False)
+        if error_context is not None and not isinstance(error_context, Mapping):
+            raise TypeError(f"handle_error(error_context) takes a mapping such as "
+                            f"{{'operation_name': 'load'}} or None, got {error_context!r}")
         context = dict(error_context or {})
         category = self.categorize(error_info)
         operation = str(context.get("operation_name") or context.get("operation_key")
@@ -423,19 +484,31 @@ class ErrorHandler:
             last_failure_time=st.last_failure_time, operation_key=operation_key,
             retry_after=st.retry_after)
 
-    def should_retry(self, error_type: BaseException, attempt_number: int = 1,
+    def should_retry(self, error_type: BaseException | type[BaseException] | str,
+                     attempt_number: int = 1,
                      operation_context: Mapping[str, Any] | None = None, *,
                      config: ModelErrorHandlingSubcontract | None = None,
                      ) -> ModelRetryDecisionResult:
         """Whether to retry after attempt ``attempt_number`` failed with ``error_type``.
 
-        With the ``retry`` capability composed, its policy decides (retriable types, attempts,
-        delay with its jitter); otherwise ``config`` (default: this handler's) does. A retry
-        whose delay would end past the current deadline is refused.
+        ``error_type`` is the exception raised, its class, or its class name (seed 002's "type
+        of error that occurred"); the instance is best (it may carry ``retry_after`` or its
+        own ``onex_retriable``). With the ``retry`` capability composed, its policy decides
+        (retriable types, attempts, delay with its jitter); otherwise ``config`` (default: this
+        handler's) does. A retry whose delay would end past the current deadline is refused.
+
+        Example:
+            >>> ErrorHandler().should_retry("ConnectionError", 1).retry_delay_ms
+            1000
         """
+        if not isinstance(attempt_number, int) or isinstance(attempt_number, bool):
+            raise TypeError(f"attempt_number is the number of the attempt that failed (an int "
+                            f"from 1), got {attempt_number!r}")
         if attempt_number < 1:
             raise ValueError(f"attempt_number counts failed attempts from 1, got "
                              f"{attempt_number!r}")
+        if not isinstance(error_type, BaseException):
+            error_type = _exception_of(error_type, "should_retry(error_type)")
         category = self.categorize(error_type, config)
         if self.delegates_retry:
             policy = self.node.retry_policy

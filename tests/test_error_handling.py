@@ -66,11 +66,15 @@ class TestNodeWithErrorHandling(SeedNodeCompute, MixinErrorHandling):
             raise
 
     # -- what the seed leaves undefined, supplied by the test --------------------------------
-    failures: list[BaseException] = []
 
     async def _risky_operation(self):
-        if self.failures:
-            raise self.failures.pop(0)
+        """Fails with a (non-retriable) RuntimeError unless a test scripts ``self.failures``:
+        then it raises those in turn and computes once they are used up."""
+        failures = self.__dict__.get("failures")
+        if failures is None:
+            raise RuntimeError("the risky operation failed")
+        if failures:
+            raise failures.pop(0)
         return "computed"
 
     async def _retry_operation(self, config):
@@ -92,11 +96,20 @@ async def test_error_handling_mixin_integration():
 
     # Create node instance
     node = TestNodeWithErrorHandling()
-    node.failures = [RuntimeError("not retriable")]
 
     # Test error handling
     with pytest.raises(RuntimeError):
         await node.execute_compute(contract)
+
+
+async def test_the_seed_flow_ran_through_the_mixin():
+    contract = seed_contract(enable_circuit_breaker=True, error_retry_attempts=3)
+    node = TestNodeWithErrorHandling()
+    with pytest.raises(RuntimeError, match="the risky operation failed"):
+        await node.execute_compute(contract)
+    status = await node._check_circuit_breaker(operation_key="risky_operation")  # the mixin's
+    assert isinstance(status, ModelCircuitStatusResult) and status.status == "closed"
+    assert node.error_handling.categorize(RuntimeError()) == "unknown"  # so not retried
 
 
 def seed_contract(**fields) -> ModelContractCompute:
@@ -456,3 +469,75 @@ def test_docstring_examples_run_as_written():
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# review fixes: the seed's inputs in the forms a caller has at hand, bad inputs named
+
+
+def test_should_retry_takes_the_error_its_class_or_its_class_name():
+    handler = ErrorHandler()
+    for error in (ConnectionError("x"), ConnectionError, "ConnectionError",
+                  ConnectionRefusedError, "ConnectionRefusedError", TemporaryFailure,
+                  "TemporaryFailure"):
+        decision = handler.should_retry(error, 1)
+        assert (decision.should_retry, decision.retry_delay_ms, decision.error_category) == (
+            True, 1000, "retriable"), error
+    for error in (AuthenticationError, "AuthenticationError", "ValidationError"):
+        assert handler.should_retry(error, 1).error_category == "fatal", error
+    assert handler.should_retry("SomethingElse", 1).error_category == "unknown"
+    assert handler.should_retry("mod.SomethingElse", 1).error_category == "unknown"
+    assert handler.should_retry(KeyError, 1).should_retry is False
+    assert handler.should_retry(CircuitOpenError, 1).error_category == "rejected"
+    assert handler.categorize(PermissionError) == "unknown"
+    import asyncio
+
+    assert handler.categorize(asyncio.CancelledError) == "cancelled"
+    assert handler.categorize("KeyboardInterrupt") == "cancelled"
+
+
+def test_should_retry_by_name_with_the_retry_capability_composed():
+    cls = compose(NodeCompute, ["error_handling", "retry"])
+    node = cls(capability_config={"retry": {"retriable_error_types": ["KeyError"],
+                                            "jitter": "none", "initial_delay": 0.5}})
+    handler = node.error_handling
+    assert handler.should_retry("KeyError", 1).should_retry
+    assert handler.should_retry(KeyError, 2).retry_delay_ms == 1000
+    assert not handler.should_retry("ConnectionError", 1).should_retry  # not in retry's list
+    assert node._should_retry(KeyError, None)
+
+
+def test_handle_error_takes_the_error_or_its_class():
+    handler = ErrorHandler()
+    result = handler.handle_error(TimeoutError, {"operation_name": "load"})
+    assert (result.error_category, result.handling_action) == ("retriable", "retry")
+    assert handler.handle_error(AuthenticationError).handling_action == "fail"
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda h: h.should_retry(42, 1), TypeError,
+     r"should_retry\(error_type\) takes an exception, an exception class or an exception "
+     r"class name, got 42 \(int\)"),
+    (lambda h: h.should_retry("", 1), TypeError, r"got '' \(str\)"),
+    (lambda h: h.should_retry(TimeoutError(), "2"), TypeError,
+     r"attempt_number is the number of the attempt that failed \(an int from 1\), got '2'"),
+    (lambda h: h.should_retry(TimeoutError(), True), TypeError, "attempt_number"),
+    (lambda h: h.handle_error("boom"), TypeError,
+     r"handle_error\(error_info\) takes an exception or an exception class, got 'boom'"),
+    (lambda h: h.handle_error(TimeoutError(), ["a"]), TypeError,
+     r"handle_error\(error_context\) takes a mapping"),
+    (lambda h: h.categorize(3.5), TypeError, "categorize takes an exception"),
+])
+def test_bad_inputs_say_what_to_pass(call, error, message):
+    with pytest.raises(error, match=message):
+        call(ErrorHandler())
+
+
+def test_an_exception_class_that_cannot_be_instantiated_bare_is_named():
+    class Picky(Exception):
+        def __new__(cls, code):
+            return super().__new__(cls, code)
+
+    with pytest.raises(TypeError, match="cannot make an instance of .*Picky.*pass the exception"):
+        ErrorHandler().should_retry(Picky, 1)
+    assert ErrorHandler().should_retry(Picky(3), 1).error_category == "unknown"
