@@ -138,13 +138,18 @@ class MixinNodeService:
     __slots__ = ()
 
     def setup_node_service(self, config: NodeServiceConfig | Mapping[str, Any] | None = None) -> None:
-        """Configure service mode (``shutdown_timeout``, ``handle_signals``)."""
+        """Configure service mode (``shutdown_timeout``, ``handle_signals``).
+
+        Calling it again reconfigures the node's one runtime in place: a running service stays
+        running, its in-flight calls stay counted (the ``process()`` guard holds the runtime)
+        and its shutdown callbacks are kept.
+        """
         cfg = coerce_config(NodeServiceConfig, config, "node_service")
         old = getattr(self, "service", None)
-        runtime = ServiceRuntime(cfg)
         if isinstance(old, ServiceRuntime):
-            runtime.callbacks = old.callbacks
-        self.service = runtime
+            old.config = cfg
+            return
+        self.service = ServiceRuntime(cfg)
 
     @facility
     def service(self) -> ServiceRuntime:

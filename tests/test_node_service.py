@@ -295,3 +295,18 @@ def test_sigint_drains_and_a_second_signal_during_the_drain_does_not_kill_the_pr
     # serve() returned only after the drain and the callbacks, with nothing in flight
     assert lines[:3] == ["finished 0.6", "callback", "served 0 False"], lines
     assert lines[-1] == "exited"
+
+
+async def test_reconfiguring_a_running_service_keeps_its_state() -> None:
+    node = Slow()
+    seen: list[str] = []
+    node.add_shutdown_callback(lambda: seen.append("callback"))
+    await node.start()
+    assert await node.process(0) == "done"  # the guard is bound to the node's runtime now
+    node.setup_node_service({"shutdown_timeout": 5})  # seed style: setup_<capability>(dict)
+    assert node.service.running and node.service.config.shutdown_timeout == 5
+    work = asyncio.create_task(node.process(0.1))
+    await asyncio.sleep(0.01)
+    assert node.service.in_flight == 1  # counted by the runtime stop() looks at
+    await node.stop()
+    assert work.done() and seen == ["callback"] and not node.service.running
