@@ -82,6 +82,8 @@ class ServiceRuntime:
         # never the stop task itself, which must survive to run the callbacks and close
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stop_tasks: set[asyncio.Task[Any]] = set()
+        # in-flight calls a stop() does not wait for: its own, when process() itself calls stop()
+        self._drain_floor = 0
         self.signals_received = 0
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
@@ -256,21 +258,25 @@ class MixinNodeService:
         done = rt._done_event()
         shutdown.set()
         limit = rt.config.shutdown_timeout if timeout is None else timeout
+        current = asyncio.current_task()
+        # a stop() called from inside process() (a "shutdown" command) does not wait for itself
+        rt._drain_floor = 1 if current is not None and current in rt._tasks else 0
         try:
-            if rt.in_flight:
+            if rt.in_flight > rt._drain_floor:
+                idle.clear()
                 try:
                     async with asyncio.timeout(limit):
                         await idle.wait()
                 except TimeoutError:
                     logger.warning("node_service: {} call(s) still running after {}s; cancelling",
                                    rt.in_flight, limit)
-                    current = asyncio.current_task()
                     for task in list(rt._tasks):
                         if task is not current:
                             task.cancel()
             await self._run_shutdown_callbacks()
             await self.aclose()  # type: ignore[attr-defined]
         finally:
+            rt._drain_floor = 0
             rt.running = False
             rt.stopped = True
             done.set()
@@ -303,7 +309,7 @@ class MixinNodeService:
                 rt.in_flight -= 1
                 if task is not None:
                     rt._tasks.discard(task)
-                if rt.in_flight == 0:
+                if rt.in_flight <= rt._drain_floor:
                     idle.set()
 
         return tracked

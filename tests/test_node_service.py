@@ -310,3 +310,22 @@ async def test_reconfiguring_a_running_service_keeps_its_state() -> None:
     assert node.service.in_flight == 1  # counted by the runtime stop() looks at
     await node.stop()
     assert work.done() and seen == ["callback"] and not node.service.running
+
+
+async def test_stop_called_from_inside_process_does_not_wait_for_itself() -> None:
+    class Commanded(NodeComputeService):
+        async def process(self, command: str) -> str:
+            if command == "shutdown":  # a node told to shut down by one of its own calls
+                await self.stop()
+                return "bye"
+            await asyncio.sleep(0.05)
+            return command
+
+    node = Commanded(capability_config={"node_service": {"shutdown_timeout": 10}})
+    await node.start()
+    other = asyncio.create_task(node.process("work"))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    assert await node.process("shutdown") == "bye"
+    assert time.monotonic() - started < 2  # drained the other call, not its own 10 s timeout
+    assert await other == "work" and not node.service.running
