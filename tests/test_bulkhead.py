@@ -526,3 +526,16 @@ def test_hand_written_default_name_and_pickling() -> None:
 def test_docstring_examples() -> None:
     result = doctest.testmod(bulkhead_module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_full_bulkhead_never_opens_a_circuit_breaker_around_it() -> None:
+    assert BulkheadFullError.onex_breaker_neutral is True
+    node = make(["circuit_breaker", "bulkhead"], bulkhead={"max_concurrent": 1},
+                circuit_breaker={"failure_threshold": 1})
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(node.process(i) for i in range(6)), return_exceptions=True)
+
+    results = ManualClock().run(main())
+    assert results[0] == 0 and all(isinstance(r, BulkheadFullError) for r in results[1:])
+    assert node.circuit_breaker.default.state.label == "closed"
