@@ -540,6 +540,9 @@ def _unwrap(tp: Any) -> list[Any]:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         return _unwrap(typing.get_args(tp)[0])
+    models = getattr(tp, "__onex_models__", None)  # a custom type validated as these models
+    if models:
+        return list(models)
     if isinstance(tp, type) and issubclass(tp, BaseModel):
         return [tp]
     out: list[Any] = []
@@ -558,6 +561,10 @@ def _model_at(root: type[BaseModel], loc: Sequence[PathPart],
     for part in loc:
         if not isinstance(part, str):
             continue  # list index: same models
+        tagged = [c for c in candidates if getattr(c, "__onex_tag__", None) == part]
+        if tagged:  # a union tag Pydantic put into the loc names the branch it validated
+            candidates = tagged
+            continue
         nxt: list[type[BaseModel]] = []
         for model in candidates:
             field = model.model_fields.get(part)
@@ -689,7 +696,8 @@ def problems_from_error(exc: ValidationError, model: type[BaseModel], data: Any,
             message = f"'{field}' field required"
             line = lines.line_of(where) if lines else None
             out.append(ContractProblem(message, tuple(where), line, file,
-                                       _check_of("missing", full, root_kind)))
+                                       _check_of("missing", full, root_kind),
+                                       key=str(field)))
             continue
         if kind == "extra_forbidden":
             key = str(path[-1]) if path else str(loc[-1] if loc else "?")
@@ -704,7 +712,7 @@ def problems_from_error(exc: ValidationError, model: type[BaseModel], data: Any,
                 message += f"; known keys: {', '.join(known)}"
             line = lines.line_of(full) if lines else None
             out.append(ContractProblem(message, tuple(full[:-1]), line, file,
-                                       _check_of(kind, full, root_kind)))
+                                       _check_of(kind, full, root_kind), key=key))
             continue
         if kind in ("value_error", "assertion_error"):
             message = str(error_obj) if error_obj is not None else str(err.get("msg", ""))

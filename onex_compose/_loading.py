@@ -110,6 +110,7 @@ class ContractProblem:
         file: the file the problem is in (``None`` for in-memory data).
         check: the validator check it belongs to (``"schema"``, ``"required"``, ...).
         severity: ``"error"`` or ``"warning"``.
+        key: for an unknown key, the key itself (``path`` is the mapping that holds it).
     """
 
     message: str
@@ -118,6 +119,7 @@ class ContractProblem:
     file: str | None = None
     check: str = "schema"
     severity: str = "error"
+    key: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def where(self) -> str:

@@ -135,9 +135,10 @@ class ConfigView(dict[str, Any]):
         try:
             return self[name]
         except KeyError:
+            keys = [str(k) for k in self]
             raise AttributeError(
-                f"configuration has no key {name!r}{did_you_mean(name, self)}; keys: "
-                f"{', '.join(self) or '(none)'}") from None
+                f"configuration has no key {name!r}{did_you_mean(name, keys)}; keys: "
+                f"{', '.join(keys) or '(none)'}") from None
 
     def _readonly(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("a contract's configuration is read-only; build a new contract or pass "
@@ -190,6 +191,8 @@ class ModelSubcontractReference(_Strict):
         config: overrides laid over the referenced file's ``<capability>_config`` section.
     """
 
+    __onex_tag__: ClassVar[str] = "<reference>"
+
     path: StrictStr
     integration_field: FieldName | None = None
     capability: SnakeName | None = None
@@ -205,6 +208,8 @@ class ModelInlineSubcontract(_Strict):
         integration_field: the attribute it is available under (default
             ``<capability>_configuration``).
     """
+
+    __onex_tag__: ClassVar[str] = "<inline>"
 
     capability: SnakeName
     config: dict[StrictStr, Any] | InstanceOf[BaseModel] | None = None
@@ -369,6 +374,10 @@ class Subcontracts(Sequence[SubcontractEntry]):
     :class:`SubcontractEntry` records.
     """
 
+    # the models its list entries are validated as (names the keys of an unknown-key error)
+    __onex_models__: ClassVar[tuple[type[BaseModel], ...]] = (
+        ModelSubcontractReference, ModelInlineSubcontract)
+
     def __init__(self, entries: Sequence[SubcontractEntry] = ()) -> None:
         self._entries: tuple[SubcontractEntry, ...] = tuple(entries)
 
@@ -504,13 +513,20 @@ def _load_mixin(target: Path, ref: str, res: _Resolver, where: tuple[PathPart, .
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     name = res.display(target)
+    rel = where[1:]  # problems of the node contract are relative to its subcontracts
     try:
         loaded = load_yaml(target, source=name)
     except ContractError as exc:
         for item in exc.problems:
-            problems.append(ContractProblem(
-                f"{item['message']} (referenced by {_fmt(where)})", (), item.get("line"), name,
-                "references"))
+            if item.get("line") is None:
+                # the file as a whole (missing, a folder, too large, binary): point at the
+                # reference in the node contract, which is what the user has to change
+                problems.append(ContractProblem(
+                    f"{ref!r}: {item['message']}", (*rel, "path"), check="references"))
+            else:
+                problems.append(ContractProblem(
+                    f"{item['message']} (referenced by {_fmt(where)})", (), item.get("line"),
+                    name, "references"))
         return None
     data = loaded.data
     if not isinstance(data, Mapping) or "mixin_name" not in data:
@@ -518,7 +534,7 @@ def _load_mixin(target: Path, ref: str, res: _Resolver, where: tuple[PathPart, .
             "node_type" in data or "subcontracts" in data) else "not a mixin contract"
         problems.append(ContractProblem(
             f"{ref!r} is {what}: a subcontract reference must point to a mixin contract "
-            "(a file with mixin_name, e.g. mixin_caching.yaml)", (*where, "path"),
+            "(a file with mixin_name, e.g. mixin_caching.yaml)", (*rel, "path"),
             check="references"))
         return None
     try:
@@ -583,7 +599,7 @@ def _reference_entry(i: int, ref: ModelSubcontractReference, res: _Resolver,
             value = model.model_validate(merged)
         except ValidationError as exc:
             for p in problems_from_error(exc, model, merged, root_kind="node"):
-                head = p.path[0] if p.path else None
+                head = p.path[0] if p.path else p.key  # an unknown key has no path of its own
                 if head in overrides:
                     problems.append(ContractProblem(p.message, (*where, "config", *p.path)))
                 else:
@@ -606,13 +622,15 @@ def _reference_entry(i: int, ref: ModelSubcontractReference, res: _Resolver,
 
 def _inline_entry(label: tuple[PathPart, ...], name: str, config: Any, field: str | None,
                   kind: str, res: _Resolver, problems: list[ContractProblem],
-                  source: str) -> SubcontractEntry:
+                  source: str, *, nested: bool = True) -> SubcontractEntry:
+    """One inline subcontract; ``nested``: its configuration sits under a ``config`` key
+    (list form) rather than directly under the capability's name (mapping form)."""
     spec = res.spec(name)
     canonical = spec.name if spec is not None else name
     key = spec.subcontract_key if spec is not None else None
     if key is None and name != canonical:
         key = name
-    cfg_path = (*label, "config") if kind == "inline" else label
+    cfg_path = (*label, "config") if kind == "inline" and nested else label
     value = _config_value(canonical, config, res, cfg_path, problems)
     if value is None:
         value = ConfigView({})
@@ -637,8 +655,15 @@ def _build_entries(raw: Any, res: _Resolver) -> Subcontracts:
                     f"the configuration of {name!r} must be a mapping, got "
                     f"{type(config).__name__}", (name,)))
                 continue
+            if isinstance(config, Mapping):
+                bad = [k for k in config if not isinstance(k, str)]
+                if bad:
+                    problems.append(ContractProblem(
+                        f"configuration key {bad[0]!r} of {name!r} is not a string; "
+                        "configuration keys are field names", (name,)))
+                    continue
             entries.append(_inline_entry((name,), name, config, None, "inline", res, problems,
-                                         f"subcontracts.{name}"))
+                                         f"subcontracts.{name}", nested=False))
     else:
         for i, item in enumerate(raw):
             if isinstance(item, ModelSubcontractReference):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,11 @@ from pydantic import ValidationError
 from onex_compose._contracts import (
     NODE_TYPES,
     ModelMixinContract,
+    config_keys,
     problems_from_error,
     unique_problems,
 )
+from onex_compose._contracts import _capability_of as capability_of
 from onex_compose._loading import (
     ContractProblem,
     LineIndex,
@@ -81,6 +84,7 @@ CHECKS: dict[str, list[tuple[str, str]]] = {
 }
 
 _NODE_KEYS = ("node_type", "capabilities", "subcontracts")
+_SNAKE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 @dataclass
@@ -117,12 +121,34 @@ class ValidationReport:
         """No errors (warnings allowed)."""
         return not self.errors
 
-    def checks(self) -> list[tuple[str, str, bool]]:
-        """``(id, title, passed)`` for each check of this kind of contract."""
+    def checks(self) -> list[tuple[str, str, bool | None]]:
+        """``(id, title, passed)`` for each check of this kind of contract; ``passed`` is
+        ``None`` for a check that could not run (see :meth:`unchecked`)."""
         checks = CHECKS.get(self.kind or "mixin", CHECKS["mixin"])
         ids = {c for c, _ in checks}
         failed = {p.check if p.check in ids else "schema" for p in self.errors}
-        return [(cid, title, cid not in failed) for cid, title in checks]
+        skipped = self.unchecked()
+        return [(cid, title, False if cid in failed else (None if cid in skipped else True))
+                for cid, title in checks]
+
+    def unchecked(self) -> dict[str, str]:
+        """Checks that could not run, with the reason: everything after a YAML failure or
+        after a document that is not a contract mapping; the node-type and action checks of
+        a mixin contract whose ``applicable_node_types`` / ``actions`` are missing."""
+        checks = [c for c, _ in CHECKS.get(self.kind or "mixin", CHECKS["mixin"])]
+        errors = self.errors
+        if any(p.check == "yaml" for p in errors):
+            return dict.fromkeys(checks[1:], "the YAML could not be read")
+        if any(p.check == "schema" and not p.path and p.key is None for p in errors):
+            return dict.fromkeys(checks[2:], "not a contract")
+        out: dict[str, str] = {}
+        missing = {p.key for p in errors if p.check == "required" and not p.path}
+        needs = {"node_types": "applicable_node_types", "actions": "actions"} \
+            if self.kind != "node" else {"node_types": "node_type"}
+        for cid, key in needs.items():
+            if key in missing:
+                out[cid] = f"'{key}' is missing"
+        return out
 
     def render_text(self, *, header: bool = False) -> str:
         """The report as the validator prints it (seed 002's check lines)."""
@@ -135,6 +161,7 @@ class ValidationReport:
         checks = CHECKS.get(self.kind or "mixin", CHECKS["mixin"])
         ids = {c for c, _ in checks}
         yaml_failed = any(p.check == "yaml" for p in self.errors)
+        unchecked = self.unchecked()
         for cid, title in checks:
             errs = [p for p in self.errors if (p.check if p.check in ids else "schema") == cid]
             if errs:
@@ -142,6 +169,8 @@ class ValidationReport:
                 out.extend(f"    ✗ {p.render()}" for p in errs)
             elif yaml_failed:
                 break  # nothing else could be checked
+            elif cid in unchecked:
+                out.append(f"- {title}: not checked ({unchecked[cid]})")
             else:
                 out.append(f"✓ {title}")
         out.extend(f"⚠ {p.render()}" for p in self.warnings)
@@ -154,7 +183,10 @@ class ValidationReport:
             "kind": self.kind,
             "ok": self.ok,
             "skipped": self.skipped,
-            "checks": [{"id": c, "name": t, "ok": ok} for c, t, ok in self.checks()]
+            "checks": [{"id": c, "name": t, "ok": ok,
+                        "status": "not checked" if ok is None else ("passed" if ok else
+                                                                    "failed")}
+                       for c, t, ok in self.checks()]
             if not self.skipped else [],
             "problems": [p.to_dict() for p in self.problems],
         }
@@ -215,11 +247,33 @@ def _mixin_extras(model: ModelMixinContract, data: Mapping[str, Any], lines: Lin
                 "actions", "warning"))
     section = next((k for k in data if isinstance(k, str) and k.endswith("_config")
                     and k != "composition"), model.config_key)
+    if model.config is None:
+        out.append(ContractProblem(
+            f"no {model.config_key} section: list every field of the capability's config "
+            "model with its default (recommended by seed 002)", (), None, source, "schema",
+            "warning"))
+        return out
+    out.extend(_config_section_problems(model.capability, section, model.config, lines,
+                                        source, registry))
+    return out
+
+
+def _config_section_problems(capability: str, section: str, config: Mapping[str, Any],
+                             lines: LineIndex | None, source: str | None, registry: Any, *,
+                             warnings: bool = True) -> list[ContractProblem]:
+    """The ``<capability>_config`` section checked against the registered config model:
+    errors for values the model refuses; warnings for fields left out or whose default
+    differs (when ``warnings``)."""
+    out: list[ContractProblem] = []
+
+    def line(*path: Any) -> int | None:
+        return lines.line_of(path) if lines else None
+
     reg = _registry(registry)
     spec = None
     try:
-        if model.capability in reg:
-            spec = reg.get(model.capability)
+        if capability in reg:
+            spec = reg.get(capability)
     except Exception:  # an alias or a broken plugin: no registered model to compare with
         spec = None
     config_model = None
@@ -227,25 +281,23 @@ def _mixin_extras(model: ModelMixinContract, data: Mapping[str, Any], lines: Lin
         try:
             config_model = spec.config_model
         except Exception as exc:
-            out.append(ContractProblem(
-                f"could not import the config model of {model.capability!r} "
-                f"({spec.config_ref}) to check {section}: {exc}", (section,), line(section),
-                source, "schema", "warning"))
-    if model.config is None:
-        out.append(ContractProblem(
-            f"no {model.config_key} section: list every field of the capability's config "
-            "model with its default (recommended by seed 002)", (), None, source, "schema",
-            "warning"))
-    if config_model is None or model.config is None:
+            if warnings:
+                out.append(ContractProblem(
+                    f"could not import the config model of {capability!r} "
+                    f"({spec.config_ref}) to check {section}: {exc}", (section,),
+                    line(section), source, "schema", "warning"))
+    if config_model is None:
         return out
     try:
-        config_model.model_validate(dict(model.config))
+        config_model.model_validate(dict(config))
     except ValidationError as exc:
-        for p in problems_from_error(exc, config_model, dict(model.config)):
+        for p in problems_from_error(exc, config_model, dict(config)):
             path = (section, *p.path)
             out.append(ContractProblem(
                 f"{p.message} (checked against {config_model.__name__})", path,
                 line(*path), source, "schema"))
+        return out
+    if not warnings:
         return out
     from onex_compose.model.subcontracts import SUBCONTRACT_META_FIELDS
 
@@ -256,14 +308,14 @@ def _mixin_extras(model: ModelMixinContract, data: Mapping[str, Any], lines: Lin
     for name, default in defaults.items():
         if name in SUBCONTRACT_META_FIELDS:
             continue
-        if name not in model.config:
+        if name not in config:
             out.append(ContractProblem(
                 f"{section} does not list {name!r} (default {default!r} in "
                 f"{config_model.__name__})", (section,), line(section), source, "schema",
                 "warning"))
-        elif _jsonish(model.config[name]) != default:
+        elif _jsonish(config[name]) != default:
             out.append(ContractProblem(
-                f"{section}.{name} is {model.config[name]!r} but {config_model.__name__} "
+                f"{section}.{name} is {config[name]!r} but {config_model.__name__} "
                 f"defaults to {default!r}; keep the contract and the model in step",
                 (section, name), line(section, name), source, "schema", "warning"))
     return out
@@ -281,32 +333,17 @@ def capability_problems(contract: ModelContract, registry: Any = None, *,
     Uses registry metadata only (no capability module is imported).
     """
     reg = _registry(registry)
-    out: list[ContractProblem] = []
     node_type = contract.node_type.value
 
     def line(*path: Any) -> int | None:
         return lines.line_of(path) if lines else None
 
+    out = _capability_name_problems(list(enumerate(contract.capabilities)), node_type, reg,
+                                    lines, source)
     try:
         known = reg.names()
     except Exception:  # pragma: no cover - defensive: a broken registry
         known = []
-    for i, name in enumerate(contract.capabilities):
-        expanded, unknown = reg.expand([name])
-        if unknown:
-            out.append(ContractProblem(
-                f"unknown capability {name!r}{did_you_mean(name, known)}; known: "
-                f"{', '.join(known) or '(none)'}", ("capabilities", i),
-                line("capabilities", i), source, "schema"))
-            continue
-        for cap in expanded:
-            spec = reg.get(cap)
-            if node_type not in spec.applicable_node_types:
-                types = ", ".join(t for t in NODE_TYPES if t in spec.applicable_node_types)
-                out.append(ContractProblem(
-                    f"Mixin 'mixin_{cap}' not applicable to node type {node_type!r}. "
-                    f"Applicable types: [{types}]", ("capabilities", i),
-                    line("capabilities", i), source, "node_types"))
     for entry in contract.subcontracts:
         if entry.capability in reg:
             spec = reg.get(entry.capability) if entry.capability not in reg.aliases else None
@@ -323,6 +360,82 @@ def capability_problems(contract: ModelContract, registry: Any = None, *,
             f"{did_you_mean(entry.capability, known)}; known: {', '.join(known) or '(none)'}",
             entry.location, line(*entry.location), source, "references"))
     return out
+
+
+def _capability_name_problems(names: Sequence[tuple[int, str]], node_type: str | None,
+                              reg: Any, lines: LineIndex | None,
+                              source: str | None) -> list[ContractProblem]:
+    """Unknown capability names, and (when ``node_type`` is known) capabilities that do not
+    apply to it; ``names`` are ``(index in the capabilities list, name)`` pairs."""
+    out: list[ContractProblem] = []
+
+    def line(*path: Any) -> int | None:
+        return lines.line_of(path) if lines else None
+
+    try:
+        known = reg.names()
+    except Exception:  # pragma: no cover - defensive: a broken registry
+        known = []
+    for i, name in names:
+        expanded, unknown = reg.expand([name])
+        if unknown:
+            out.append(ContractProblem(
+                f"unknown capability {name!r}{did_you_mean(name, known)}; known: "
+                f"{', '.join(known) or '(none)'}", ("capabilities", i),
+                line("capabilities", i), source, "schema"))
+            continue
+        if node_type is None:
+            continue
+        for cap in expanded:
+            spec = reg.get(cap)
+            if node_type not in spec.applicable_node_types:
+                types = ", ".join(t for t in NODE_TYPES if t in spec.applicable_node_types)
+                out.append(ContractProblem(
+                    f"Mixin 'mixin_{cap}' not applicable to node type {node_type!r}. "
+                    f"Applicable types: [{types}]", ("capabilities", i),
+                    line("capabilities", i), source, "node_types"))
+    return out
+
+
+def _raw_capability_problems(data: Mapping[str, Any], found: Sequence[ContractProblem],
+                             lines: LineIndex | None, source: str | None,
+                             registry: Any) -> list[ContractProblem]:
+    """Capability-name problems of a node contract whose schema failed (so that one run
+    reports them too); entries the schema already complained about are skipped."""
+    caps = data.get("capabilities")
+    if not isinstance(caps, list):
+        return []
+    flagged = {p.path[1] for p in found if len(p.path) >= 2 and p.path[0] == "capabilities"}
+    names = [(i, c) for i, c in enumerate(caps)
+             if isinstance(c, str) and i not in flagged and _SNAKE_NAME.match(c)]
+    node_type = data.get("node_type")
+    if not (isinstance(node_type, str) and node_type in NODE_TYPES):
+        node_type = None
+    try:
+        return _capability_name_problems(names, node_type, _registry(registry), lines, source)
+    except Exception:  # pragma: no cover - defensive: a broken plugin registry
+        return []
+
+
+def _raw_config_problems(data: Mapping[str, Any], found: Sequence[ContractProblem],
+                         lines: LineIndex | None, source: str | None,
+                         registry: Any) -> list[ContractProblem]:
+    """Config-section errors of a mixin contract whose schema failed (reported in the same
+    run); nothing when the schema already found a problem inside the section."""
+    capability = capability_of(data)
+    if capability is None:
+        return []
+    section = next((k for k in config_keys(data) if k in data), None)
+    if section is None or any(p.path[:1] == (section,) for p in found):
+        return []
+    config = data[section]
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        return []
+    try:
+        return _config_section_problems(capability, section, config, lines, source,
+                                        registry, warnings=False)
+    except Exception:  # pragma: no cover - defensive: a broken plugin registry
+        return []
 
 
 def validate_data(data: Any, *, source: str | None = None, lines: LineIndex | None = None,
@@ -372,6 +485,8 @@ def validate_data(data: Any, *, source: str | None = None, lines: LineIndex | No
         except ValidationError as exc:
             report.problems = unique_problems(problems_from_error(
                 exc, ModelMixinContract, data, lines=lines, file=source))
+            report.problems.extend(_raw_config_problems(data, report.problems, lines, source,
+                                                        registry))
             return report
         report.problems.extend(_mixin_extras(model, data, lines, source, registry))
         report.contract = model
@@ -386,6 +501,8 @@ def validate_data(data: Any, *, source: str | None = None, lines: LineIndex | No
         except ValidationError as exc:
             report.problems = unique_problems(problems_from_error(
                 exc, cls, data, lines=lines, file=source, root_kind="node"))
+            report.problems.extend(_raw_capability_problems(data, report.problems, lines,
+                                                            source, registry))
             return report
         except ContractError as exc:  # pragma: no cover - defensive: loader errors escape
             report.problems.extend(ContractProblem(str(p["message"]), (), p.get("line"),
@@ -410,7 +527,7 @@ def validate_text(text: str, *, source: str | None = None, kind: str | None = No
 
 
 def _load_failure(source: str | None, kind: str | None, exc: ContractError) -> ValidationReport:
-    report = ValidationReport(source, kind or detect_kind(None, source) or "mixin")
+    report = ValidationReport(source, kind or detect_kind(None, source))
     for p in exc.problems:
         report.problems.append(ContractProblem(
             str(p["message"]), (), p.get("line"), source, "yaml"))

@@ -309,3 +309,114 @@ def test_mutated_yaml_text_always_yields_a_report(data):
     cut = data.draw(st.integers(0, 5))
     _check_report(validate_text(text[:position] + insert + text[position + cut:],
                                 source="mixin_error_handling.yaml", registry=Registry()))
+
+
+# -- every problem in one run; honest check lines; reference problems at the right place -------
+
+
+def test_schema_failure_still_reports_unknown_capabilities(tmp_path):
+    (tmp_path / ".onex-root").touch()
+    path = write(tmp_path, "n/contract.yaml", """\
+node_type: COMPUTE
+capabilities: [cachng, metrics]
+subcontracts:
+  - capability: caching
+    config: {max_entris: 3}
+""")
+    messages = [p.render() for p in validate_file(path).errors]
+    assert any("capabilities[0]: unknown capability 'cachng' (did you mean 'caching'?)" in m
+               for m in messages), messages
+    assert any("unknown key 'max_entris' (did you mean 'max_entries'?)" in m
+               for m in messages), messages
+
+
+def test_schema_failure_still_checks_the_config_section(tmp_path):
+    text = (CONTRACTS_DIR / "mixin_caching.yaml").read_text("utf-8")
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("description:"))
+    text = text.replace("  max_entries:", "  max_entris:")
+    report = validate_text(text, source="mixin_caching.yaml")
+    messages = [p.message for p in report.errors]
+    assert "'description' field required" in messages
+    assert any("unknown key 'max_entris' (did you mean 'max_entries'?)" in m
+               for m in messages), messages
+
+
+def test_checks_that_could_not_run_are_not_reported_as_passed(tmp_path):
+    report = validate_data({"mixin_name": "mixin_example",
+                            "mixin_version": {"major": 1, "minor": 0, "patch": 0}})
+    lines = report.render_text().splitlines()
+    assert "- Node type constraints valid: not checked ('applicable_node_types' is missing)" \
+        in lines
+    assert "- Action definitions complete: not checked ('actions' is missing)" in lines
+    assert "✓ Node type constraints valid" not in lines
+    statuses = {c["id"]: c["status"] for c in report.to_dict()["checks"]}
+    assert statuses == {"yaml": "passed", "schema": "passed", "required": "failed",
+                        "node_types": "not checked", "actions": "not checked"}
+    other = validate_file(write(tmp_path, "notes.yaml", "a: 1\n")).render_text().splitlines()
+    assert other[3:] == ["- All required fields present: not checked (not a contract)",
+                         "- Node type constraints valid: not checked (not a contract)",
+                         "- Action definitions complete: not checked (not a contract)"]
+
+
+def test_a_missing_file_is_not_called_a_mixin_contract(tmp_path):
+    report = validate_file(tmp_path / "contract.yaml")
+    assert report.kind == "node"
+    with pytest.raises(ContractError, match=r"^Invalid node contract"):
+        report.raise_for_errors()
+    with pytest.raises(ContractError, match=r"^Invalid contract "):
+        validate_file(tmp_path / "service.yaml").raise_for_errors()
+
+
+def test_unknown_keys_in_subcontract_entries_name_the_entry_keys(tmp_path):
+    (tmp_path / ".onex-root").touch()
+    write(tmp_path, "mixins/mixin_error_handling.yaml", SEED_YAML.read_text("utf-8"))
+    path = write(tmp_path, "n/contract.yaml", """\
+node_type: COMPUTE
+subcontracts:
+  - path: "../mixins/mixin_error_handling.yaml"
+    integration_feld: x
+  - capability: caching
+    confg: {}
+""")
+    lines = [p.render() for p in validate_file(path).errors]
+    assert lines == [
+        f"{path}:4: subcontracts[0]: unknown key 'integration_feld' (did you mean "
+        "'integration_field'?); known keys: path, integration_field, capability, config",
+        f"{path}:6: subcontracts[1]: unknown key 'confg' (did you mean 'config'?); known "
+        "keys: capability, config, integration_field"]
+
+
+def test_reference_problems_point_at_the_reference(tmp_path):
+    (tmp_path / ".onex-root").touch()
+    write(tmp_path, "mixins/mixin_error_handling.yaml", SEED_YAML.read_text("utf-8"))
+    write(tmp_path, "n/other.yaml", "node_type: EFFECT\n")
+    path = write(tmp_path, "n/contract.yaml", """\
+node_type: COMPUTE
+subcontracts:
+  - path: "."
+  - path: "other.yaml"
+  - path: "../mixins/mixin_error_handling.yaml"
+    config: {circuit_failure_threshold: 7, bogus: 1}
+""")
+    errors = validate_file(path).errors
+    assert [(p.file, p.line, p.path) for p in errors] == [
+        (str(path), 3, ("subcontracts", 0, "path")),
+        (str(path), 4, ("subcontracts", 1, "path")),
+        (str(path), 6, ("subcontracts", 2, "config"))]
+    assert "is a folder, not a contract file" in errors[0].message
+    assert "'other.yaml' is a node contract" in errors[1].message
+    assert errors[2].message.startswith("unknown key 'bogus'")
+
+
+def test_mapping_subcontracts_with_bad_keys_yield_a_report(tmp_path):
+    path = write(tmp_path, "contract.yaml", """\
+node_type: COMPUTE
+subcontracts:
+  caching: {max_entris: 3}
+  path: {null: 1}
+""")
+    errors = validate_file(path).errors
+    assert [(p.line, p.path) for p in errors] == [(3, ("subcontracts", "caching")),
+                                                   (4, ("subcontracts", "path"))]
+    assert "unknown key 'max_entris' (did you mean 'max_entries'?)" in errors[0].message
+    assert "configuration key None of 'path' is not a string" in errors[1].message
