@@ -52,6 +52,30 @@ def _check_name(name: str) -> None:
             f"exposed as self.{name}); choose another name")
 
 
+def _check_free(name: str) -> None:
+    """Refuse a name the default registry already knows (built-in or plugin capability, alias
+    or bundle): the validator would check the new contract against that capability's config
+    model, and composing by that name would not reach the new mixin."""
+    from onex_compose._registry import default_registry
+
+    try:
+        taken = name in default_registry
+        aliases = dict(default_registry.aliases)
+    except Exception:  # pragma: no cover - a broken plugin must not block scaffolding
+        return
+    if not taken:
+        return
+    if name in aliases:
+        targets = aliases[name]
+        what = (f"an alias of {targets[0]!r}" if len(targets) == 1
+                else f"a bundle of {', '.join(targets)}")
+    else:
+        what = "a registered capability"
+    raise ConfigurationError(
+        f"capability name {name!r} is taken: it is {what} ('onex list' shows every name). "
+        f"Choose another name, e.g. 'my_{name}'")
+
+
 def _package_of(folder: Path) -> str | None:
     """The dotted package a folder is, when it is a package (has ``__init__.py``)."""
     parts: list[str] = []
@@ -305,7 +329,8 @@ def scaffold_capability(name: str, target: str | os.PathLike[str] = ".", *,
         The written paths: contract, module, test.
 
     Raises:
-        ConfigurationError: a bad name, module or node type.
+        ConfigurationError: a bad name (or one the default registry already knows), module or
+            node type.
         FileExistsError: a file exists already (pass ``force=True`` to overwrite).
 
     Example:
@@ -315,6 +340,7 @@ def scaffold_capability(name: str, target: str | os.PathLike[str] = ".", *,
         ['mixin_audit_trail.yaml', 'audit_trail.py', 'test_audit_trail.py']
     """
     _check_name(name)
+    _check_free(name)
     folder = Path(target)
     types = list(node_types or NODE_TYPES)
     try:

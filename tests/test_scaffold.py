@@ -55,9 +55,9 @@ def test_scaffold_inside_a_package_and_for_effect_nodes(tmp_path):
 
 @pytest.mark.timeout(180)
 def test_scaffold_with_a_stdlib_name_does_not_shadow_it(tmp_path):
-    paths = scaffold_capability("logging", tmp_path / "x")
-    assert paths[1].name == "logging_capability.py"
-    assert yaml.safe_load(paths[0].read_text())["composition"]["module"] == "logging_capability"
+    paths = scaffold_capability("json", tmp_path / "x")
+    assert paths[1].name == "json_capability.py"
+    assert yaml.safe_load(paths[0].read_text())["composition"]["module"] == "json_capability"
     proc = _pytest(tmp_path, paths[2])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -90,6 +90,18 @@ def test_scaffold_refuses_to_overwrite(tmp_path):
 def test_scaffold_rejects_bad_names(tmp_path, name):
     with pytest.raises(ConfigurationError):
         scaffold_capability(name, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "what"), [
+    ("caching", "a registered capability"),
+    ("health_monitoring", "an alias of 'health_check'"),
+    ("fault_tolerance", "a bundle of retry, circuit_breaker"),
+])
+def test_scaffold_refuses_names_the_registry_already_knows(tmp_path, name, what):
+    # the contract would be checked against the built-in config model (and fail validation)
+    with pytest.raises(ConfigurationError, match=f"{name!r} is taken: it is {what}"):
+        scaffold_capability(name, tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_scaffold_rejects_bad_node_types_and_modules(tmp_path):
