@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "PubSubListener",
     "async_client",
+    "check_redis_url",
     "connection_errors",
     "load_codec",
     "redis_url",
@@ -41,6 +42,43 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 _async_clients: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = weakref.WeakKeyDictionary()
 _sync_clients: dict[Any, Any] = {}
+
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_redis_url(value: str | None) -> str | None:
+    """Validate a configured ``redis_url`` (a field validator for the capabilities' configs).
+
+    A wrong scheme is a configuration error at setup, not an outage that the cache or the bus
+    would report (and degrade around) at first use. The password is masked in the message.
+
+    Example:
+        >>> check_redis_url("redis://127.0.0.1:6379/0")
+        'redis://127.0.0.1:6379/0'
+        >>> try:
+        ...     check_redis_url("http://user:pw@host/0")
+        ... except ValueError as exc:
+        ...     print(str(exc).split(", got ")[1])
+        'http://user:***@host/0'
+    """
+    if not value:  # None or "": ONEX_REDIS_URL, else the local server
+        return value
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in _SCHEMES and bool(parts.netloc or parts.path)
+        _ = parts.port  # raises ValueError for a port out of range
+        shown = value if parts.password is None else value.replace(
+            f":{parts.password}@", ":***@", 1)
+    except ValueError:  # e.g. an invalid port or bracketed host
+        ok, shown = False, value.split("@")[-1]
+    if not ok:
+        raise ValueError(
+            "redis_url must be a redis://, rediss:// or unix:// URL (e.g. "
+            f"{DEFAULT_REDIS_URL}), got {shown!r}")
+    return value
 
 
 def redis_url(configured: str | None = None) -> str:

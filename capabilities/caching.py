@@ -104,7 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import load_codec, require_client
+from onex_compose.capabilities._redis import check_redis_url, load_codec, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -198,6 +198,11 @@ class CachingConfig(BaseModel):
         raise ValueError(
             f"serializer must be 'pickle', 'json' or 'module:object' (an object with dumps() "
             f"and loads()), got {value!r}")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
 
     @field_validator("namespace")
     @classmethod
@@ -683,6 +688,7 @@ class Cache:
 
         Raises:
             CacheKeyError: ``key`` is not a string.
+            TypeError, ValueError: ``ttl`` is not a number of seconds (or is NaN).
             CacheSerializationError: the L2 serializer cannot encode ``value``.
         """
         if not self._enabled:
@@ -691,6 +697,8 @@ class Cache:
             _bad_key(key)
         if ttl is None:
             ttl = self._default_ttl
+        elif (ttl.__class__ is not int and ttl.__class__ is not float) or ttl != ttl:
+            _check_ttl(ttl)
         if ttl is not None and ttl <= 0:
             await self.delete(key)
             return
@@ -766,6 +774,7 @@ class Cache:
         value = await self.get(key, MISSING)
         if value is not MISSING:
             return value
+        _check_ttl(ttl)  # before the loader runs, not after
         return await self._load(key, loader, ttl)
 
     async def _load(self, key: str, loader: Callable[[], Any], ttl: float | None) -> Any:
@@ -831,6 +840,8 @@ class Cache:
             >>> asyncio.run(square(7))
             49
         """
+        _check_ttl(ttl)
+
         def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             _require_async(fn)
             prefix = f"fn:{fn.__module__}.{fn.__qualname__}:"
@@ -1013,7 +1024,7 @@ class Cache:
     async def _l2_set(self, key: str, payload: bytes | str, ttl: float | None) -> None:
         try:
             pipe = self._client().pipeline(transaction=False)
-            if ttl is None:
+            if ttl is None or ttl >= _FOREVER:  # inf or beyond Redis' range: no expiry
                 pipe.set(self._prefix + key, payload)
             else:
                 pipe.set(self._prefix + key, payload, px=max(1, int(ttl * 1000)))
@@ -1110,6 +1121,7 @@ class Cache:
 
 
 _running_loop = asyncio.events._get_running_loop  # None outside a loop; no exception
+_FOREVER = 2.0 ** 52 / 1000  # seconds (~140,000 years): longer TTLs are stored without expiry
 
 
 def _safe_url(url: str | None) -> str:
@@ -1137,6 +1149,18 @@ async def _call(loader: Callable[[], Any]) -> Any:
     if inspect.isawaitable(value):
         value = await value
     return value
+
+
+def _check_ttl(ttl: Any) -> None:
+    """A TTL is ``None`` or a number of seconds (``inf``: never expires); NaN, booleans and
+    strings are refused with a clear error instead of a comparison failing later."""
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise TypeError(f"ttl must be a number of seconds or None, got {type(ttl).__name__} "
+                        f"{ttl!r}")
+    if ttl != ttl:
+        raise ValueError("ttl must be a number of seconds or None, got NaN")
 
 
 def _require_async(fn: Callable[..., Any]) -> None:
@@ -1174,6 +1198,8 @@ def cached(ttl: float | None = None, *, key: Callable[..., str] | None = None
         >>> asyncio.run(demo()), Lookup.calls
         ({'id': 1}, 1)
     """
+    _check_ttl(ttl)
+
     def decorate(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         _require_async(fn)
         prefix = f"fn:{fn.__module__}.{fn.__qualname__}:"

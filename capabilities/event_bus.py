@@ -73,7 +73,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import load_codec, require_client
+from onex_compose.capabilities._redis import check_redis_url, load_codec, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -143,6 +143,11 @@ class EventBusConfig(BaseModel):
         raise ValueError(
             f"serializer must be 'json', 'pickle' or 'module:object' (an object with dumps() "
             f"and loads()), got {value!r}")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
 
     @field_validator("namespace")
     @classmethod

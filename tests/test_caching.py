@@ -797,6 +797,54 @@ def test_bad_config_values_say_what_is_wrong(config: dict[str, Any], message: st
         Cache(config)
 
 
+@pytest.mark.parametrize("url", ["http://cache:6379/0", "127.0.0.1:6379", "redis://h:99999/0"])
+def test_a_redis_url_that_is_not_one_is_a_setup_error(url: str) -> None:
+    # it used to pass setup and then show as an L2 outage at first use
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
+        Cache({"backend": "redis", "redis_url": url})
+
+
+def test_the_redis_url_password_is_masked_in_the_message() -> None:
+    with pytest.raises(ConfigurationError, match=r"got 'http://u:\*\*\*@cache/0'"):
+        Cache({"backend": "redis", "redis_url": "http://u:s3cret@cache/0"})
+
+
+@pytest.mark.parametrize(("ttl", "error", "message"), [
+    ("10", TypeError, "got str '10'"),
+    (True, TypeError, "got bool True"),
+    (float("nan"), ValueError, "got NaN"),
+])
+def test_a_ttl_that_is_not_a_number_of_seconds_is_a_clear_error(ttl: Any, error: type,
+                                                                message: str) -> None:
+    cache = Cache()
+    calls: list[int] = []
+
+    async def load() -> int:
+        calls.append(1)
+        return 1
+
+    async def run() -> None:
+        with pytest.raises(error, match=f"ttl must be a number of seconds or None, {message}"):
+            await cache.set("k", 1, ttl=ttl)
+        with pytest.raises(error, match="ttl must be a number of seconds"):
+            await cache.get_or_set("k", load, ttl=ttl)
+
+    asyncio.run(run())
+    assert calls == []  # refused before the loader ran
+    with pytest.raises(error, match="ttl must be a number of seconds"):
+        cache.cached(ttl=ttl)
+    with pytest.raises(error, match="ttl must be a number of seconds"):
+        cached(ttl=ttl)
+
+
+def test_an_infinite_ttl_never_expires() -> None:
+    clock = ManualClock()
+    cache = Cache(clock=clock)
+    asyncio.run(cache.set("k", 1, ttl=float("inf")))
+    clock.advance(1e12)
+    assert asyncio.run(cache.get("k")) == 1
+
+
 def test_custom_serializer_that_cannot_be_imported_is_reported() -> None:
     with pytest.raises(CacheSerializationError, match="cannot be imported"):
         Cache({"backend": "redis", "serializer": "no_such_module_xyz:codec"})

@@ -118,6 +118,18 @@ async def test_ttl_at_or_below_zero_removes_the_key_in_l2_too(cfg: dict[str, Any
     await a.aclose()
 
 
+async def test_an_infinite_or_huge_ttl_is_stored_without_expiry_not_an_outage(
+        cfg: dict[str, Any], raw: Any) -> None:
+    a = Cache(cfg)
+    await a.set("inf", 1, ttl=float("inf"))  # int(inf * 1000) raised OverflowError
+    await a.set("huge", 2, ttl=10**30)  # PX out of Redis' range: a ResponseError
+    assert a.health()["status"] == "healthy", a.health()
+    assert raw.pttl(f"{cfg['namespace']}:cache:inf") == -1
+    assert raw.pttl(f"{cfg['namespace']}:cache:huge") == -1
+    assert await Cache(cfg).get("huge") == 2
+    await a.aclose()
+
+
 async def test_single_flight_over_l2(cfg: dict[str, Any]) -> None:
     a = Cache(cfg)
     calls: list[int] = []

@@ -94,6 +94,14 @@ def test_unknown_config_keys_are_rejected_with_a_suggestion() -> None:
         EventBus({"namespace": "a b"})
 
 
+def test_a_redis_url_that_is_not_one_is_a_setup_error() -> None:
+    # it used to pass setup and fail (or degrade) only when the bus first touched Redis
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
+        compose(NodeCompute, ["event_bus"])(
+            capability_config={"event_bus": {"backend": "redis", "redis_url": "http://x/0"}})
+    assert EventBus({"redis_url": "unix:///tmp/redis.sock"}).config.redis_url
+
+
 def test_contract_defaults_equal_the_config_model() -> None:
     contract = yaml.safe_load((CONTRACTS_DIR / "mixin_event_bus.yaml").read_text("utf-8"))
     assert contract["event_bus_config"] == EventBusConfig().model_dump()
