@@ -5,7 +5,8 @@ transient failure that ``with_retry`` absorbs, and the published ``computation_c
 events, then prints the explain report, the metrics and the health report.
 
 With ``--redis URL`` the cache gets its Redis L2 and the event bus its Redis pub/sub backend, under
-``--namespace`` (default ``onex-demo``). A second process started with the same URL and
+``--namespace`` (default ``onex-demo``; the writer clears that namespace's cache first, so every
+run computes, retries and publishes as on the first). A second process started with the same URL and
 ``--role reader`` sees the first one's events, reads its cache entries from the shared L2, and
 sees its invalidation (the writer deletes one entry at the end; the reader's L1 copy disappears).
 Lines starting with ``DEMO `` are JSON records meant for scripts and tests.
@@ -134,6 +135,9 @@ async def _writer(args: argparse.Namespace) -> int:
         print(f"  event  computation_completed  {event.payload}")
 
     await service.start()
+    if args.redis:
+        # entries of an earlier run (ttl=3600) would turn every input into a cache hit
+        await service.cache.clear()
     await service.event_bus.subscribe("computation_completed", on_completed)
     print("computing:")
     for item in INPUTS:
@@ -222,7 +226,38 @@ def main(argv: list[str] | None = None) -> int:
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
     runner = _reader if args.role == "reader" else _writer
-    return asyncio.run(runner(args))
+    return asyncio.run(_run(runner, args))
+
+
+async def _run(runner: Any, args: argparse.Namespace) -> int:
+    """Check that Redis answers before the demo starts (a clear message, not a traceback)."""
+    if args.redis:
+        problem = await _redis_problem(args.redis)
+        if problem is not None:
+            print(f"onex demo: cannot reach Redis at {args.redis} ({problem}); start it, or "
+                  "run 'onex demo' without --redis", file=sys.stderr)
+            return 1
+    return int(await runner(args))
+
+
+async def _redis_problem(url: str) -> str | None:
+    from onex_compose.capabilities._redis import check_redis_url, require_client
+
+    try:
+        check_redis_url(url)
+    except ValueError as exc:
+        return str(exc)
+    require_client("caching")  # redis-py missing: a ConfigurationError naming the install
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        await client.ping()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+    return None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -58,3 +59,27 @@ def test_demo_two_processes_share_cache_events_and_invalidations(redis_url: str,
     wrote = _records(writer.stdout)
     invalidated = [r["invalidated"] for r in wrote if "invalidated" in r]
     assert [r["invalidated"] for r in got if "invalidated" in r] == invalidated
+
+
+def test_an_unreachable_redis_is_one_clear_message_not_a_traceback(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"  # nothing listens there
+    assert main(["--redis", url]) == 1
+    err = capsys.readouterr().err
+    assert f"onex demo: cannot reach Redis at {url}" in err
+    assert "Traceback" not in err
+    assert main(["--redis", "http://cache:6379"]) == 1
+    assert "redis_url must be a redis://" in capsys.readouterr().err
+
+
+@pytest.mark.redis
+def test_a_second_redis_run_computes_again(redis_url: str, redis_prefix: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    # the first run's L2 entries (ttl=3600) used to turn every input of the next into a hit
+    for _ in range(2):
+        assert main(["--redis", redis_url, "--namespace", redis_prefix, "--hold", "0"]) == 0
+        computed = [r for r in _records(capsys.readouterr().out) if "input" in r]
+        assert [r["cache_hit"] for r in computed] == [False, False, False, True, False]
+        assert computed[-1]["attempts"] == 3
