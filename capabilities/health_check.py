@@ -531,6 +531,19 @@ def _mask(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+def _require(module: str, what: str, extra: str) -> None:
+    """A ready-made check whose client is not installed is a setup error naming the fix (it
+    would otherwise report the *service* unhealthy with a ModuleNotFoundError as reason)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        from onex_compose.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"health_check: {what} needs {module}, which is not installed. Install it with: "
+            f"pip install 'onex-compose[{extra}]'", capability="health_check")
+
+
 def redis_check(url: str | None = None, *, name: str = "redis") -> Callable[[], Awaitable[Any]]:
     """A check that PINGs a Redis server (``redis`` is imported when the check first runs).
 
@@ -542,11 +555,16 @@ def redis_check(url: str | None = None, *, name: str = "redis") -> Callable[[], 
         An async check returning ``{"status": "healthy", "latency_ms": ...}`` or, when the
         server cannot be reached, ``unhealthy`` with the reason (password masked).
 
+    Raises:
+        ConfigurationError: redis-py is not installed (the ``[redis]`` extra).
+
     Example:
         >>> check = redis_check("redis://:secret@127.0.0.1:1/0")
         >>> check.__name__
         'redis'
     """
+
+    _require("redis", "redis_check()", "redis")
 
     async def check() -> dict[str, Any]:
         from onex_compose.capabilities._redis import async_client
@@ -575,10 +593,15 @@ def postgres_check(dsn: str, *, name: str = "postgres",
         name: the check's name.
         connect_timeout: seconds allowed to connect (the check's own timeout also applies).
 
+    Raises:
+        ConfigurationError: asyncpg is not installed (the ``[postgres]`` extra).
+
     Example:
         >>> postgres_check("postgresql://app:secret@127.0.0.1:5432/test").__name__
         'postgres'
     """
+
+    _require("asyncpg", "postgres_check()", "postgres")
 
     async def check() -> dict[str, Any]:
         import asyncpg

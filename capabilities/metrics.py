@@ -322,6 +322,8 @@ class Metrics:
         Other capabilities keep a reference to this facility, so reconfiguring metrics
         (``setup_metrics`` called again) must not replace it.
         """
+        if config.backend == "prometheus":
+            _require_prometheus()
         target = _MirroredMetrics if config.backend == "prometheus" else Metrics
         if type(self) is not target:
             self.__class__ = target  # same slots: switching the backend is a class switch
@@ -455,7 +457,7 @@ class Metrics:
             with self._lock:
                 reg = self._registry
                 if reg is None:
-                    from prometheus_client import CollectorRegistry
+                    CollectorRegistry = _prometheus("metrics.registry").CollectorRegistry
 
                     reg = CollectorRegistry(auto_describe=False)
                     reg.register(_LocalCollector(self))
@@ -471,8 +473,7 @@ class Metrics:
             >>> 'shop_stock{item="tea"} 7.0' in m.exposition()
             True
         """
-        from prometheus_client import generate_latest
-
+        generate_latest = _prometheus("metrics.exposition()").generate_latest
         return str(generate_latest(self.registry).decode("utf-8"))
 
     def __repr__(self) -> str:
@@ -772,10 +773,40 @@ def _hist_dict(hist: _Hist) -> dict[str, Any]:
             "max": None if empty else hist.max, "buckets": buckets}
 
 
+def _prometheus(what: str) -> Any:
+    """Import prometheus_client, or say how to install it (it is the ``[prometheus]`` extra)."""
+    try:
+        import prometheus_client
+    except ModuleNotFoundError as exc:
+        if exc.name != "prometheus_client":
+            raise
+        raise ModuleNotFoundError(
+            f"{what} needs prometheus_client, which is not installed. Install it with: pip "
+            "install 'onex-compose[prometheus]' (snapshot() works without it).",
+            name="prometheus_client") from None
+    return prometheus_client
+
+
+def _require_prometheus() -> None:
+    """``backend: prometheus`` without prometheus_client is a setup error naming the fix."""
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        from onex_compose.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            "metrics: backend 'prometheus' needs prometheus_client, which is not installed. "
+            "Install it with: pip install 'onex-compose[prometheus]' (or use backend: memory, "
+            "which still exposes Prometheus text through exposition() once it is installed).",
+            capability="metrics")
+
+
 def build_metrics(config: MetricsConfig | None = None, *,
                   clock: Callable[[], float] = time.perf_counter) -> Metrics:
     """The facility for ``config`` (the mirrored variant for ``backend: prometheus``)."""
     config = config or MetricsConfig()
+    if config.backend == "prometheus":
+        _require_prometheus()
     cls = _MirroredMetrics if config.backend == "prometheus" else Metrics
     return cls(config, clock=clock)
 

@@ -488,6 +488,25 @@ async def test_postgres_check_against_an_unreachable_port() -> None:
     assert "s3cret" not in json.dumps(report)
 
 
+@pytest.mark.parametrize(("make", "module", "extra"), [
+    (lambda: redis_check("redis://127.0.0.1:6379/0"), "redis", "redis"),
+    (lambda: postgres_check("postgresql://app@127.0.0.1:5432/test"), "asyncpg", "postgres"),
+])
+def test_a_ready_made_check_without_its_client_is_a_setup_error(monkeypatch, make, module,
+                                                                extra) -> None:
+    # it used to register fine and then report the node unhealthy: "raised ModuleNotFoundError"
+    import importlib.util
+
+    from onex_compose import ConfigurationError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == module else real(name, *a))
+    with pytest.raises(ConfigurationError, match=rf"needs {module}.*pip install "
+                                                 rf"'onex-compose\[{extra}\]'"):
+        make()
+
+
 # -- composition ------------------------------------------------------------------------------
 
 

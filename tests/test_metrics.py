@@ -580,3 +580,25 @@ def _without_setup(cls):  # type: ignore[no-untyped-def]
             return None
 
     return Bare()
+
+
+def test_without_prometheus_client_the_errors_say_how_to_install_it(monkeypatch) -> None:
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "prometheus_client" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import raises
+    service = compose(NodeCompute, ["metrics"])
+    # backend: prometheus used to pass setup and raise ModuleNotFoundError at the first call
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[prometheus\]'"):
+        service(capability_config={"metrics": {"backend": "prometheus"}})
+    node = service()
+    with pytest.raises(ConfigurationError, match="backend 'prometheus'"):
+        node.setup_metrics({"backend": "prometheus"})
+    node.metrics.increment("calls")  # the memory backend needs no client ...
+    assert node.metrics.snapshot()["counters"] == {"calls": 1}
+    with pytest.raises(ModuleNotFoundError, match=r"exposition\(\) needs prometheus_client.*"
+                                                  r"pip install 'onex-compose\[prometheus\]'"):
+        node.metrics.exposition()  # ... exposition does, and says so
