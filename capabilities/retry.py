@@ -68,7 +68,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from types import CoroutineType, GeneratorType
-from typing import Any, Literal, ParamSpec, Protocol, TypeVar, cast, overload, runtime_checkable
+from typing import (
+    Any,
+    Literal,
+    NoReturn,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+    runtime_checkable,
+)
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -398,6 +408,8 @@ class RetryPolicy:
         When it stops, the exception gets a note and the outcome is counted.
         """
         attempt = scope.attempt
+        if attempt == 1 and exc.__class__ is TypeError and not callable(fn):
+            _not_callable(fn)  # checked here, off the happy path
         switch = _testing
         if switch is not None and switch.attempts is not None:
             max_attempts = min(max_attempts, switch.attempts)
@@ -572,6 +584,12 @@ class RetryPolicy:
             report["reason"] = (f"{recent} retried calls gave up in the last "
                                 f"{cfg.health_window:g} s")
         return report
+
+
+def _not_callable(fn: Any) -> NoReturn:
+    raise TypeError(
+        f"with_retry() needs a function to call as its first argument (plain or async), got "
+        f"{type(fn).__name__} {fn!r}; pass the function itself, not its result") from None
 
 
 class _AsyncInSync(TypeError):

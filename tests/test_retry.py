@@ -520,6 +520,18 @@ def test_sync_function_through_async_run_and_lambda_returning_a_coroutine() -> N
     assert len(afn.calls) == 2
 
 
+@pytest.mark.parametrize("fn", [None, 42, "fetch"])
+def test_a_non_callable_is_a_clear_type_error(fn: Any) -> None:
+    # was Python's bare "'NoneType' object is not callable", from inside the retry loop
+    node = compose(NodeCompute, ["retry"])(capability_config={"retry": {"sleep": False}})
+    message = "with_retry\\(\\) needs a function to call as its first argument"
+    with pytest.raises(TypeError, match=message):
+        asyncio.run(node.with_retry(fn))
+    with pytest.raises(TypeError, match=message):
+        node.with_retry_sync(fn)
+    assert node.metrics.snapshot()["counters"] == {}  # not retried, not counted
+
+
 def test_async_function_in_run_sync_is_a_clear_type_error_not_retried() -> None:
     calls = []
 
