@@ -221,7 +221,9 @@ def test_concurrent_calls_each_end_at_their_own_deadline(
         timeout, work = t / 10, w / 10 + 0.05
         kind, took = ended[i]
         assert kind == ("timeout" if timeout < work else "done")
-        assert took == pytest.approx(min(timeout, work), abs=1e-6)
+        # the timer fires every deadline within 1 µs of the one due (as the loop runs timers up
+        # to its clock resolution early), so a call may end up to 1 µs (+ rounding) early
+        assert took == pytest.approx(min(timeout, work), abs=2e-6)
     watch = p._watch
     assert watch is not None and watch.live == 0
 
