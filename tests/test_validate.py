@@ -229,7 +229,10 @@ JUNK = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
               st.binary(max_size=8)),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
-                            st.dictionaries(st.one_of(st.text(max_size=10), st.integers()),
+                            st.dictionaries(st.one_of(st.text(max_size=10), st.integers(),
+                                                      st.none(), st.sampled_from(
+                                                          ["caching", "path", "capability",
+                                                           "config", "event_type"])),
                                             inner, max_size=4)),
     max_leaves=12)
 
@@ -290,6 +293,18 @@ def test_mutated_mixin_contracts_always_yield_a_report(data):
 @given(st.data())
 def test_mutated_node_contracts_always_yield_a_report(data):
     mutated = _mutate(NODE_BASE, data.draw)
+    _check_report(validate_data(mutated, source="contract.yaml", kind="node",
+                                path=FIXTURES / "nodes" / "contract.yaml", root=FIXTURES))
+
+
+NODE_MAP_BASE = {"node_type": "COMPUTE", "capabilities": ["metrics"],
+                 "subcontracts": {"caching": {"namespace": "x"}, "event_type": {}}}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_mapping_form_node_contracts_always_yield_a_report(data):
+    mutated = _mutate(NODE_MAP_BASE, data.draw)
     _check_report(validate_data(mutated, source="contract.yaml", kind="node",
                                 path=FIXTURES / "nodes" / "contract.yaml", root=FIXTURES))
 
