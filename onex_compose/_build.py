@@ -180,7 +180,9 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
             f"{did_you_mean(unknown[0], _OPTION_NAMES)}. Options are structural: "
             f"{', '.join(_OPTION_NAMES)}. Per-instance settings go in capability_config= "
             "or the node contract.")
-    registry = options.get("registry") or default_registry
+    registry = options.get("registry")
+    if registry is None:
+        registry = default_registry
     if not isinstance(registry, Registry):
         raise ConfigurationError(f"registry= must be a Registry, got {registry!r}.")
     if registry not in _watched:
@@ -198,10 +200,13 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
 
 
 def _check_request(base: Any, capabilities: Any) -> list[str]:
-    if not isinstance(base, type):
+    from onex_compose._nodes import NodeCoreBase  # cold path only
+
+    if not isinstance(base, type) or not issubclass(base, NodeCoreBase):
         raise ConfigurationError(
-            f"compose() takes a class as its base, got {base!r}. Example: "
-            "compose(NodeCompute, ['caching']).")
+            f"compose() takes a node class as its base (NodeCompute, NodeEffect, NodeReducer, "
+            f"NodeOrchestrator, a *Service class, or a subclass of one), got {base!r}: "
+            "capabilities are set up by the node base. Example: compose(NodeCompute, ['caching']).")
     if isinstance(capabilities, str):
         raise ConfigurationError(
             f"compose() takes a list of capability names, got the string {capabilities!r}. "
@@ -222,16 +227,19 @@ def node_type_of(base: type) -> str | None:
     return str(getattr(nt, "value", nt))
 
 
-def _base_capabilities(base: type) -> tuple[str, ...]:
+def _base_specs(base: type) -> tuple[CapabilitySpec, ...]:
     comp = getattr(base, "__composition__", None)
-    return comp.capabilities if isinstance(comp, Composition) else ()
+    return comp.specs if isinstance(comp, Composition) else ()
 
 
 def _compose_cold(base: type, capabilities: Sequence[str], opts: Options, registry: Registry,
                   front_key: Any) -> type:
     names = _check_request(base, capabilities)
-    fixed = _base_capabilities(base)
-    res = resolve(registry, base, names, opts, node_type=node_type_of(base), fixed=fixed)
+    fixed_specs = _base_specs(base)
+    fixed = tuple(s.name for s in fixed_specs)
+    res = resolve(registry, base, names, opts, node_type=node_type_of(base), fixed=fixed_specs)
+    if res.excluded != opts.exclude:  # an exclude that changes nothing is not part of the class
+        opts = attrs.evolve(opts, exclude=res.excluded)
     canon_key = (base, frozenset(res.names), opts, registry)
     with _lock:
         cls = _canon.get(canon_key)
@@ -442,8 +450,8 @@ def check_class(cls: type) -> Composition:
     inherited = next((c.registry for b in cls.__mro__[1:]
                       if isinstance(c := vars(b).get("__composition__"), Composition)
                       and c.capabilities), None)
-    registry: Registry = (getattr(cls, "__onex_registry__", None) or inherited
-                          or default_registry)
+    registry: Registry = next((r for r in (getattr(cls, "__onex_registry__", None), inherited)
+                               if r is not None), default_registry)
     names = own_capabilities(cls)
     mismatched = []
     for klass in cls.__mro__:

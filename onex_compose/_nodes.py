@@ -136,6 +136,24 @@ def _default_config(name: str, model: Any) -> Any:
         return value
 
 
+def _check_facility_shadowing(cls: type, comp: Composition, plan: _Plan) -> None:
+    """A class member named like a capability's facility would be hidden by the facility the
+    node sets on every instance: report it when the class is created, not at the first call."""
+    for name in plan.facilities:
+        for klass in cls.__mro__:
+            if name in vars(klass):
+                if "__onex_capability__" in vars(klass):
+                    break
+                owner = next((s.name for s in comp.specs if name in facilities_of(s.mixin)), "?")
+                from onex_compose.exceptions import CapabilityConflictError
+
+                raise CapabilityConflictError(
+                    owner, klass.__qualname__, kind="base-member", member=name,
+                    hint=f"{klass.__qualname__} defines {name!r}, but capability {owner!r} sets "
+                    f"{name!r} on every instance (its facility), which would hide it; rename the "
+                    "member")
+
+
 class _NodeId:
     """Class-level default of ``node_id``: ``<ClassName>-<n>``, made on first read and stored on
     the instance (reads of ``node_id`` are rare; the init path stays free of the formatting)."""
@@ -186,7 +204,8 @@ class NodeCoreBase:
             caps = [k for k in cls.__mro__ if "__onex_capability__" in vars(k)]
             comp = check_class(cls) if caps else _EMPTY
             cls.__composition__ = comp
-        cls.__onex_plan__ = _Plan(cls, comp)
+        plan = cls.__onex_plan__ = _Plan(cls, comp)
+        _check_facility_shadowing(cls, comp, plan)
         install_pipeline(cls, guard_order(cls, comp.specs))
         _register_base(cls)
 

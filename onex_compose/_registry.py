@@ -282,6 +282,31 @@ def public_names(mixin: type) -> frozenset[str]:
     return result
 
 
+#: names every class has or that the engine itself sets: never a clash between mixins
+_STANDARD_PRIVATE = frozenset({
+    "__module__", "__qualname__", "__doc__", "__slots__", "__dict__", "__weakref__",
+    "__annotations__", "__firstlineno__", "__static_attributes__", "__type_params__",
+    "__onex_capability__", "__onex_facilities__", "__orig_bases__", "__parameters__",
+    "__abstractmethods__", "_abc_impl", "__protocol_attrs__", "__non_callable_proto_members__",
+    "_is_protocol", "_is_runtime_protocol", "__subclasshook__", "__init__",
+})
+_private_names: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def private_names(mixin: type) -> frozenset[str]:
+    """The private and dunder names a mixin defines (cached): two mixins sharing one would
+    silently shadow each other by MRO position, so the conflict scan checks them too."""
+    try:
+        return _private_names[mixin]
+    except KeyError:
+        pass
+    names: set[str] = set()
+    for klass in mixin.__mro__[:-1]:
+        names.update(n for n in vars(klass) if n.startswith("_") and n not in _STANDARD_PRIVATE)
+    result = _private_names[mixin] = frozenset(names)
+    return result
+
+
 _live: dict[tuple[str, str], weakref.ReferenceType[Registry]] = {}
 _live_lock = threading.Lock()
 
@@ -393,9 +418,14 @@ class Registry:
             RegistrationError: the name is taken (and ``replace`` is false) or invalid.
             MixinDefinitionError: the mixin breaks the mixin rules.
         """
+        if not isinstance(spec, type | CapabilitySpec):
+            raise RegistrationError(
+                f"register() takes a mixin class or a CapabilitySpec, got {spec!r}"
+                + (" (a function: capabilities are classes; decorate the mixin class)"
+                   if callable(spec) else "") + ".")
         if isinstance(spec, type):
             mixin = spec
-            name = fields.pop("name", None) or getattr(mixin, "__onex_capability__", None)
+            name = fields.pop("name", None) or vars(mixin).get("__onex_capability__")
             if not name:
                 raise RegistrationError(
                     f"register({mixin.__qualname__}) needs name='...': the capability name.")
@@ -534,8 +564,10 @@ class Registry:
         """
         try:
             return self._specs[name]
-        except KeyError:
+        except (KeyError, TypeError):  # TypeError: an unhashable name
             pass
+        if not isinstance(name, str):
+            raise UnknownCapabilityError(repr(name), self.names())
         self._scan_entry_points()
         try:
             return self._specs[name]
@@ -582,6 +614,8 @@ class Registry:
         return dict(self._aliases)
 
     def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
         if name in self._specs or name in self._aliases:
             return True
         self._scan_entry_points()
@@ -610,7 +644,27 @@ class Registry:
         }
 
 
+_SPEC_FIELDS = ("requires", "optional", "conflicts", "provides", "requires_protocols", "covers",
+                "applicable_node_types", "config", "config_ref", "rank", "before", "after",
+                "contract", "subcontract_key", "setup", "start", "close", "guard_rank",
+                "declared_at")
+
+
 def _spec_for_class(name: str, mixin: type, fields: dict[str, Any]) -> CapabilitySpec:
+    from onex_compose.exceptions import did_you_mean
+
+    for key in fields:
+        if key not in _SPEC_FIELDS:
+            raise RegistrationError(
+                f"register({mixin.__qualname__}): unknown field {key!r}"
+                f"{did_you_mean(key, _SPEC_FIELDS)}. Fields: {', '.join(_SPEC_FIELDS)}.",
+                name=name)
+    for key in ("rank", "guard_rank"):
+        value = fields.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise RegistrationError(
+                f"register({mixin.__qualname__}): {key} must be an int (lower runs first), "
+                f"got {value!r}.", name=name)
     config = fields.pop("config", None)
     if config is not None:
         fields["config_ref"] = _ref_of(config)
@@ -623,7 +677,8 @@ def _spec_for_class(name: str, mixin: type, fields: dict[str, Any]) -> Capabilit
     spec._loaded["mixin"] = mixin
     if config is not None:
         spec._loaded["config"] = config
-    mixin.__onex_capability__ = name  # type: ignore[attr-defined]
+    if "__onex_capability__" not in vars(mixin):  # a name the mixin declares itself is kept
+        mixin.__onex_capability__ = name  # type: ignore[attr-defined]
     return spec
 
 

@@ -27,7 +27,13 @@ from typing import Any
 
 import attrs
 
-from onex_compose._registry import CapabilitySpec, Registry, protocol_key, public_names
+from onex_compose._registry import (
+    CapabilitySpec,
+    Registry,
+    private_names,
+    protocol_key,
+    public_names,
+)
 from onex_compose.exceptions import (
     CapabilityConflictError,
     CompositionError,
@@ -66,6 +72,15 @@ class Options:
         """
         from onex_compose.exceptions import ConfigurationError
 
+        if exclude is not None and (isinstance(exclude, str) or not isinstance(exclude, Iterable)):
+            raise ConfigurationError(
+                f"exclude= takes a list of names, got {exclude!r}. Example: "
+                f"exclude=[{exclude!r}] or exclude=['caching.clear'].")
+        for option, value, example in (("prefer", prefer, "prefer={'close': 'caching'}"),
+                                       ("alias", alias, "alias={'caching.clear': 'clear_cache'}")):
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigurationError(
+                    f"{option}= takes a mapping, got {value!r}. Example: {example}.")
         ex_caps: set[str] = set()
         ex_members: set[tuple[str, str]] = set()
         for item in exclude or ():
@@ -79,7 +94,8 @@ class Options:
         aliases: set[tuple[str, str, str]] = set()
         for key, new in (alias or {}).items():
             cap, dot, member = key.partition(".")
-            if not dot or not member or not isinstance(new, str) or not new.isidentifier():
+            if (not isinstance(key, str) or not dot or not member or not isinstance(new, str)
+                    or not new.isidentifier()):
                 raise ConfigurationError(
                     f"alias= maps 'capability.member' to a new identifier, got {key!r}: {new!r}. "
                     "Example: alias={'caching.clear': 'clear_cache'}.")
@@ -146,6 +162,7 @@ class Resolution:
 
     specs: tuple[CapabilitySpec, ...]
     required_by: Mapping[str, tuple[str, ...]]
+    excluded: frozenset[str]
     providers: Mapping[str, str]
     overrides: Mapping[str, tuple[str, ...]]
     edges: tuple[tuple[str, str, str], ...]
@@ -157,23 +174,31 @@ class Resolution:
 
 
 def closure(registry: Registry, requested: Iterable[str], options: Options,
-            problems: list[CompositionError]) -> dict[str, CapabilitySpec]:
-    """Transitive closure of ``requires`` and required protocols over the requested names."""
+            problems: list[CompositionError], fixed: Iterable[CapabilitySpec] = (),
+            hit: set[str] | None = None) -> dict[str, CapabilitySpec]:
+    """Transitive closure of ``requires`` and required protocols over the requested names.
+
+    ``fixed`` are specs the base already has (taken as they are, whichever registry they came
+    from); ``hit`` collects the excluded capabilities that the request would otherwise include.
+    """
     names, unknown = registry.expand(requested)
     problems.extend(unknown)
     for name in sorted(options.exclude):
         if name not in registry:
             problems.append(UnknownCapabilityError(name, registry.names(),
                                                    what="capability in exclude="))
+    hit = set() if hit is None else hit
+    hit.update(n for n in names if n in options.exclude)
     selected: dict[str, CapabilitySpec] = {}
-    stack = [n for n in names if n not in options.exclude]
+    known = {s.name: s for s in fixed}
+    stack = [*known, *(n for n in names if n not in options.exclude)]
     excluded_but_required: dict[str, str] = {}
     while stack:
         name = stack.pop()
         if name in selected:
             continue
         try:
-            spec = registry.get(name)
+            spec = known[name] if name in known else registry.get(name)
         except UnknownCapabilityError as exc:
             problems.append(exc)
             continue
@@ -181,6 +206,7 @@ def closure(registry: Registry, requested: Iterable[str], options: Options,
         for dep in sorted(spec.requires):
             if dep in options.exclude:
                 excluded_but_required.setdefault(dep, name)
+                hit.add(dep)
             else:
                 stack.append(dep)
         for proto in sorted(spec.requires_protocols):
@@ -287,6 +313,25 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
         else:
             for member in _members(spec):
                 owners.setdefault(member, []).append(spec.name)
+    # private and dunder names: two mixins sharing one shadow each other silently by MRO
+    # position; a mixin may not take the base's own private names either
+    private_owner: dict[str, str] = {}
+    for spec in specs:
+        for member in sorted(private_names(spec.mixin)):
+            if member in prefer:
+                continue
+            first = private_owner.setdefault(member, spec.name)
+            if first != spec.name:
+                problems.append(CapabilityConflictError(
+                    first, spec.name, kind="member", member=member,
+                    where={first: by_name[first].declared_at, spec.name: spec.declared_at},
+                    hint=f"rename {member!r} in one of the mixins (private helpers clash too: the "
+                    f"MRO would silently pick one), or prefer={{{member!r}: {first!r}}}"))
+            elif member in protected or member.startswith("_onex_"):
+                problems.append(CapabilityConflictError(
+                    spec.name, base.__qualname__, kind="base-member", member=member,
+                    where={spec.name: spec.declared_at},
+                    hint=f"{member!r} belongs to the node base; rename it in the mixin"))
     providers: dict[str, str] = {}
     overrides: dict[str, tuple[str, ...]] = {}
     for member, caps in sorted(owners.items()):
@@ -405,7 +450,7 @@ def _where(obj: type, member: str | None = None) -> str:
 
 def resolve(registry: Registry, base: type, requested: Iterable[str],
             options: Options = Options(), *, node_type: str | None = None,
-            fixed: Iterable[str] = (), skip: type | None = None) -> Resolution:
+            fixed: Iterable[CapabilitySpec] = (), skip: type | None = None) -> Resolution:
     """Resolve a request into an ordered, conflict-free set of capabilities.
 
     Args:
@@ -414,7 +459,8 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
         requested: capability names, aliases or bundles, in any order, repeats allowed.
         options: the structural resolutions (``prefer``, ``exclude``, ``alias``).
         node_type: the base's node type for the applicability check (``None`` skips it).
-        fixed: capabilities already in the base's own bases; they are part of the resolved set.
+        fixed: specs of the capabilities already in the base's own bases (taken as they are,
+            even when they come from another registry); they are part of the resolved set.
         skip: a class whose own public names are exempt from the base clash scan (the
             hand-written class being checked: its own methods override on purpose).
 
@@ -425,12 +471,13 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
     import networkx as nx
 
     problems: list[CompositionError] = []
-    selected = closure(registry, [*fixed, *requested], options, problems)
+    hit: set[str] = set()
+    selected = closure(registry, requested, options, problems, fixed, hit)
     graph = _graph(selected)
     order: list[str] = []
     try:
         order = list(nx.lexicographical_topological_sort(
-            graph, key=lambda n: f"{selected[n].rank:08d}{n}"))
+            graph, key=lambda n: (selected[n].rank, n)))
     except nx.NetworkXUnfeasible:
         cycle_edges = nx.find_cycle(graph)
         cycle = [a for a, _ in cycle_edges] + [cycle_edges[0][0]]
@@ -467,6 +514,7 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
     edges = tuple(sorted((a, b, d["constraint"]) for a, b, d in graph.edges(data=True)))
     return Resolution(
         specs=tuple(specs),
+        excluded=frozenset(hit),
         required_by={k: tuple(sorted(set(v))) for k, v in required_by.items()},
         providers=providers,
         overrides=overrides,

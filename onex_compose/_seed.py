@@ -35,7 +35,7 @@ class MixinDependencyResolver:
     """
 
     def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry or default_registry
+        self.registry = registry if registry is not None else default_registry
 
     @property
     def dependency_graph(self) -> dict[type, list[type]]:
@@ -60,6 +60,12 @@ class MixinDependencyResolver:
         Accepts mixin classes or capability names; raises the engine's errors on unknown names,
         cycles and conflicts.
         """
+        if isinstance(requested_mixins, str) or not isinstance(requested_mixins, Sequence):
+            from onex_compose.exceptions import ConfigurationError
+
+            raise ConfigurationError(
+                f"resolve_dependencies() takes a list of mixin classes or names, got "
+                f"{requested_mixins!r}. Example: resolve_dependencies([MixinCaching]).")
         names = [self._name_of(m) for m in requested_mixins]
         res = resolve(self.registry, object, names)
         return [spec.mixin for spec in res.specs]
@@ -79,6 +85,12 @@ def create_service_with_capabilities(base_service_class: B, contract: Any,
         >>> cls.__name__
         'NodeCompute[caching,metrics]'
     """
+    if isinstance(required_capabilities, str):
+        from onex_compose.exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"required_capabilities takes a list of names, got the string "
+            f"{required_capabilities!r}. Write [{required_capabilities!r}].")
     names = list(required_capabilities)
     extra = getattr(contract, "capabilities", None) if contract is not None else None
     if extra:

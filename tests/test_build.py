@@ -612,10 +612,6 @@ def test_a_base_that_is_not_a_node_is_refused_at_compose(base: type) -> None:
         compose(base, ["caching"], registry=REG)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: check_class exempts the class's own names from the "
-                   "clash scan (skip=cls), but a facility is an instance attribute set by setup, so "
-                   "a hand-written class's own `cache` method is silently replaced on every "
-                   "instance, and explain() still says 'cache: caching'")
 def test_a_hand_written_member_named_like_a_facility_is_not_silently_replaced() -> None:
     with pytest.raises(CapabilityConflictError, match="'cache'"):
         class Shadowed(NodeCompute, MixinToyCaching):

@@ -479,8 +479,6 @@ def test_registry_without_entry_points_never_scans(plugin_path: Path) -> None:
 # -- found in review: engine problems (the lead fixes them; each test turns green then) ---------
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _registry._spec_for_class overwrites the mixin's "
-                   "own __onex_capability__ when it is registered under a second name")
 def test_registering_a_mixin_under_a_second_name_never_renames_it() -> None:
     first = Registry(entry_points=False)
     second = Registry(entry_points=False)
@@ -505,9 +503,6 @@ def test_registering_a_mixin_under_a_second_name_never_renames_it() -> None:
     assert Host.__composition__.capabilities == ("alpha",)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _build._compose_with_options and "
-                   "_seed.MixinDependencyResolver use `registry or default_registry`, and an "
-                   "empty Registry is falsy (len 0), so the default registry is used instead")
 def test_an_empty_private_registry_is_used_not_replaced_by_the_default() -> None:
     from onex_compose import MixinDependencyResolver
 
@@ -517,9 +512,6 @@ def test_an_empty_private_registry_is_used_not_replaced_by_the_default() -> None
     assert MixinDependencyResolver(empty).registry is empty
 
 
-@pytest.mark.xfail(strict=True, reason="engine: CapabilitySpec does not validate rank/guard_rank; "
-                   "rank='high' is accepted and compose() later fails with a bare ValueError "
-                   "(Unknown format code 'd') from _resolve.resolve's sort key")
 def test_a_non_integer_rank_is_rejected_at_registration() -> None:
     reg = Registry(entry_points=False)
     with pytest.raises(RegistrationError, match="rank"):
@@ -528,16 +520,12 @@ def test_a_non_integer_rank_is_rejected_at_registration() -> None:
         reg.register(plain_mixin("MixinGuarded"), name="guarded", guard_rank="outer")
 
 
-@pytest.mark.xfail(strict=True, reason="engine: Registry.register passes unknown fields straight "
-                   "to CapabilitySpec, so a misspelt field is a bare TypeError without a suggestion")
 def test_a_misspelt_spec_field_is_a_registration_error_with_a_suggestion() -> None:
     reg = Registry(entry_points=False)
     with pytest.raises(RegistrationError, match="reqires.*did you mean 'requires'"):
         reg.register(plain_mixin("MixinTypo"), name="typo", reqires=["metrics"])
 
 
-@pytest.mark.xfail(strict=True, reason="engine: Registry.register(3) raises a bare AttributeError; "
-                   "@reg.capability on a function says 'register(spec) takes no extra fields'")
 def test_registering_something_that_is_not_a_mixin_class_says_so() -> None:
     reg = Registry(entry_points=False)
     with pytest.raises(RegistrationError, match="class"):
