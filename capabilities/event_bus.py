@@ -56,6 +56,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import json
 import pickle
@@ -175,8 +176,9 @@ class Event:
 
     Attributes:
         topic: where it was published.
-        payload: what the publisher passed (the same object in-process; a decoded copy from
-            Redis).
+        payload: what the publisher passed, as it was at publish time: a copy taken by
+            ``publish`` in-process (shared by that event's subscribers, so handlers should not
+            change it), a decoded copy from Redis.
         id: unique (hex UUID4).
         timestamp: wall-clock seconds since the epoch at publish time.
         source: the publishing node's id (or the configured ``source``).
@@ -401,6 +403,49 @@ def _hub(namespace: str) -> _Router:
         return router
 
 
+# -- payload snapshots (memory backend) ------------------------------------------------------
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of ``value`` as it is now, for asynchronous in-process delivery.
+
+    Delivery happens after ``publish`` returns, so without a copy a publisher that reuses or
+    changes its payload object (``msg["i"] = i; await publish("t", msg)`` in a loop) would
+    have every subscriber see the last state, while the Redis backend delivers what was
+    published. Plain JSON-like data is copied by a small walk (faster than ``deepcopy``);
+    anything else by ``copy.deepcopy``; an object that cannot be copied is passed as is.
+    """
+    kind = value.__class__
+    if kind in _SCALARS:
+        return value
+    try:
+        return _walk(value)
+    except RecursionError:  # self-referencing or very deep data: deepcopy keeps a memo
+        pass
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
+
+
+def _walk(value: Any) -> Any:
+    kind = value.__class__
+    if kind in _SCALARS:
+        return value
+    if kind is dict:
+        return {k: _walk(v) for k, v in value.items()}
+    if kind is list:
+        return [_walk(v) for v in value]
+    if kind is tuple:
+        return tuple(_walk(v) for v in value)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # a lock, a socket...: the object itself
+        return value
+
+
 # -- serializers -----------------------------------------------------------------------------
 
 
@@ -511,8 +556,8 @@ class EventBus:
             EventPublishError: Redis is unreachable (the event is lost; retriable).
         """
         _check_topic(topic, wildcard=False)
-        event = Event(topic=topic, payload=payload, id=uuid.uuid4().hex,
-                      timestamp=time.time(), source=self.source,
+        event = Event(topic=topic, payload=payload if self._redis else _snapshot(payload),
+                      id=uuid.uuid4().hex, timestamp=time.time(), source=self.source,
                       correlation_id=_context.correlation_id.get())
         if not self._redis:
             loop = asyncio.get_running_loop()

@@ -171,6 +171,34 @@ def test_fan_out_across_nodes_of_one_namespace_and_not_across_namespaces() -> No
     assert seen == {"a": [1], "b": [1], "c": [2]}
 
 
+def test_a_reused_payload_object_is_delivered_as_it_was_published() -> None:
+    # delivery is asynchronous: without a snapshot every subscriber saw the last state
+    # ([{'i': 2}] * 3), while the Redis backend delivers what was published
+    bus = EventBus({"namespace": f"snap-{uuid.uuid4().hex}"})
+    got: list[Any] = []
+    bus.subscribe("t", lambda event: got.append(event.payload))
+    lock = threading.Lock()
+    looped: list[Any] = [1]
+    looped.append(looped)
+
+    async def run() -> None:
+        msg: dict[str, Any] = {"items": []}
+        for i in range(3):
+            msg["i"] = i
+            msg["items"].append(i)
+            await bus.publish("t", msg)
+        await bus.publish("t", {"lock": lock})  # cannot be copied: passed as is
+        await bus.publish("t", looped)
+        await bus.drain()
+        await bus.aclose()
+
+    asyncio.run(run())
+    assert got[:3] == [{"i": 0, "items": [0]}, {"i": 1, "items": [0, 1]},
+                       {"i": 2, "items": [0, 1, 2]}]
+    assert got[3]["lock"] is lock
+    assert got[4][0] == 1 and got[4][1] is got[4]
+
+
 def test_order_per_topic_is_kept_for_every_subscriber() -> None:
     b = bus()
     fast: list[int] = []
