@@ -343,8 +343,9 @@ class _Resolver:
             if name in registry:
                 try:
                     return registry.get(name)
-                except LookupError:
-                    return None  # an alias or bundle
+                except LookupError:  # an alias (seed 000's health_monitoring) or a bundle
+                    targets = registry.aliases.get(name) or ()
+                    return registry.get(targets[0]) if len(targets) == 1 else None
             for spec in registry:
                 if spec.subcontract_key == name:
                     return spec

@@ -345,6 +345,13 @@ def capability_problems(contract: ModelContract, registry: Any = None, *,
     except Exception:  # pragma: no cover - defensive: a broken registry
         known = []
     for entry in contract.subcontracts:
+        bundle = reg.aliases.get(entry.capability) if entry.capability in reg else None
+        if bundle is not None and len(bundle) > 1:
+            out.append(ContractProblem(
+                f"subcontract for {entry.capability!r}, a bundle of {', '.join(bundle)}: a "
+                "bundle has no configuration of its own; configure each capability under its "
+                "own name", entry.location, line(*entry.location), source, "references"))
+            continue
         if entry.capability in reg:
             spec = reg.get(entry.capability) if entry.capability not in reg.aliases else None
             if spec is not None and node_type not in spec.applicable_node_types \

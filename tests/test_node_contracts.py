@@ -530,3 +530,28 @@ composition:
     node = load_node({"node_type": "EFFECT", "capabilities": ["sender"],
                       "subcontracts": {"send": {"target": "t"}}}, registry=reg)
     assert node.send_config.target == "t" and node.greet("x") == "hello x"
+
+
+# -- aliases and bundles as subcontract keys ---------------------------------------------------
+
+
+def test_a_subcontract_keyed_by_an_alias_configures_its_capability() -> None:
+    # seed 000 names capabilities health_monitoring / performance_metrics; the node used to
+    # fail with "the contract configures capabilities NodeCompute[...] does not have"
+    node = load_node({"node_type": "COMPUTE", "subcontracts": {
+        "health_monitoring": {"check_timeout": 7}, "performance_metrics": {"namespace": "zz"}}})
+    assert type(node).__name__ == "NodeCompute[health_check,metrics]"
+    assert node.health.config.check_timeout == 7 and node.metrics.config.namespace == "zz"
+    contract = node.contract
+    assert contract.health_check_configuration.check_timeout == 7
+    assert contract.subcontracts.health_monitoring is contract.subcontracts.health_check
+    with pytest.raises(ContractError, match=r"unknown key 'check_timeot' \(did you mean "
+                                            r"'check_timeout'\?\)"):
+        load_node({"node_type": "COMPUTE", "subcontracts": [
+            {"capability": "health_monitoring", "config": {"check_timeot": 1}}]})
+
+
+def test_a_subcontract_keyed_by_a_bundle_is_a_contract_error() -> None:
+    with pytest.raises(ContractError, match="'fault_tolerance', a bundle of retry, "
+                                            "circuit_breaker: a bundle has no configuration"):
+        load_node({"node_type": "COMPUTE", "subcontracts": {"fault_tolerance": {}}})
