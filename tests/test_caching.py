@@ -946,3 +946,15 @@ def test_redis_backend_without_the_client_is_a_clear_setup_error(monkeypatch) ->
                         lambda name, *a: None if name == "redis" else real(name, *a))
     with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[redis\]'"):
         compose(NodeCompute, ["caching"])(capability_config={"caching": {"backend": "redis"}})
+
+
+def test_every_metric_the_module_records_is_declared_in_its_contract() -> None:
+    import re
+
+    import onex_compose.capabilities.caching as module
+
+    source = Path(module.__file__).read_text("utf-8")
+    recorded = set(re.findall(r'_inc\(\s*"([a-z_]+)"', source))
+    contract = yaml.safe_load((CONTRACTS_DIR / "mixin_caching.yaml").read_text("utf-8"))
+    declared = {m["name"] for m in contract["metrics"]}
+    assert recorded and recorded <= declared, sorted(recorded - declared)

@@ -11,6 +11,7 @@ import random
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -530,3 +531,15 @@ def test_the_contract_passes_onex_validate(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["validate", str(CONTRACTS_DIR / "mixin_event_bus.yaml")]) == 0
     assert "✓ Action definitions complete" in capsys.readouterr().out
+
+
+def test_every_metric_the_module_records_is_declared_in_its_contract() -> None:
+    import re
+
+    import onex_compose.capabilities.event_bus as module
+
+    source = Path(module.__file__).read_text("utf-8")
+    recorded = set(re.findall(r'_inc\(\s*"([a-z_]+)"', source))
+    contract = yaml.safe_load((CONTRACTS_DIR / "mixin_event_bus.yaml").read_text("utf-8"))
+    declared = {m["name"] for m in contract["metrics"]}
+    assert recorded and recorded <= declared, sorted(recorded - declared)
