@@ -204,8 +204,9 @@ def _check_request(base: Any, capabilities: Any) -> list[str]:
 
     if not isinstance(base, type) or not issubclass(base, NodeCoreBase):
         raise ConfigurationError(
-            f"compose() takes a node class as its base (NodeCompute, NodeEffect, NodeReducer, "
-            f"NodeOrchestrator, a *Service class, or a subclass of one), got {base!r}: "
+            "compose() takes a node class as its base (a NodeCoreBase subclass: NodeCompute, "
+            "NodeEffect, NodeReducer, NodeOrchestrator, a *Service class, or a subclass of one), "
+            f"got {base!r}: "
             "capabilities are set up by the node base. Example: compose(NodeCompute, ['caching']).")
     if isinstance(capabilities, str):
         raise ConfigurationError(

@@ -13,7 +13,48 @@ from typing import Any
 
 from onex_compose.exceptions import ConfigurationError, did_you_mean
 
-__all__ = ["coerce_config", "contract_config"]
+__all__ = ["check_contract", "coerce_config", "contract_capabilities", "contract_config"]
+
+_SCALARS = (str, bytes, int, float, bool)
+
+
+def check_contract(contract: Any, owner: str, node_type: str | None) -> None:
+    """Refuse a contract the node cannot read, or one written for another node type.
+
+    Raises:
+        ConfigurationError: naming the problem and what to pass instead.
+    """
+    if isinstance(contract, _SCALARS):
+        hint = (" To build a node from a YAML contract file use load_node(path), or "
+                "load_contract(path) and pass the result.") if isinstance(contract, str) else ""
+        raise ConfigurationError(
+            f"{owner} takes a node contract (a ModelContract*, a mapping with 'subcontracts', or "
+            f"an object with a 'subcontracts' attribute), got {contract!r}.{hint}")
+    declared = (contract.get("node_type") if isinstance(contract, Mapping)
+                else getattr(contract, "node_type", None))
+    if node_type is not None and declared is not None:
+        declared = str(getattr(declared, "value", declared))
+        if declared in ("COMPUTE", "EFFECT", "REDUCER", "ORCHESTRATOR") and declared != node_type:
+            raise ConfigurationError(
+                f"The contract is for {declared} nodes, but {owner} is a {node_type} node; use "
+                f"a {node_type.title()} contract (ModelContract{node_type.title()}) or a "
+                f"{declared.title()} node class.")
+
+
+def contract_capabilities(contract: Any) -> list[str] | None:
+    """The capability names (or subcontract keys) a contract configures; ``None`` if unknown."""
+    subs = (contract.get("subcontracts") if isinstance(contract, Mapping)
+            else getattr(contract, "subcontracts", None))
+    if subs is None:
+        return []
+    listed = getattr(subs, "capabilities", None)  # ModelContract's subcontract collection
+    if isinstance(listed, list):
+        return [str(n) for n in listed]
+    if isinstance(subs, Mapping):
+        return [str(k) for k in subs]
+    if type(subs).__name__ == "SimpleNamespace":
+        return [k for k in vars(subs) if not k.startswith("_")]
+    return None
 
 
 def _format_pydantic(exc: Any, model: Any) -> list[str]:
@@ -85,7 +126,14 @@ def contract_config(contract: Any, name: str, key: str) -> tuple[Any, str] | Non
     finder = getattr(contract, "capability_config_for", None)
     if callable(finder):
         found = finder(name, key)
-        return found if found is None else (found[0], found[1])
+        if found is None:
+            return None
+        if not (isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], str)):
+            raise ConfigurationError(
+                f"{type(contract).__name__}.capability_config_for({name!r}, {key!r}) must return "
+                f"(config, source) or None, got {found!r}; the node contract is not usable.",
+                capability=name)
+        return found[0], found[1]
     if isinstance(contract, Mapping):
         subs = contract.get("subcontracts")
         if isinstance(subs, Mapping):

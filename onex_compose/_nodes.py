@@ -26,7 +26,12 @@ from onex_compose._build import (
     check_class,
     lookup_composed,
 )
-from onex_compose._config import coerce_config, contract_config
+from onex_compose._config import (
+    check_contract,
+    coerce_config,
+    contract_capabilities,
+    contract_config,
+)
 from onex_compose._facility import facilities_of
 from onex_compose._node_types import EnumNodeType
 from onex_compose._pipeline import guard_order, install_pipeline
@@ -380,6 +385,21 @@ def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | N
 
 def _configs(cls: type, plan: _Plan, contract: Any,
              capability_config: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    if capability_config is not None and not isinstance(capability_config, Mapping):
+        raise ConfigurationError(
+            f"capability_config= takes a mapping of capability name to its configuration, got "
+            f"{capability_config!r}. Example: capability_config={{'caching': {{'max_entries': 100}}}}.")
+    if contract is not None:
+        check_contract(contract, cls.__qualname__,
+                       None if cls.node_type is None else str(cls.node_type))  # type: ignore[attr-defined]
+        listed = contract_capabilities(contract)
+        keys = set(plan.specs) | {s.config_key for s in plan.specs.values()}
+        stray = [k for k in listed or () if k not in keys]
+        if stray:
+            raise ConfigurationError(
+                f"The contract configures capabilities {cls.__qualname__} does not have:",
+                problems=[f"{k!r}{did_you_mean(k, sorted(keys))}; its capabilities: "
+                          f"{', '.join(plan.names)}" for k in stray])
     explicit = dict(capability_config or {})
     problems = []
     for key in list(explicit):

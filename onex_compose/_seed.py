@@ -64,8 +64,10 @@ class MixinDependencyResolver:
             from onex_compose.exceptions import ConfigurationError
 
             raise ConfigurationError(
-                f"resolve_dependencies() takes a list of mixin classes or names, got "
-                f"{requested_mixins!r}. Example: resolve_dependencies([MixinCaching]).")
+                "resolve_dependencies() takes a list of mixin classes or names, got "
+                + (f"the string {requested_mixins!r}" if isinstance(requested_mixins, str)
+                   else repr(requested_mixins))
+                + ". Example: resolve_dependencies([MixinCaching]).")
         names = [self._name_of(m) for m in requested_mixins]
         res = resolve(self.registry, object, names)
         return [spec.mixin for spec in res.specs]

@@ -603,9 +603,6 @@ class _NotANode:
     pass
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _build._check_request accepts any class as base; "
-                   "compose(int or a plain class, ['caching']) builds a class whose instances never "
-                   "run a setup hook, so `.cache` fails late with AttributeError at first use")
 @pytest.mark.parametrize("base", [int, _NotANode])
 def test_a_base_that_is_not_a_node_is_refused_at_compose(base: type) -> None:
     with pytest.raises(ConfigurationError, match="NodeCoreBase"):

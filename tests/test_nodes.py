@@ -285,17 +285,11 @@ async def test_aclose_during_start_leaves_the_node_closed() -> None:
     assert events[-1] == "close slow"
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _nodes._configs calls dict(capability_config) "
-                   "without a check: a list is a bare ValueError 'dictionary update sequence "
-                   "element #0 has length 5; 2 is required'")
 def test_capability_config_that_is_not_a_mapping_says_so() -> None:
     with pytest.raises(ConfigurationError, match="capability_config"):
         Service(capability_config=["store"])  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: NodeCoreBase.__init__ accepts any object as the "
-                   "contract; a path string or a number is silently ignored (defaults are used), "
-                   "and a Mock contract ends in a bare TypeError from _config.contract_config")
 @pytest.mark.parametrize("contract", ["contract.yaml", 42, "mock"])
 def test_a_contract_of_an_unsupported_type_is_refused(contract: Any) -> None:
     from unittest.mock import Mock
@@ -308,9 +302,6 @@ def test_a_contract_of_an_unsupported_type_is_refused(contract: Any) -> None:
         Service(contract)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _nodes._configs only looks up the node's own "
-                   "capabilities in the contract; a subcontract for a capability the node does "
-                   "not have is silently dropped (capability_config= rejects the same key)")
 @pytest.mark.parametrize("contract", [
     {"subcontracts": {"stor": {"size": 3}}},
     SimpleNamespace(subcontracts=SimpleNamespace(retry={"max_attempts": 2})),
@@ -320,8 +311,6 @@ def test_a_contract_configuring_a_capability_the_node_lacks_is_an_error(contract
         Service(contract)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: NodeCoreBase.__init__ never compares the contract's "
-                   "node_type with the class's: an EFFECT contract builds a COMPUTE node silently")
 def test_a_contract_for_another_node_type_is_refused() -> None:
     from onex_compose import ModelContractEffect, OnexError
 

@@ -281,10 +281,6 @@ def test_secure_and_high_performance_patterns_are_rejected_or_built_clearly() ->
 # -- found in review: engine problems (the lead fixes them; each test turns green then) ---------
 
 
-@pytest.mark.xfail(strict=True, reason="engine: _seed.create_service_with_capabilities and "
-                   "MixinDependencyResolver.resolve_dependencies turn a string into a list of "
-                   "characters before compose() can say 'got the string'; the user sees 7 unknown "
-                   "capabilities 'c', 'a', 'c', ...")
 def test_seed_apis_given_one_string_say_to_pass_a_list() -> None:
     from onex_compose import ConfigurationError
 
