@@ -10,8 +10,8 @@ wraps ``call``, and declares a ``guard_rank`` in its contract. For each class th
   order the capabilities were listed or inherited in; ranks can be overridden per capability;
 * wraps the *most-derived* ``process()`` exactly once: a subclass that overrides ``process()``
   keeps its guards, and one that calls ``super().process()`` does not run them twice (a context
-  variable marks "already inside this node's pipeline", so the inner call goes straight to the
-  parent's own body);
+  variable marks "already inside this node's pipeline, in this task", so the inner call goes
+  straight to the parent's own body, while a task started inside ``process()`` is guarded);
 * binds the chain once per instance, on the first call (``self._onex_chain``), so a call costs
   one context-variable set/reset plus the guards themselves.
 
@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
 __all__ = ["guard_order", "install_pipeline"]
 
-_inside: ContextVar[object] = ContextVar("onex_inside_pipeline", default=None)
+# (node, task) while a node's pipeline runs: a task created inside process() copies the context,
+# so the task is compared too, or that task's own later process() calls would skip the guards
+_inside: ContextVar[tuple[object, object] | None] = ContextVar("onex_inside_pipeline", default=None)
 
 
 def guard_order(cls: type, specs: Any) -> tuple[str, ...]:
@@ -77,11 +80,13 @@ def install_pipeline(cls: type, guards: tuple[str, ...]) -> None:
         return call
 
     async def process(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _inside.get() is self:
-            return await raw(self, *args, **kwargs)
+        inside = _inside.get()
+        task = current_task()
+        if inside is not None and inside[0] is self and inside[1] is task:
+            return await raw(self, *args, **kwargs)  # super().process() inside the pipeline
         chain = self._onex_chain
         call = chain[1] if chain is not None and chain[0] is raw else chain_for(self)
-        token = _inside.set(self)
+        token = _inside.set((self, task))
         try:
             return await call(*args, **kwargs)
         finally:

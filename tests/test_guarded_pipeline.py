@@ -411,11 +411,6 @@ def test_every_guard_follows_a_reconfigured_node() -> None:
     assert len(node.calls) == 2
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "engine: _pipeline.py marks 'inside this node's pipeline' with a ContextVar (line 80: "
-    "_inside.get() is self), which every task created inside process() copies, so a background "
-    "task's later self.process() calls skip every guard (here 3 calls pass a limit of 1); "
-    "compare the current task too"))
 def test_a_task_started_inside_process_is_guarded_when_it_calls_process_later() -> None:
     class Starter(compose(NodeEffect, ["rate_limiting"])):  # type: ignore[misc]
         async def process(self, x: Any) -> Any:
