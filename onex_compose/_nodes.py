@@ -15,6 +15,7 @@ facilities (locks, connections, tasks) from that configuration.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ from onex_compose._facility import facilities_of
 from onex_compose._node_types import EnumNodeType
 from onex_compose._pipeline import guard_order, install_pipeline
 from onex_compose._resolve import Options
-from onex_compose.exceptions import ConfigurationError, did_you_mean
+from onex_compose.exceptions import ConfigurationError, OnexError, did_you_mean
 
 __all__ = [
     "EnumNodeType",
@@ -49,7 +50,7 @@ __all__ = [
 
 _ids = itertools.count(1)
 _BOOKKEEPING = frozenset({"_onex_init", "_onex_started", "_onex_closed", "_onex_chain", "contract",
-                          "node_id"})
+                          "node_id", "_onex_starting"})
 _EMPTY = Composition(base=object, capabilities=(), required_by={}, providers={}, overrides={},
                      options=Options(), style="hand-written")
 
@@ -193,6 +194,7 @@ class NodeCoreBase:
     _onex_started: bool = False
     _onex_closed: bool = False
     _onex_chain: tuple[Any, Any] | None = None
+    _onex_starting: asyncio.Future[None] | None = None
     node_id: str = _NodeId()  # type: ignore[assignment]
     #: names the base owns that no capability may supply, even with prefer=
     __onex_protected__: ClassVar[frozenset[str]] = frozenset({
@@ -284,10 +286,19 @@ class NodeCoreBase:
         """Open every capability's resources in dependency order (idempotent).
 
         If one fails, those already started are closed again (in reverse) before the error
-        propagates.
+        propagates. Concurrent calls share one start: the others wait for it.
         """
         if self._onex_started:
             return
+        loop = asyncio.get_running_loop()
+        pending = self._onex_starting
+        if pending is not None and not pending.done() and pending.get_loop() is loop:
+            await asyncio.shield(pending)
+            if not self._onex_started:
+                raise OnexError(f"{type(self).__qualname__}.start() failed in a concurrent call; "
+                                "see that call's error")
+            return
+        self._onex_starting = loop.create_future()
         started: list[tuple[str, str | None]] = []
         plan = type(self).__onex_plan__
         try:
@@ -304,15 +315,28 @@ class NodeCoreBase:
 
                         logger.opt(exception=exc).warning("close after failed start: {}", exc)
             raise
-        self._onex_started = True
-        self._onex_closed = False
+        else:
+            self._onex_started = True
+            self._onex_closed = False
+        finally:
+            done, self._onex_starting = self._onex_starting, None
+            if done is not None and not done.done():
+                done.set_result(None)
 
     async def aclose(self) -> None:
         """Close every capability's resources in reverse dependency order (idempotent).
 
-        Every close hook runs even if an earlier one fails; the first failure is re-raised
-        after all of them ran.
+        A ``start()`` still running is waited for first, so nothing it opens stays open. Every
+        close hook runs even if an earlier one fails; the first failure is re-raised after all
+        of them ran.
         """
+        pending = self._onex_starting
+        if pending is not None and not pending.done():
+            try:
+                if pending.get_loop() is asyncio.get_running_loop():
+                    await asyncio.shield(pending)
+            except RuntimeError:
+                pass
         if self._onex_closed:
             return
         self._onex_closed = True

@@ -262,9 +262,6 @@ REG.register(MixinSlowStart, name="slow_start")
 SlowService = compose(NodeCompute, ["slow_start"], registry=REG)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: NodeCoreBase.start() sets _onex_started only after "
-                   "every hook ran, so two concurrent start() calls run every start hook twice "
-                   "(two connections, two background loops)")
 async def test_concurrent_starts_open_resources_once() -> None:
     node = SlowService()
     await asyncio.gather(node.start(), node.start())
@@ -272,9 +269,6 @@ async def test_concurrent_starts_open_resources_once() -> None:
     await node.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason="engine: an aclose() that runs while start() is still "
-                   "awaiting its hooks closes first, then start() finishes and marks the node "
-                   "started: it ends up open after it was closed (resources leak)")
 async def test_aclose_during_start_leaves_the_node_closed() -> None:
     node = SlowService()
     starting = asyncio.create_task(node.start())
