@@ -287,12 +287,23 @@ def _raw(mixin: type, member: str) -> Any:
 
 def class_name(base: type, names: Iterable[str], opts: Options,
                registry: Registry = default_registry) -> str:
-    """The readable name of a composed class: ``NodeCompute[caching,metrics]``.
+    """The qualified name of a composed class: ``NodeCompute[caching,metrics]``.
 
-    Options add ``|prefer:...`` parts, and a private registry adds ``~module~name``, so that the
-    name alone is enough to recompose the class (pickle looks it up by name).
+    The name alone is enough to recompose the class (pickle looks classes up by name, reading
+    dots as an attribute path), so: options add ``|prefer:...`` parts; a base from outside
+    onex_compose adds ``@its:module`` (dots written as colons, a nested base's qualname too);
+    a private registry adds ``~module~name``. ``__name__`` keeps only the readable part.
     """
-    return f"{base.__qualname__}[{','.join(sorted(names))}]{opts.suffix()}{registry.token}"
+    head = base.__qualname__.replace(".", ":")
+    module = "" if base.__module__.startswith("onex_compose") else (
+        "@" + base.__module__.replace(".", ":"))
+    return f"{head}[{','.join(sorted(names))}]{opts.suffix()}{module}{registry.token}"
+
+
+def readable_name(qualname: str) -> str:
+    """``Outer:Inner[caps]@mod~reg`` -> ``Outer.Inner[caps]`` (the class's ``__name__``)."""
+    head, sep, rest = qualname.partition("[")
+    return head.replace(":", ".") + sep + rest.partition("@")[0].partition("~")[0]
 
 
 def _build(base: type, res: Resolution, opts: Options, registry: Registry,
@@ -316,7 +327,7 @@ def _build(base: type, res: Resolution, opts: Options, registry: Registry,
     }
     ns.update(_resolution_members(res, opts))
     try:
-        cls = type(name.partition("~")[0], bases, ns)
+        cls = type(readable_name(name), bases, ns)
     except TypeError as exc:
         raise MROError(base, list(res.names), bases, str(exc)) from exc
     _check_mro(cls, base, mixins, res.names)
@@ -402,7 +413,17 @@ def lookup_composed(qualname: str) -> type:
         from onex_compose._registry import _registry_lookup
 
         registry = _registry_lookup(home.replace(":", "."), reg_name)
-    candidates = list(_bases_by_name.get(head, ()))
+    suffix, at, module_text = suffix.partition("@")
+    head = head.replace(":", ".")
+    if at:  # a base from outside onex_compose: import its module and walk its qualname
+        import importlib
+
+        obj: Any = importlib.import_module(module_text.replace(":", "."))
+        for part in head.split("."):
+            obj = getattr(obj, part)
+        candidates: list[Any] = [obj]
+    else:
+        candidates = list(_bases_by_name.get(head, ()))
     if not candidates:
         from onex_compose import _nodes
 
@@ -429,7 +450,8 @@ def lookup_composed(qualname: str) -> type:
         kwargs["exclude"] = [*opts.exclude, *(f"{c}.{m}" for c, m in opts.exclude_members)]
     if opts.alias:
         kwargs["alias"] = {f"{c}.{m}": n for c, m, n in opts.alias}
-    return compose(candidates[0], caps, **kwargs)
+    base: type = candidates[0]
+    return compose(base, caps, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -288,10 +288,6 @@ def _twin_bases() -> tuple[type, type]:
     return bases[0], bases[1]
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a composed class is named and looked up by the "
-                   "base's __qualname__ only (_build.class_name / lookup_composed), so two bases "
-                   "called ReviewTwin in two modules share 'ReviewTwin[caching,metrics]' and an "
-                   "instance of one unpickles as an instance of the other")
 def test_same_named_bases_in_two_modules_unpickle_to_their_own_class() -> None:
     base_a, base_b = _twin_bases()
     cls_a = compose(base_a, ["caching"])
@@ -303,9 +299,6 @@ def test_same_named_bases_in_two_modules_unpickle_to_their_own_class() -> None:
     assert _roundtrip(cls_b) is cls_b
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the composed qualname 'Outer.Inner[caching,metrics]' "
-                   "is read by pickle as an attribute path on onex_compose._composed, so a "
-                   "composed class whose base is a nested class does not pickle by reference")
 def test_a_composed_class_with_a_nested_base_pickles_by_reference() -> None:
     cls = compose(Outer.Inner, ["caching"])
     assert _roundtrip(cls) is cls
@@ -316,9 +309,6 @@ class Outer:
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="engine: the composed name carries no module for the base, "
-                   "so a fresh interpreter cannot find a user base that nothing imported yet: "
-                   "\"Can't get attribute 'Pricer[caching,metrics]' on onex_compose._composed\"")
 def test_a_composed_class_with_a_user_base_unpickles_in_a_fresh_interpreter(tmp_path: Path) -> None:
     (tmp_path / "review_user_base.py").write_text(textwrap.dedent("""
         from onex_compose import NodeCompute
