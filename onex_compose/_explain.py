@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from onex_compose._build import Composition
+from onex_compose._build import COMPOSED_MODULE, Composition
 
 __all__ = ["Explanation", "explain"]
 
@@ -119,7 +119,8 @@ def explain(obj_or_cls: Any) -> Explanation:
     if comp.style == "hand-written":  # show the node base the mixins were added to
         base = next((b for b in cls.__bases__ if "__onex_capability__" not in vars(b)), base)
     data = {
-        "class": cls.__qualname__,
+        # a composed class's qualname carries @module/~registry for pickling; show the readable name
+        "class": cls.__name__ if cls.__module__ == COMPOSED_MODULE else cls.__qualname__,
         "base": base.__qualname__,
         "style": comp.style,
         "order": list(comp.capabilities),

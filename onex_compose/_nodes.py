@@ -392,7 +392,9 @@ class NodeCoreBase:
             setattr(self, key, value)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__qualname__} node_id={getattr(self, 'node_id', None)!r}>"
+        cls = type(self)
+        name = cls.__name__ if cls.__module__ == COMPOSED_MODULE else cls.__qualname__
+        return f"<{name} node_id={getattr(self, 'node_id', None)!r}>"
 
 
 def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | None) -> Any:

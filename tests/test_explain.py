@@ -34,7 +34,7 @@ def test_text_lists_capabilities_in_order_with_why() -> None:
     text = str(explain(cls))
     lines = text.splitlines()
     assert cls.__name__ == "NodeCompute[caching,health_check,metrics,retry]"
-    assert lines[0] == f"{cls.__qualname__} (composed, base NodeCompute)"
+    assert lines[0] == f"{cls.__name__} (composed, base NodeCompute)"
     assert lines[1] == "capabilities (in order):"
     assert lines[2] == "  1. metrics: required by caching, health_check, retry"
     assert lines[3] == "  2. health_check: required by retry"
@@ -50,7 +50,7 @@ def test_dict_form_and_json_agree() -> None:
     report = explain(cls)
     data = report.to_dict()
     assert json.loads(report.to_json()) == data
-    assert data["class"] == cls.__qualname__
+    assert data["class"] == cls.__name__
     assert data["base"] == "NodeCompute" and data["style"] == "composed"
     assert data["order"] == ["metrics", "health_check", "caching", "retry"]
     assert data["capabilities"][0] == {
@@ -75,7 +75,7 @@ def test_dot_is_well_formed_and_has_every_dependency_edge() -> None:
     cls = _service()
     dot = explain(cls).to_dot()
     lines = dot.splitlines()
-    assert lines[0] == f'digraph "{cls.__qualname__}" {{'
+    assert lines[0] == f'digraph "{cls.__name__}" {{'
     assert lines[1] == "  rankdir=LR;" and lines[-1] == "}" and dot.endswith("}\n")
     edges = set()
     for line in lines[2:-1]:
@@ -143,7 +143,7 @@ def test_instance_report_names_config_sources() -> None:
 def test_repr_names_class_and_capabilities() -> None:
     cls = _service()
     assert repr(explain(cls)) == (
-        f"<Explanation of {cls.__qualname__}: metrics, health_check, caching, retry>")
+        f"<Explanation of {cls.__name__}: metrics, health_check, caching, retry>")
 
 
 @pytest.mark.parametrize("thing", [object, object(), int, "caching"])
