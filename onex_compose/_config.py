@@ -8,12 +8,14 @@ sees them, and the source of each value is recorded for ``explain()``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from onex_compose.exceptions import ConfigurationError, did_you_mean
 
-__all__ = ["check_contract", "coerce_config", "contract_capabilities", "contract_config"]
+__all__ = ["check_contract", "coerce_config", "contract_capabilities", "contract_config",
+           "overlay_config"]
 
 _SCALARS = (str, bytes, int, float, bool)
 
@@ -67,8 +69,16 @@ def _format_pydantic(exc: Any, model: Any) -> list[str]:
             lines.append(f"{loc}: unknown key{did_you_mean(key, fields)}; known keys: "
                          f"{', '.join(fields)}")
         else:
-            lines.append(f"{loc}: {err.get('msg')} (got {err.get('input')!r})")
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            if err.get("type") == "value_error" or _SENSITIVE.search(loc):
+                lines.append(f"{loc}: {msg}")  # the validator's own words; the raw value may hold a secret
+            else:
+                shown = repr(err.get("input"))
+                lines.append(f"{loc}: {msg} (got {shown[:80] + '...' if len(shown) > 80 else shown})")
     return lines
+
+
+_SENSITIVE = re.compile(r"(?i)pass|secret|token|key|url|dsn|auth|cred")
 
 
 def coerce_config(model: Any, value: Any, capability: str) -> Any:
@@ -155,3 +165,26 @@ def contract_config(contract: Any, name: str, key: str) -> tuple[Any, str] | Non
         if value is not None:
             return value, f"contract.{field}"
     return None
+
+
+def overlay_config(model: Any, base: Any, overrides: Any, capability: str) -> Any:
+    """``overrides`` laid key by key over ``base`` (the contract's configuration), validated.
+
+    Both may be models or mappings; a field the override leaves out keeps the contract's value.
+    """
+    from pydantic import BaseModel
+
+    def as_dict(value: Any) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if isinstance(value, BaseModel):
+            return value.model_dump(exclude_unset=True)
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise ConfigurationError(
+            f"Configuration for {capability!r} must be a mapping or a model, got "
+            f"{type(value).__name__}.", capability=capability)
+
+    if model is None:
+        return {**as_dict(base), **as_dict(overrides)}
+    return coerce_config(model, {**as_dict(base), **as_dict(overrides)}, capability)

@@ -32,6 +32,7 @@ from onex_compose._config import (
     coerce_config,
     contract_capabilities,
     contract_config,
+    overlay_config,
 )
 from onex_compose._facility import facilities_of
 from onex_compose._node_types import EnumNodeType
@@ -443,11 +444,20 @@ def _configs(cls: type, plan: _Plan, contract: Any,
     configs: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, spec in plan.specs.items():
-        if name in explicit:
-            configs[name] = coerce_config(spec.config_model, explicit[name], name)
-            sources[name] = _describe_source("capability_config", configs[name])
-            continue
         found = contract_config(contract, name, spec.config_key)
+        if name in explicit:
+            if found is None:
+                configs[name] = coerce_config(spec.config_model, explicit[name], name)
+                sources[name] = _describe_source("capability_config", configs[name])
+                continue
+            # explicit values win field by field; the contract's other fields stay
+            configs[name] = overlay_config(spec.config_model, found[0], explicit[name], name)
+            override = coerce_config(spec.config_model, explicit[name], name)
+            from_contract = coerce_config(spec.config_model, found[0], name)
+            sources[name] = _describe_sources(configs[name], [
+                ("capability_config", getattr(override, "model_fields_set", set())),
+                (found[1], getattr(from_contract, "model_fields_set", set()))])
+            continue
         if found is not None:
             configs[name] = coerce_config(spec.config_model, found[0], name)
             sources[name] = _describe_source(found[1], configs[name])
@@ -455,6 +465,22 @@ def _configs(cls: type, plan: _Plan, contract: Any,
             configs[name] = plan.defaults[name]
             sources[name] = "defaults"
     return configs, sources
+
+
+def _describe_sources(config: Any, layers: list[tuple[str, set[str]]]) -> str:
+    """Field sources of a layered configuration: the first layer that set a field wins."""
+    fields = list(getattr(type(config), "model_fields", {}))
+    taken: set[str] = set()
+    parts = []
+    for source, fields_set in layers:
+        mine = [f for f in fields if f in fields_set and f not in taken]
+        taken.update(mine)
+        if mine:
+            parts.append(f"{source} ({', '.join(mine)})")
+    rest = [f for f in fields if f not in taken]
+    if rest:
+        parts.append(f"defaults ({', '.join(rest)})")
+    return "; ".join(parts)
 
 
 def _describe_source(source: str, config: Any) -> str:

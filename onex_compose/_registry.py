@@ -568,6 +568,14 @@ class Registry:
             pass
         if not isinstance(name, str):
             raise UnknownCapabilityError(repr(name), self.names())
+        targets = self._aliases.get(name)
+        if targets is not None and len(targets) == 1:
+            return self.get(targets[0])  # a single-target alias names that capability
+        if targets is not None:
+            raise UnknownCapabilityError(
+                name, self.names(),
+                what=f"capability ({name!r} is a bundle of {list(targets)}; get() one of them or "
+                "use expand())")
         self._scan_entry_points()
         try:
             return self._specs[name]

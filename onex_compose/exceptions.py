@@ -55,7 +55,10 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
         >>> did_you_mean("cachng", ["caching", "metrics"])
         " (did you mean 'caching'?)"
     """
-    match = get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    if not isinstance(word, str):
+        return ""
+    match = get_close_matches(word, [c for c in candidates if isinstance(c, str)], n=1,
+                              cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 

@@ -340,3 +340,23 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
     assert asyncio.run(lifecycle(4)) == 8
     assert asyncio.run(lifecycle(5)) == 10  # started, closed and started again on a new loop
     assert asyncio.run(use(6)) == (12, 6, True)
+
+
+def test_capability_config_overlays_the_contract_field_by_field() -> None:
+    contract = {"subcontracts": {"store": {"size": 5, "label": "from-contract"}}}
+    node = Service(contract, capability_config={"store": {"size": 7}})
+    assert node.store == {"size": 7, "label": "from-contract"}
+    sources = {c["name"]: c["config_source"] for c in explain(node).to_dict()["capabilities"]}
+    assert sources["store"] == "capability_config (size); contract subcontracts['store'] (label)"
+
+
+def test_invalid_values_never_echo_a_secret() -> None:
+    from onex_compose._config import coerce_config
+
+    class UrlConfig(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        redis_url: int = 0
+
+    with pytest.raises(ConfigurationError) as info:
+        coerce_config(UrlConfig, {"redis_url": "redis://user:hunter2@host"}, "x")
+    assert "hunter2" not in str(info.value) and "redis_url" in str(info.value)

@@ -532,3 +532,11 @@ def test_registering_something_that_is_not_a_mixin_class_says_so() -> None:
         reg.register(3)  # type: ignore[call-overload]
     with pytest.raises(RegistrationError, match="class"):
         reg.capability("fn")(lambda self: None)  # type: ignore[type-var]
+
+
+def test_get_follows_a_single_target_alias_and_explains_a_bundle() -> None:
+    from onex_compose import default_registry
+
+    assert default_registry.get("health_monitoring").name == "health_check"
+    with pytest.raises(UnknownCapabilityError, match="bundle"):
+        default_registry.get("fault_tolerance")
