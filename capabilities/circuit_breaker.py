@@ -1650,7 +1650,7 @@ class MixinCircuitBreaker:
         """Build the breakers from config; register the health check and the event publisher."""
         cfg = coerce_config(CircuitBreakerConfig, config, "circuit_breaker")
         node = cast(Any, self)
-        old = node.__dict__.get("circuit_breaker")
+        old = getattr(node, "circuit_breaker", None)
         breakers = CircuitBreakers(cfg, metrics=node.metrics,
                                    clock=old.clock if isinstance(old, CircuitBreakers) else None)
         node.circuit_breaker = breakers
@@ -1671,7 +1671,7 @@ class MixinCircuitBreaker:
 
     async def close_circuit_breaker(self) -> None:
         """Wait for pending state-change events."""
-        breakers = cast(Any, self).__dict__.get("circuit_breaker")
+        breakers = getattr(self, "circuit_breaker", None)
         if isinstance(breakers, CircuitBreakers):
             await breakers.drain()
 

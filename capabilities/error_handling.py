@@ -250,6 +250,10 @@ _SUGGESTIONS = {
 }
 
 
+#: ``error_handling_duration_ms`` buckets, as ``mixin_error_handling.yaml`` declares them
+DURATION_BUCKETS_MS = (1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0)
+
+
 class ErrorHandler:
     """Seed 002's error-handling actions for one node (the ``self.error_handling`` facility).
 
@@ -689,8 +693,11 @@ class MixinErrorHandling:
         """Build the handler (reconfiguring keeps an injected clock and sleep)."""
         cfg = coerce_config(ModelErrorHandlingSubcontract, config, "error_handling")
         node = cast(Any, self)
-        old = node.__dict__.get("error_handling")
+        old = getattr(node, "error_handling", None)
         metrics = node.metrics if has_capability(self, "metrics") else None
+        if metrics is not None and hasattr(metrics, "declare_buckets"):
+            # the contract's buckets are milliseconds; the node's default buckets are seconds
+            metrics.declare_buckets("error_handling_duration_ms", DURATION_BUCKETS_MS)
         handler = ErrorHandler(cfg, node=self, metrics=metrics)
         if isinstance(old, ErrorHandler):
             handler.clock, handler.sleep = old.clock, old.sleep

@@ -297,8 +297,8 @@ class Metrics:
         hits_total 5.0
     """
 
-    __slots__ = ("_counters", "_gauges", "_histograms", "_lock", "_registry", "_schema",
-                 "_taken", "clock", "config")
+    __slots__ = ("_bounds", "_counters", "_gauges", "_histograms", "_lock", "_registry",
+                 "_schema", "_taken", "clock", "config")
 
     def __init__(self, config: MetricsConfig | None = None, *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -312,6 +312,8 @@ class Metrics:
             self._counters: dict[Any, list[Any]] = {}
             self._gauges: dict[Any, list[Any]] = {}
             self._histograms: dict[Any, _Hist] = {}
+            if not hasattr(self, "_bounds"):  # declared buckets survive a reconfiguration
+                self._bounds: dict[str, tuple[float, ...]] = {}
             self._schema: dict[str, _Schema] = {}
             self._taken: dict[str, str] = {}
             self._registry: Any = None
@@ -428,6 +430,30 @@ class Metrics:
                         histograms[key] = _hist_dict(cell)
         return {"counters": counters, "gauges": gauges, "histograms": histograms}
 
+    def declare_buckets(self, name: str, buckets: Any) -> None:
+        """Give histogram ``name`` its own bucket bounds (in its own unit, e.g. milliseconds).
+
+        Must come before the first observation of ``name``; the config's ``buckets`` (seconds,
+        for timers) apply to every other histogram.
+
+        Raises:
+            MetricsError: bounds that are not finite and strictly increasing, or ``name``
+                already observed with other bounds.
+        """
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or any(b != b or b in (float("inf"), float("-inf")) for b in bounds) or any(
+                a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise MetricsError(f"buckets for {name!r} must be finite and strictly increasing, got "
+                               f"{list(buckets)!r}", metric=name)
+        with self._lock:
+            current = self._bounds.get(name)
+            if current == bounds:
+                return
+            if name in self._schema:
+                raise MetricsError(f"histogram {name!r} was already observed; declare its buckets "
+                                   "before the first observation", metric=name)
+            self._bounds[name] = bounds
+
     def reset(self) -> None:
         """Clear every local value (definitions stay; mirrored Prometheus metrics keep theirs).
 
@@ -525,7 +551,7 @@ class Metrics:
             return [0, 0, None]
         if schema.kind == "gauge":
             return [0, None]
-        return _Hist(tuple(self.config.buckets))
+        return _Hist(self._bounds.get(schema.name) or tuple(self.config.buckets))
 
     def _define(self, name: Any, kind: str, labelnames: tuple[str, ...], call: str) -> _Schema:
         schema = self._schema.get(name) if isinstance(name, str) else None
@@ -623,7 +649,7 @@ class _MirroredMetrics(Metrics):
             return [0, 0, child]
         if schema.kind == "gauge":
             return [0, child]
-        return _MirroredHist(tuple(self.config.buckets), child)
+        return _MirroredHist(self._bounds.get(schema.name) or tuple(self.config.buckets), child)
 
     def _define_backend(self, schema: _Schema) -> None:
         import prometheus_client as prom
@@ -635,8 +661,9 @@ class _MirroredMetrics(Metrics):
         elif schema.kind == "gauge":
             schema.prom = prom.Gauge(schema.exported, doc, **kwargs)
         else:
-            schema.prom = prom.Histogram(schema.exported, doc,
-                                         buckets=tuple(self.config.buckets), **kwargs)
+            schema.prom = prom.Histogram(
+                schema.exported, doc,
+                buckets=self._bounds.get(schema.name) or tuple(self.config.buckets), **kwargs)
 
 
 class _LocalCollector:

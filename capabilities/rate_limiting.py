@@ -710,7 +710,7 @@ class MixinRateLimiting:
         """Build the limiter from config (reconfiguring keeps an injected clock and sleep)."""
         cfg = coerce_config(RateLimitingConfig, config, "rate_limiting")
         node = cast(Any, self)
-        old = node.__dict__.get("rate_limiter")
+        old = getattr(node, "rate_limiter", None)
         limiter = RateLimiter(cfg, metrics=node.metrics)
         if isinstance(old, RateLimiter):
             if old._injected:

@@ -541,3 +541,19 @@ def test_an_exception_class_that_cannot_be_instantiated_bare_is_named():
     with pytest.raises(TypeError, match="cannot make an instance of .*Picky.*pass the exception"):
         ErrorHandler().should_retry(Picky, 1)
     assert ErrorHandler().should_retry(Picky(3), 1).error_category == "unknown"
+
+
+def test_duration_histogram_uses_the_contracts_millisecond_buckets() -> None:
+    import yaml
+
+    from onex_compose.capabilities import CONTRACTS_DIR
+    from onex_compose.capabilities.error_handling import DURATION_BUCKETS_MS
+
+    contract = yaml.safe_load((CONTRACTS_DIR / "mixin_error_handling.yaml").read_text())
+    declared = next(m for m in contract["metrics"] if m["name"] == "error_handling_duration_ms")
+    assert tuple(float(b) for b in declared["buckets"]) == DURATION_BUCKETS_MS
+    node = compose(NodeCompute, ["error_handling", "metrics"])()
+    node.error_handling.handle_error(ConnectionError("x"))
+    hist = next(v for k, v in node.metrics.snapshot()["histograms"].items()
+                if k.startswith("error_handling_duration_ms"))
+    assert list(hist["buckets"])[:-1] == [repr(b) for b in DURATION_BUCKETS_MS]
