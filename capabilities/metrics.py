@@ -441,8 +441,8 @@ class Metrics:
                 already observed with other bounds.
         """
         bounds = tuple(float(b) for b in buckets)
-        if not bounds or any(b != b or b in (float("inf"), float("-inf")) for b in bounds) or any(
-                a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+        if not bounds or not all(math.isfinite(b) for b in bounds) or any(
+                a >= b for a, b in itertools.pairwise(bounds)):
             raise MetricsError(f"buckets for {name!r} must be finite and strictly increasing, got "
                                f"{list(buckets)!r}", metric=name)
         with self._lock:
