@@ -602,3 +602,19 @@ def test_without_prometheus_client_the_errors_say_how_to_install_it(monkeypatch)
     with pytest.raises(ModuleNotFoundError, match=r"exposition\(\) needs prometheus_client.*"
                                                   r"pip install 'onex-compose\[prometheus\]'"):
         node.metrics.exposition()  # ... exposition does, and says so
+
+
+def test_declared_buckets_apply_to_one_histogram_and_are_checked() -> None:
+    from onex_compose.capabilities.metrics import Metrics, MetricsError
+
+    m = Metrics()
+    m.declare_buckets("latency_ms", [1, 10, 100])
+    m.histogram("latency_ms", 50)
+    m.histogram("other_seconds", 0.2)
+    snap = m.snapshot()["histograms"]
+    assert list(snap["latency_ms"]["buckets"]) == ["1.0", "10.0", "100.0", "+Inf"]
+    assert "0.005" in snap["other_seconds"]["buckets"]  # the config's default (seconds)
+    with pytest.raises(MetricsError, match="strictly increasing"):
+        m.declare_buckets("x", [5, 1])
+    with pytest.raises(MetricsError, match="already observed"):
+        m.declare_buckets("latency_ms", [2, 20])
