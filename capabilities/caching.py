@@ -182,7 +182,9 @@ class CachingConfig(BaseModel):
         description="cap on an L1 entry's lifetime when an L2 is configured (bounded staleness)")
     serializer: str = Field(
         default="pickle",
-        description="L2 value encoding: 'pickle', 'json', or 'module:object' with dumps/loads")
+        description="L2 value encoding: 'pickle', 'json', or 'module:object' with dumps/loads. "
+                    "pickle runs code from the data it loads: use it only with a Redis that only "
+                    "trusted processes can write to, else choose 'json'")
     redis_timeout: float = Field(default=1.0, gt=0, description="Redis connect/command timeout")
     retry_interval: float = Field(
         default=1.0, ge=0, description="after an L2 failure, seconds to serve from L1 only")
