@@ -27,6 +27,7 @@ from onex_compose._nodes import (
     NodeEffect,
     NodeOrchestrator,
     NodeReducer,
+    NodeService,
 )
 from onex_compose._registry import CapabilitySpec, Registry, capability, default_registry
 from onex_compose._resolve import Options
@@ -126,6 +127,7 @@ __all__ = [
     "NodeOrchestratorService",
     "NodeReducer",
     "NodeReducerService",
+    "NodeService",
     "NotApplicableError",
     "OnexError",
     "Options",

@@ -72,6 +72,20 @@ class Explanation:
         return f"<Explanation of {self.data['class']}: {names}>"
 
 
+def _how_listed(cls: type, comp: Composition, name: str) -> str:
+    """``listed in the class's bases`` or ``inherited from <the base that brought it>``."""
+    try:
+        mixin = comp.spec(name).mixin
+    except KeyError:
+        return "listed in the class's bases"
+    for base in cls.__bases__:
+        if base is mixin:
+            return "listed in the class's bases"
+        if issubclass(base, mixin):
+            return f"inherited from {base.__qualname__}"
+    return "listed in the class's bases"
+
+
 def explain(obj_or_cls: Any) -> Explanation:
     """Explain a composed or hand-written node class (or an instance of one).
 
@@ -105,7 +119,7 @@ def explain(obj_or_cls: Any) -> Explanation:
         elif by:
             why = f"required by {', '.join(by)}"
         elif comp.style == "hand-written":
-            why = "listed in the class's bases"
+            why = _how_listed(cls, comp, name)
         else:
             why = "requested"
         entry: dict[str, Any] = {"name": name, "why": why, "required_by": list(by)}

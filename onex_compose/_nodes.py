@@ -47,6 +47,7 @@ __all__ = [
     "NodeEffect",
     "NodeOrchestrator",
     "NodeReducer",
+    "NodeService",
 ]
 
 _ids = itertools.count(1)
@@ -495,6 +496,10 @@ def _describe_source(source: str, config: Any) -> str:
     if rest:
         parts.append(f"defaults ({', '.join(rest)})")
     return "; ".join(parts)
+
+
+NodeService = NodeCoreBase
+"""Seed 000's name for the base of every node service (``Type[NodeService]``)."""
 
 
 class NodeCompute(NodeCoreBase):

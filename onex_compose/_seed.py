@@ -21,6 +21,16 @@ __all__ = ["MixinDependencyResolver", "create_service_with_capabilities"]
 B = TypeVar("B", bound=type)
 
 
+class _DependencyGraph:
+    """Seed 000 reads ``dependency_graph`` as a plain dict, on the class or an instance: each
+    registered mixin class and the mixin classes it requires (imports every capability)."""
+
+    def __get__(self, obj: Any, objtype: Any = None) -> dict[type, list[type]]:
+        registry = obj.registry if obj is not None else default_registry
+        return {spec.mixin: [registry.get(d).mixin for d in sorted(spec.requires)]
+                for spec in registry}
+
+
 class MixinDependencyResolver:
     """Resolves mixin dependencies and ensures proper initialization order (seed 000).
 
@@ -37,13 +47,7 @@ class MixinDependencyResolver:
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else default_registry
 
-    @property
-    def dependency_graph(self) -> dict[type, list[type]]:
-        """Each registered mixin class and the mixin classes it requires (imports every capability)."""
-        graph: dict[type, list[type]] = {}
-        for spec in self.registry:
-            graph[spec.mixin] = [self.registry.get(d).mixin for d in sorted(spec.requires)]
-        return graph
+    dependency_graph: dict[type, list[type]] = _DependencyGraph()  # type: ignore[assignment]
 
     def _name_of(self, mixin: Any) -> str:
         if isinstance(mixin, str):

@@ -20,8 +20,15 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-def __dir__() -> list[str]:
+def _mixin_names() -> list[str]:
     from onex_compose._registry import default_registry
 
-    return sorted("Mixin" + "".join(p.capitalize() for p in s.name.split("_"))
-                  for s in default_registry)
+    return sorted(s.mixin_ref.rpartition(":")[2] for s in default_registry)
+
+
+def __dir__() -> list[str]:
+    return _mixin_names()
+
+
+#: every registered capability's mixin (read from the manifest; nothing is imported until used)
+__all__ = _mixin_names()

@@ -11,6 +11,7 @@ from onex_compose._nodes import (
     NodeEffect,
     NodeOrchestrator,
     NodeReducer,
+    NodeService,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "NodeOrchestratorService",
     "NodeReducer",
     "NodeReducerService",
+    "NodeService",
 ]
 
 

@@ -288,3 +288,19 @@ def test_seed_apis_given_one_string_say_to_pass_a_list() -> None:
         create_service_with_capabilities(NodeCompute, mock_contract, "caching")
     with pytest.raises(ConfigurationError, match="string 'caching'"):
         MixinDependencyResolver().resolve_dependencies("caching")
+
+
+def test_seed_names_that_the_snippets_assume() -> None:
+    """`Type[NodeService]`, `MixinDependencyResolver.dependency_graph` read on the class, and
+    `from onex_compose.mixin import *`."""
+    import onex_compose.mixin as mixin_module
+    from onex_compose import NodeCoreBase, NodeService
+
+    assert NodeService is NodeCoreBase
+    graph = MixinDependencyResolver.dependency_graph
+    assert graph[MixinCaching] == [MixinMetrics]
+    namespace: dict = {}
+    exec("from onex_compose.mixin import *", namespace)
+    assert "MixinRetry" in namespace and set(mixin_module.__all__) <= set(namespace)
+    text = str(explain(type("S", (NodeComputeService, MixinCaching), {})))
+    assert "node_service: inherited from NodeComputeService" in text
