@@ -31,6 +31,7 @@ __all__ = [
     "PubSubListener",
     "async_client",
     "check_redis_url",
+    "check_serializer",
     "connection_errors",
     "load_codec",
     "redis_url",
@@ -45,6 +46,15 @@ _sync_clients: dict[Any, Any] = {}
 
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+
+def check_serializer(value: str) -> str:
+    """Validate a ``serializer`` config value: ``pickle``, ``json`` or ``module:object``."""
+    if value in ("pickle", "json") or (":" in value and all(value.split(":", 1))):
+        return value
+    raise ValueError(
+        f"serializer must be 'pickle', 'json' or 'module:object' (an object with dumps() and "
+        f"loads()), got {value!r}")
 
 
 def check_redis_url(value: str | None) -> str | None:

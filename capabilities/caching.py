@@ -104,7 +104,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import check_redis_url, load_codec, require_client
+from onex_compose.capabilities._redis import check_redis_url, check_serializer, load_codec, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -195,11 +195,7 @@ class CachingConfig(BaseModel):
     @field_validator("serializer")
     @classmethod
     def _check_serializer(cls, value: str) -> str:
-        if value in ("pickle", "json") or (":" in value and all(value.split(":", 1))):
-            return value
-        raise ValueError(
-            f"serializer must be 'pickle', 'json' or 'module:object' (an object with dumps() "
-            f"and loads()), got {value!r}")
+        return check_serializer(value)
 
     @field_validator("redis_url")
     @classmethod
