@@ -355,24 +355,27 @@ def _resolution_members(res: Resolution, opts: Options) -> dict[str, Any]:
 def _precheck_layout(base: type, specs: Sequence[CapabilitySpec], bases: tuple[type, ...],
                      names: Sequence[str]) -> None:
     """Report layout problems by capability before ``type()`` runs (a mixin inheriting another
-    selected mixin, or a base that already inherits one under another name)."""
-    mixins = [(s, s.mixin) for s in specs]
-    for spec, mixin in mixins:
-        for other, other_mixin in mixins:
-            if other is not spec and issubclass(mixin, other_mixin):
+    selected mixin, or a base that already inherits one under another name).
+
+    Metaclasses and ``__slots__`` of every mixin were checked at registration (plain ``type``,
+    empty slots, no built-in layout), so only the base can bring a metaclass, and every mixin
+    is compatible with it.
+    """
+    owner = {s.mixin: s for s in specs}
+    for spec in specs:
+        for klass in spec.mixin.__mro__[1:-1]:
+            other = owner.get(klass)
+            if other is not None:
                 raise MROError(
                     base, list(names), bases,
                     f"{spec.mixin.__qualname__} ({spec.name!r}) already subclasses "
-                    f"{other.mixin.__qualname__} ({other.name!r}), so the two cannot both be listed "
+                    f"{klass.__qualname__} ({other.name!r}), so the two cannot both be listed "
                     f"as bases; make {spec.name!r} a separate mixin that requires {other.name!r} "
                     "instead of inheriting from its mixin")
-    if specs and issubclass(base, tuple(m for _, m in mixins)):
-        already = [s.name for s, m in mixins if issubclass(base, m)]
+    already = [s.name for k, s in owner.items() if k in base.__mro__]
+    if already:
         raise MROError(base, list(names), bases,
                        f"the base already inherits the mixin of {already} under another name")
-    # metaclasses and __slots__ of every mixin were checked at registration (check_mixin: plain
-    # ``type``, empty slots, no built-in layout), so only the base can bring a metaclass here,
-    # and every mixin is compatible with it
 
 
 def _check_mro(cls: type, base: type, mixins: Sequence[type], names: Sequence[str]) -> None:

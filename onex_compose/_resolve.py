@@ -264,7 +264,7 @@ def _graph(selected: Mapping[str, CapabilitySpec]) -> Any:
             edge(name, later, f"{name} before {later}")
         for earlier in spec.after:
             edge(earlier, name, f"{name} after {earlier}")
-    graph = nx.DiGraph()
+    graph = nx.DiGraph(constraints=edges)  # the labels, also kept whole for Resolution.edges
     graph.add_nodes_from(selected)
     graph.add_edges_from((a, b, {"constraint": why}) for (a, b), why in edges.items())
     return graph
@@ -511,7 +511,7 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
             for other in order:
                 if protocol_key(proto) in selected[other].provides:
                     required_by[other].append(spec.name)
-    edges = tuple(sorted((a, b, d["constraint"]) for a, b, d in graph.edges(data=True)))
+    edges = tuple(sorted((a, b, why) for (a, b), why in graph.graph["constraints"].items()))
     return Resolution(
         specs=tuple(specs),
         excluded=frozenset(hit),
