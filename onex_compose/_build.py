@@ -200,9 +200,7 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
 
 
 def _check_request(base: Any, capabilities: Any) -> list[str]:
-    from onex_compose._nodes import NodeCoreBase  # cold path only
-
-    if not isinstance(base, type) or not issubclass(base, NodeCoreBase):
+    if not isinstance(base, type) or not issubclass(base, _node_base()):
         raise ConfigurationError(
             "compose() takes a node class as its base (a NodeCoreBase subclass: NodeCompute, "
             "NodeEffect, NodeReducer, NodeOrchestrator, a *Service class, or a subclass of one), "
@@ -218,6 +216,18 @@ def _check_request(base: Any, capabilities: Any) -> list[str]:
         raise ConfigurationError(
             f"compose() takes a list of capability names, got {capabilities!r}.") from None
     return names
+
+
+def _node_base() -> type:
+    global _NODE_BASE
+    if _NODE_BASE is None:
+        from onex_compose._nodes import NodeCoreBase  # _nodes imports this module
+
+        _NODE_BASE = NodeCoreBase
+    return _NODE_BASE
+
+
+_NODE_BASE: type | None = None
 
 
 def node_type_of(base: type) -> str | None:

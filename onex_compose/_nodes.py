@@ -183,19 +183,22 @@ def _install_fast_init(cls: type, plan: _Plan) -> None:
 def _check_facility_shadowing(cls: type, comp: Composition, plan: _Plan) -> None:
     """A class member named like a capability's facility would be hidden by the facility the
     node sets on every instance: report it when the class is created, not at the first call."""
-    for name in plan.facilities:
-        for klass in cls.__mro__:
-            if name in vars(klass):
-                if "__onex_capability__" in vars(klass):
-                    break
-                owner = next((s.name for s in comp.specs if name in facilities_of(s.mixin)), "?")
-                from onex_compose.exceptions import CapabilityConflictError
+    if not plan.facilities:
+        return
+    for klass in cls.__mro__[:-1]:
+        if "__onex_capability__" in vars(klass):
+            continue
+        clash = plan.facilities.intersection(vars(klass))
+        if clash:
+            name = min(clash)
+            owner = next((s.name for s in comp.specs if name in facilities_of(s.mixin)), "?")
+            from onex_compose.exceptions import CapabilityConflictError
 
-                raise CapabilityConflictError(
-                    owner, klass.__qualname__, kind="base-member", member=name,
-                    hint=f"{klass.__qualname__} defines {name!r}, but capability {owner!r} sets "
-                    f"{name!r} on every instance (its facility), which would hide it; rename the "
-                    "member")
+            raise CapabilityConflictError(
+                owner, klass.__qualname__, kind="base-member", member=name,
+                hint=f"{klass.__qualname__} defines {name!r}, but capability {owner!r} sets "
+                f"{name!r} on every instance (its facility), which would hide it; rename the "
+                "member")
 
 
 class _NodeId:

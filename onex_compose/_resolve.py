@@ -12,8 +12,10 @@ Steps, each collecting every problem rather than stopping at the first:
 3. a ``networkx.DiGraph`` with an edge ``dependency -> dependent`` for every ``requires``,
    present ``optional`` dependency, ``before`` and ``after``, each edge labelled with the
    constraint that made it; a cycle is a :class:`DependencyCycleError` naming the loop;
-4. the order: ``lexicographical_topological_sort`` keyed by (rank, name), so it depends only on
-   the resolved set, never on the order or repetitions of the request;
+4. the order: the (rank, name)-smallest topological order of that graph (what networkx's
+   ``lexicographical_topological_sort`` computes; :func:`topological_order` does it at a third
+   of the cost), so it depends only on the resolved set, never on the request's order or
+   repetitions; on a cycle ``networkx.find_cycle`` names the loop;
 5. applicability to the base's node type, and conflicts (declared pairs, two providers of one
    protocol, two mixins or a mixin and the base defining the same public name), unless settled
    by ``prefer=``, ``exclude=`` or ``alias=``.
@@ -448,6 +450,31 @@ def _where(obj: type, member: str | None = None) -> str:
         return obj.__module__
 
 
+def topological_order(graph: Any, keys: Mapping[str, tuple[int, str]]) -> list[str] | None:
+    """The (rank, name)-smallest topological order of a networkx DiGraph, or ``None`` on a cycle.
+
+    Kahn's algorithm with a heap over the graph's own adjacency (``graph.succ``/``in_degree``):
+    the same order ``networkx.lexicographical_topological_sort(graph, key=...)`` gives (a
+    property test compares the two), at about a third of its cost on the small graphs a
+    composition has, since cold compose time is a benchmarked budget.
+    """
+    import heapq
+
+    indegree = dict(graph.in_degree())
+    ready = [keys[n] for n, d in indegree.items() if d == 0]
+    heapq.heapify(ready)
+    succ = graph.succ
+    order: list[str] = []
+    while ready:
+        _, node = heapq.heappop(ready)
+        order.append(node)
+        for nxt in succ[node]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                heapq.heappush(ready, keys[nxt])
+    return order if len(order) == len(indegree) else None
+
+
 def resolve(registry: Registry, base: type, requested: Iterable[str],
             options: Options = Options(), *, node_type: str | None = None,
             fixed: Iterable[CapabilitySpec] = (), skip: type | None = None) -> Resolution:
@@ -474,11 +501,8 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
     hit: set[str] = set()
     selected = closure(registry, requested, options, problems, fixed, hit)
     graph = _graph(selected)
-    order: list[str] = []
-    try:
-        order = list(nx.lexicographical_topological_sort(
-            graph, key=lambda n: (selected[n].rank, n)))
-    except nx.NetworkXUnfeasible:
+    order = topological_order(graph, {n: (s.rank, n) for n, s in selected.items()})
+    if order is None:
         cycle_edges = nx.find_cycle(graph)
         cycle = [a for a, _ in cycle_edges] + [cycle_edges[0][0]]
         constraints = [graph.edges[a, b]["constraint"] for a, b in cycle_edges]

@@ -521,3 +521,28 @@ def test_negative_and_large_ranks_order_numerically() -> None:
     reg = _registry(a={"rank": -5}, b={"rank": -10}, c={"rank": 0}, d={"rank": 10**9},
                     e={"rank": 10**8 + 1})
     assert _resolve(reg, ["a", "b", "c", "d", "e"]) == ("b", "a", "c", "e", "d")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_topological_order_matches_networkx_lexicographic_sort(data: st.DataObject) -> None:
+    import networkx as nx
+
+    from onex_compose._resolve import topological_order
+
+    n = data.draw(st.integers(min_value=0, max_value=9))
+    nodes = [f"c{i}" for i in range(n)]
+    ranks = {v: data.draw(st.integers(min_value=-5, max_value=5)) for v in nodes}
+    graph = nx.DiGraph()
+    graph.add_nodes_from(nodes)
+    for i, a in enumerate(nodes):  # edges only forward: acyclic
+        for b in nodes[i + 1:]:
+            if data.draw(st.booleans()):
+                graph.add_edge(a, b)
+    keys = {v: (ranks[v], v) for v in nodes}
+    expected = list(nx.lexicographical_topological_sort(graph, key=lambda v: keys[v]))
+    assert topological_order(graph, keys) == expected
+    if len(nodes) >= 2:
+        graph.add_edge(nodes[-1], nodes[0])
+        if not nx.is_directed_acyclic_graph(graph):
+            assert topological_order(graph, keys) is None
