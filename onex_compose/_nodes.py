@@ -87,10 +87,12 @@ class _Plan:
             setup = hook_name(cls, spec, "setup")
             if setup:
                 setups.append((spec.name, getattr(cls, setup), default))
-            start = hook_name(cls, spec, "start")
+            # start/close are looked up on the instance when they run: the mixin's own
+            # definition is enough to know they exist
+            start = hook_name(None, spec, "start")
             if start:
                 starts.append((spec.name, start))
-            close = hook_name(cls, spec, "close")
+            close = hook_name(None, spec, "close")
             if close:
                 closes.append((spec.name, close))
         self.setups = tuple(setups)
@@ -98,21 +100,22 @@ class _Plan:
         self.starts = tuple(starts)
         self.closes = tuple(reversed(closes))
         self.close_of = dict(closes)
-        # in dependency order: a default facility may use the facilities of its dependencies
-        every = dict(facilities_of(cls))
+        # in dependency order: a default facility may use the facilities of its dependencies;
+        # then any the node classes themselves declare (most-derived wins, as in the MRO)
         ordered: dict[str, Any] = {}
         for spec in comp.specs:
-            for name in facilities_of(spec.mixin):
-                if name in every:
-                    ordered[name] = every[name]
-        ordered.update((n, b) for n, b in every.items() if n not in ordered)
+            ordered.update(facilities_of(spec.mixin))
+        for klass in reversed(cls.__mro__):
+            own = vars(klass).get("__onex_facilities__")
+            if own and "__onex_capability__" not in vars(klass):
+                ordered.update(own)
         self.facility_builders = tuple(ordered.items())
         self.facilities = frozenset(n for n, _ in self.facility_builders)
         self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
         self.default_fast = False
 
 
-def hook_name(cls: type, spec: Any, kind: str) -> str | None:
+def hook_name(cls: type | None, spec: Any, kind: str) -> str | None:
     """The name of a capability's ``setup``/``start``/``close`` hook on ``cls``, if it has one.
 
     Declared in the spec, or by convention ``<kind>_<capability>`` (``setup_caching``). Whether
@@ -127,7 +130,7 @@ def hook_name(cls: type, spec: Any, kind: str) -> str | None:
         if not callable(getattr(spec.mixin, name, None)):
             name = None
         spec._loaded[key] = name
-    if name is None or not callable(getattr(cls, name, None)):
+    if name is None or (cls is not None and not callable(getattr(cls, name, None))):
         return None
     return str(name)
 

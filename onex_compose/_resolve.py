@@ -205,13 +205,13 @@ def closure(registry: Registry, requested: Iterable[str], options: Options,
             problems.append(exc)
             continue
         selected[name] = spec
-        for dep in sorted(spec.requires):
+        for dep in _ordered(spec, "requires"):
             if dep in options.exclude:
                 excluded_but_required.setdefault(dep, name)
                 hit.add(dep)
             else:
                 stack.append(dep)
-        for proto in sorted(spec.requires_protocols):
+        for proto in _ordered(spec, "requires_protocols"):
             providers = registry.providers(proto)
             providers = [p for p in providers if p not in options.exclude]
             if not providers:
@@ -280,7 +280,7 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     # declared conflicts, reported once per pair
     seen: set[frozenset[str]] = set()
     for spec in specs:
-        for other in sorted(spec.conflicts & names):
+        for other in (sorted(spec.conflicts & names) if spec.conflicts else ()):
             pair = frozenset({spec.name, other})
             if pair not in seen:
                 seen.add(pair)
@@ -290,7 +290,7 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     # two providers of one protocol
     provided: dict[str, str] = {}
     for spec in specs:
-        for proto in sorted(spec.provides):
+        for proto in _ordered(spec, "provides"):
             if proto in provided:
                 first = provided[proto]
                 problems.append(CapabilityConflictError(
@@ -319,7 +319,7 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
     # position; a mixin may not take the base's own private names either
     private_owner: dict[str, str] = {}
     for spec in specs:
-        for member in sorted(private_names(spec.mixin)):
+        for member in _ordered(spec, "private"):
             if member in prefer:
                 continue
             first = private_owner.setdefault(member, spec.name)
@@ -374,10 +374,10 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                 others.append(base_owner[member].__qualname__)
             overrides[member] = tuple(others)
     # resolutions that refer to nothing
-    for cap in sorted(set(prefer.values())):
+    for cap in sorted(set(prefer.values())) if prefer else ():
         if cap not in names:
             problems.append(UnknownCapabilityError(cap, sorted(names), what="capability in prefer="))
-    for member, cap in sorted(prefer.items()):
+    for member, cap in sorted(prefer.items()) if prefer else ():
         if cap in names and member not in owners:
             problems.append(UnknownCapabilityError(
                 member, sorted(owners), what=f"public name in prefer= (for {cap!r})"))
@@ -390,6 +390,18 @@ def _conflicts(base: type, specs: list[CapabilitySpec], options: Options,
                 f"{cap}.{member}", sorted(f"{cap}.{m}" for m in public_names(by_name[cap].mixin)),
                 what="member in exclude=/alias="))
     return providers, overrides
+
+
+def _ordered(spec: CapabilitySpec, field: str) -> tuple[str, ...]:
+    """A spec's set-valued field (or its mixin's private names) as a sorted tuple, cached per
+    spec: iteration order fixes the order problems are reported in, at no cost per compose."""
+    key = f"sorted_{field}"
+    try:
+        return spec._loaded[key]  # type: ignore[no-any-return]
+    except KeyError:
+        values = private_names(spec.mixin) if field == "private" else getattr(spec, field)
+        result = spec._loaded[key] = tuple(sorted(values))
+        return result
 
 
 def _members(spec: CapabilitySpec) -> tuple[str, ...]:
