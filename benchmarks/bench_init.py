@@ -61,6 +61,47 @@ class HandWritten(NodeCompute, MixinToyHealthCheck, MixinToyMetrics, MixinToyCac
     __onex_registry__ = REG
 
 
+REAL_NAMES = ["metrics", "health_check", "caching", "event_bus", "retry", "circuit_breaker"]
+
+
+def real_flat_class() -> type:
+    """A hand-written class building the real capabilities' facilities directly, with the same
+    default configs and the same health-check registrations their setup hooks make."""
+    import itertools
+
+    from onex_compose.capabilities.caching import Cache, CachingConfig
+    from onex_compose.capabilities.circuit_breaker import CircuitBreakerConfig, CircuitBreakers
+    from onex_compose.capabilities.event_bus import EventBus, EventBusConfig
+    from onex_compose.capabilities.health_check import HealthCheckConfig, HealthMonitor
+    from onex_compose.capabilities.metrics import MetricsConfig, build_metrics
+    from onex_compose.capabilities.retry import RetryConfig, RetryPolicy, _RetryHealth
+
+    configs = (MetricsConfig(), HealthCheckConfig(), CachingConfig(), EventBusConfig(),
+               RetryConfig(), CircuitBreakerConfig())
+    ids = itertools.count()
+
+    class FlatReal:
+        def __init__(self) -> None:
+            m, h, c, e, r, b = configs
+            self.contract = None
+            self.node_id = node_id = f"FlatReal-{next(ids)}"
+            self.metrics = metrics = build_metrics(m)
+            self.health = health = HealthMonitor(h, metrics=metrics, node_id=node_id)
+            self.cache = Cache(c, metrics=metrics, owner=node_id, clock=None)
+            health.register(self.cache.health, name="cache")
+            self.event_bus = EventBus(e, metrics=metrics, source=node_id)
+            health.register(self.event_bus.health, name="event_bus")
+            self.retry_policy = RetryPolicy(r, metrics=metrics, name=f"{node_id}.retry")
+            health.register(_RetryHealth(self), name="retry", critical=False)
+            self.circuit_breaker = CircuitBreakers(b, metrics=metrics, clock=None)
+            health.register(self.circuit_breaker.health_check, name="circuit_breaker")
+
+        def register_health_check(self, *args: Any, **kwargs: Any) -> str:
+            return self.health.register(*args, **kwargs)  # type: ignore[no-any-return]
+
+    return FlatReal
+
+
 def main() -> None:
     args = parse_args()
     repeats = 2 if args.smoke else args.repeats
@@ -86,6 +127,16 @@ def main() -> None:
                            repeats=repeats)
     table.add("composed: cls(capability_config={2 capabilities})", configured, baseline=floor,
               note="validated by the Pydantic config models")
+    real = compose(NodeCompute, REAL_NAMES)
+    flat_real = real_flat_class()
+    assert {k for k in vars(real()) if not k.startswith("_onex")} - {"contract"} <= (
+        set(vars(flat_real())) | {"node_id"})
+    real_floor = time_sync(flat_real, number=number // 5, repeats=repeats)
+    table.add("flat class building the 6 real facilities directly", real_floor)
+    real_time = time_sync(real, number=number // 5, repeats=repeats)
+    table.add("composed NodeCompute + the 6 real capabilities: cls()", real_time,
+              baseline=real_floor, target="<= 1.3x",
+              note="metrics, health_check, caching, event_bus, retry, circuit_breaker")
     bare = time_sync(lambda: NodeCompute(), number=number, repeats=repeats)
     table.add("NodeCompute() with no capabilities", bare, baseline=floor,
               note="the base's own cost (init plan, bookkeeping)")
