@@ -78,41 +78,47 @@ class _Plan:
         self.specs = {s.name: s for s in comp.specs}
         self.names = comp.capabilities
         setups = []
-        defaults = []
+        defaults = {}
         starts, closes = [], []
-        for spec in comp.specs:
-            model = spec.config_model
-            default = _default_config(spec.name, model)
-            defaults.append((spec.name, default))
-            setup = hook_name(cls, spec, "setup")
-            if setup:
-                setups.append((spec.name, getattr(cls, setup), default))
-            # start/close are looked up on the instance when they run: the mixin's own
-            # definition is enough to know they exist
-            start = hook_name(None, spec, "start")
-            if start:
-                starts.append((spec.name, start))
-            close = hook_name(None, spec, "close")
-            if close:
-                closes.append((spec.name, close))
-        self.setups = tuple(setups)
-        self.defaults = dict(defaults)
-        self.starts = tuple(starts)
-        self.closes = tuple(reversed(closes))
-        self.close_of = dict(closes)
-        # in dependency order: a default facility may use the facilities of its dependencies;
-        # then any the node classes themselves declare (most-derived wins, as in the MRO)
         ordered: dict[str, Any] = {}
         for spec in comp.specs:
-            ordered.update(facilities_of(spec.mixin))
+            name, default, setup, start, close, facilities = _spec_entry(spec)
+            defaults[name] = default
+            if setup and callable(hook := getattr(cls, setup, None)):
+                setups.append((name, hook, default))  # the class's (a subclass may override it)
+            # start/close are looked up on the instance when they run
+            if start:
+                starts.append((name, start))
+            if close:
+                closes.append((name, close))
+            # in dependency order: a default facility may use its dependencies' facilities
+            ordered.update(facilities)
+        # then facilities the node classes themselves declare (most-derived wins, as in the MRO)
         for klass in reversed(cls.__mro__):
             own = vars(klass).get("__onex_facilities__")
             if own and "__onex_capability__" not in vars(klass):
                 ordered.update(own)
+        self.setups = tuple(setups)
+        self.defaults = defaults
+        self.starts = tuple(starts)
+        self.closes = tuple(reversed(closes))
+        self.close_of = dict(closes)
         self.facility_builders = tuple(ordered.items())
-        self.facilities = frozenset(n for n, _ in self.facility_builders)
+        self.facilities = frozenset(ordered)
         self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
         self.default_fast = False
+
+
+def _spec_entry(spec: Any) -> tuple[str, Any, str | None, str | None, str | None, Any]:
+    """What a plan needs from one capability, computed once per spec (cold compose budget)."""
+    try:
+        return spec._loaded["plan_entry"]  # type: ignore[no-any-return]
+    except KeyError:
+        entry = (spec.name, _default_config(spec.name, spec.config_model),
+                 hook_name(None, spec, "setup"), hook_name(None, spec, "start"),
+                 hook_name(None, spec, "close"), dict(facilities_of(spec.mixin)))
+        spec._loaded["plan_entry"] = entry
+        return entry
 
 
 def hook_name(cls: type | None, spec: Any, kind: str) -> str | None:
