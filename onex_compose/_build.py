@@ -188,7 +188,8 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
     if registry not in _watched:
         registry.on_change(_on_registry_change)
         _watched.add(registry)
-    opts = Options.make(options.get("prefer"), options.get("exclude"), options.get("alias"))
+    opts = (_NO_OPTIONS if len(options) == 1 and "registry" in options else
+            Options.make(options.get("prefer"), options.get("exclude"), options.get("alias")))
     try:
         # the registry object itself, never id(): a collected registry's id can be reused
         key: Any = (base, tuple(capabilities), opts, registry)

@@ -527,14 +527,15 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
                 problems.append(NotApplicableError(spec.name, node_type, spec.applicable_node_types))
     providers: dict[str, str] = {}
     overrides: dict[str, tuple[str, ...]] = {}
-    loadable = []
+    unloadable = False
     for spec in specs:
-        try:
-            spec.mixin  # noqa: B018 - imports and checks the mixin
-            loadable.append(spec)
-        except CompositionError as exc:
-            problems.append(exc)
-    if len(loadable) == len(specs):
+        if "mixin" not in spec._loaded:  # imported and checked once per spec
+            try:
+                spec.mixin  # noqa: B018
+            except CompositionError as exc:
+                problems.append(exc)
+                unloadable = True
+    if not unloadable:
         providers, overrides = _conflicts(base, specs, options, problems, skip)
     if problems:
         raise CompositionError.collect(problems)
@@ -551,7 +552,8 @@ def resolve(registry: Registry, base: type, requested: Iterable[str],
     return Resolution(
         specs=tuple(specs),
         excluded=frozenset(hit),
-        required_by={k: tuple(sorted(set(v))) for k, v in required_by.items()},
+        required_by={k: tuple(v) if len(v) < 2 else tuple(sorted(set(v)))
+                     for k, v in required_by.items()},
         providers=providers,
         overrides=overrides,
         edges=edges,
