@@ -35,6 +35,7 @@ __all__ = [
     "connection_errors",
     "load_codec",
     "redis_url",
+    "require_client",
     "sync_client",
     "text",
 ]

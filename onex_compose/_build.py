@@ -343,7 +343,7 @@ def _build(base: type, res: Resolution, opts: Options, registry: Registry,
         raise MROError(base, list(res.names), bases, str(exc)) from exc
     _check_mro(cls, base, mixins, res.names)
     _register_base(base)
-    _by_qualname[f"{base.__module__}.{name}"] = cls
+    _by_qualname[name] = cls  # the name carries @module and ~registry: unique per class
     return cls
 
 
@@ -413,9 +413,9 @@ def _register_base(base: type) -> None:
 
 def lookup_composed(qualname: str) -> type:
     """Recompose a class from its readable name (pickle finds composed classes this way)."""
-    for key, known in list(_by_qualname.items()):
-        if key.endswith("." + qualname) and known.__qualname__ == qualname:
-            return known
+    known = _by_qualname.get(qualname)
+    if known is not None:
+        return known
     head, sep, rest = qualname.partition("[")
     if not sep or "]" not in rest:
         raise AttributeError(f"module {COMPOSED_MODULE!r} has no attribute {qualname!r}")

@@ -59,6 +59,10 @@ def contract_capabilities(contract: Any) -> list[str] | None:
     return None
 
 
+#: field paths whose invalid values are never echoed back (they may hold a secret)
+_SENSITIVE = re.compile(r"(?i)pass|secret|token|key|url|dsn|auth|cred")
+
+
 def _format_pydantic(exc: Any, model: Any) -> list[str]:
     fields = list(getattr(model, "model_fields", {}))
     lines = []
@@ -77,8 +81,6 @@ def _format_pydantic(exc: Any, model: Any) -> list[str]:
                 lines.append(f"{loc}: {msg} (got {shown[:80] + '...' if len(shown) > 80 else shown})")
     return lines
 
-
-_SENSITIVE = re.compile(r"(?i)pass|secret|token|key|url|dsn|auth|cred")
 
 
 def coerce_config(model: Any, value: Any, capability: str) -> Any:

@@ -116,7 +116,7 @@ def _spec_entry(spec: Any) -> tuple[str, Any, str | None, str | None, str | None
     except KeyError:
         entry = (spec.name, _default_config(spec.name, spec.config_model),
                  hook_name(None, spec, "setup"), hook_name(None, spec, "start"),
-                 hook_name(None, spec, "close"), dict(facilities_of(spec.mixin)))
+                 hook_name(None, spec, "close"), facilities_of(spec.mixin))
         spec._loaded["plan_entry"] = entry
         return entry
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
-from onex_compose._build import compose, node_type_of
+from onex_compose._build import compose
 from onex_compose._registry import Registry, default_registry
 from onex_compose._resolve import resolve
 from onex_compose.exceptions import UnknownCapabilityError
@@ -101,5 +101,4 @@ def create_service_with_capabilities(base_service_class: B, contract: Any,
     extra = getattr(contract, "capabilities", None) if contract is not None else None
     if extra:
         names.extend(str(n) for n in extra)
-    _ = node_type_of  # the engine checks applicability against the base's node type
     return compose(base_service_class, names)
