@@ -201,4 +201,6 @@ def _is_builtin(path: Path) -> bool:
         contracts_dir = importlib.import_module("onex_compose.capabilities").CONTRACTS_DIR
     except ImportError:  # pragma: no cover - the package always ships it
         return False
-    return path.resolve().parent == Path(contracts_dir).resolve()
+    root = Path(contracts_dir).resolve()
+    parent = path.resolve().parent
+    return parent == root or parent.parent == root  # beside a module, or in a capability's package

@@ -28,7 +28,7 @@ import yaml
 
 from onex_compose._registry import ALL_NODE_TYPES, DEFAULT_RANK, protocol_key
 
-__all__ = ["build_manifest", "main"]
+__all__ = ["build_manifest", "contract_paths", "main"]
 
 PACKAGE = "onex_compose.capabilities"
 
@@ -37,6 +37,22 @@ def _contracts_dir() -> Path:
     import importlib
 
     return Path(importlib.import_module("onex_compose.capabilities").CONTRACTS_DIR)
+
+
+def contract_paths(folder: Path | None = None) -> list[Path]:
+    """Every built-in ``mixin_*.yaml``: beside a one-module capability, or inside its package folder.
+
+    A small capability is one module with its contract beside it (``capabilities/retry.py`` and
+    ``capabilities/mixin_retry.yaml``); a large one is a package whose contract sits in its folder
+    (``capabilities/caching/mixin_caching.yaml``).
+
+    Example:
+        >>> any(p.name == "mixin_retry.yaml" for p in contract_paths())
+        True
+    """
+    folder = folder or _contracts_dir()
+    found = [*folder.glob("mixin_*.yaml"), *folder.glob("*/mixin_*.yaml")]
+    return sorted(found, key=lambda p: p.name)
 
 
 def _entry(data: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], list[str]]:
@@ -108,7 +124,7 @@ def build_manifest(folder: Path | None = None) -> dict[str, Any]:
     folder = folder or _contracts_dir()
     caps: dict[str, dict[str, Any]] = {}
     aliases: dict[str, list[str]] = {}
-    for path in sorted(folder.glob("mixin_*.yaml")):
+    for path in contract_paths(folder):
         data = yaml.safe_load(path.read_text("utf-8"))
         name, entry, names = _entry(data, path)
         caps[name] = entry

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from onex_compose import Registry, default_registry
 from onex_compose._contracts import ModelMixinContract, problems_from_error
 from onex_compose._loading import load_yaml, load_yaml_text
+from onex_compose._manifest import contract_paths
 from onex_compose._validate import validate_data, validate_file, validate_text
 from onex_compose.capabilities import CONTRACTS_DIR
 from onex_compose.model.subcontracts import SUBCONTRACT_META_FIELDS
@@ -402,7 +403,7 @@ actions:
 
 # -- every capability contract in the repo ---------------------------------------------------------
 
-REPO_CONTRACTS = sorted(Path(CONTRACTS_DIR).glob("mixin_*.yaml"))
+REPO_CONTRACTS = contract_paths(Path(CONTRACTS_DIR))
 
 
 @pytest.mark.parametrize("path", REPO_CONTRACTS, ids=[p.name for p in REPO_CONTRACTS])
