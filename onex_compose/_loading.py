@@ -404,6 +404,33 @@ def load_yaml_text(text: str, source: str | None = None) -> LoadedYaml:
     return LoadedYaml(data, _index(node), source)
 
 
+_YAML_TEXT_HINT = (
+    "this looks like YAML text, not a file path: a contract is loaded from a file path, a mapping or a "
+    "model. Parse the text first and pass the mapping, e.g. "
+    "load_contract(yaml.safe_load(text)), or save it to a .yaml file and pass that path")
+
+
+def looks_like_yaml_text(path: object) -> bool:
+    """Whether a string given as a file path is really YAML text (it has a line break, or is a
+    ``key: value`` / ``{...}`` document, and names no existing file).
+
+    Example:
+        >>> looks_like_yaml_text("node_type: COMPUTE\n"), looks_like_yaml_text("a/b.yaml")
+        (True, False)
+    """
+    if not isinstance(path, str):
+        return False
+    text = path.strip()
+    if not text:
+        return False
+    if "\n" not in path and not text.startswith("{") and ": " not in text:
+        return False
+    try:
+        return not Path(path).exists()
+    except (OSError, ValueError):  # too long for a path, or a NUL byte: not a file name
+        return True
+
+
 def load_yaml(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES,
               source: str | None = None) -> LoadedYaml:
     """Safely load one YAML file (regular file, at most ``max_bytes``, UTF-8).
@@ -423,6 +450,8 @@ def load_yaml(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES,
     def fail_with(message: str) -> NoReturn:
         fail("Cannot load contract", [ContractProblem(message, file=name, check="yaml")], name)
 
+    if looks_like_yaml_text(path):
+        fail_with(_YAML_TEXT_HINT)
     try:
         st = p.stat()
     except FileNotFoundError:

@@ -232,10 +232,7 @@ def closure(registry: Registry, requested: Iterable[str], options: Options,
                     stack.append(chosen[0])
     for dep, by in excluded_but_required.items():
         if by in selected:
-            problems.append(CapabilityConflictError(
-                by, dep, kind="declared",
-                hint=f"exclude={[dep]!r} drops {dep!r}, but {by!r} requires it; "
-                f"exclude {by!r} too, or stop excluding {dep!r}"))
+            problems.append(CapabilityConflictError(by, dep, kind="excluded-required"))
     return selected
 
 

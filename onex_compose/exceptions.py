@@ -164,7 +164,9 @@ class CapabilityConflictError(CompositionError, TypeError):
     Attributes:
         first, second: the two sides.
         member: the clashing public name or protocol (``None`` for a declared conflict).
-        kind: ``"declared"``, ``"protocol"``, ``"member"`` or ``"base-member"``.
+        kind: ``"declared"``, ``"protocol"``, ``"member"``, ``"base-member"`` or
+            ``"excluded-required"`` (``second`` is excluded by ``exclude=`` but ``first``
+            requires it).
         where: where each side was declared (``{"caching": "capabilities/caching.py:40"}``).
     """
 
@@ -181,6 +183,13 @@ class CapabilityConflictError(CompositionError, TypeError):
         self.first, self.second, self.kind, self.member = first, second, kind, member
         self.where = dict(where or {})
         loc = "; ".join(f"{k} at {v}" for k, v in self.where.items())
+        if kind == "excluded-required":
+            super().__init__(
+                f"Capability {second!r} is excluded (exclude=[{second!r}]) but {first!r} "
+                f"requires it" + (f" ({loc})" if loc else "") + ". "
+                + (hint or f"Ways out: stop excluding {second!r}, or exclude {first!r} too "
+                   f"(exclude=[{first!r}, {second!r}]) if you do not need it") + ".")
+            return
         subject = {
             "declared": "declare each other as conflicting",
             "protocol": f"both provide protocol {member!r}",

@@ -309,3 +309,25 @@ def test_loader_is_a_safe_loader_subclass():
     from onex_compose._loading import _Loader
 
     assert issubclass(_Loader, yaml.SafeLoader)
+
+
+@pytest.mark.parametrize("text", ["node_type: COMPUTE\n", "node_type: COMPUTE",
+                                  "{node_type: COMPUTE}", "mixin_name: x\n" * 2000])
+def test_load_contract_given_yaml_text_says_it_is_text_and_how_to_load_it(text: str) -> None:
+    from onex_compose import load_contract
+
+    with pytest.raises(ContractError) as info:
+        load_contract(text)
+    message = str(info.value)
+    assert "file not found" not in message
+    assert "looks like YAML text, not a file path" in message
+    assert "load_contract(yaml.safe_load(text))" in message
+    # the advice works
+    assert load_contract(yaml.safe_load("node_type: COMPUTE\n")).node_type.value == "COMPUTE"
+
+
+def test_a_missing_file_is_still_reported_as_missing(tmp_path: Path) -> None:
+    from onex_compose import load_contract
+
+    with pytest.raises(ContractError, match="file not found"):
+        load_contract(str(tmp_path / "nope.yaml"))

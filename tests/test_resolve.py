@@ -305,8 +305,14 @@ def test_alias_of_an_unknown_member_suggests_the_members() -> None:
 
 
 def test_exclude_of_a_required_capability_says_who_requires_it() -> None:
-    with pytest.raises(CapabilityConflictError, match="'caching' requires it"):
+    with pytest.raises(CapabilityConflictError, match="'caching' requires it") as info:
         compose(NodeCompute, ["caching"], registry=make_registry(), exclude=["metrics"])
+    text = str(info.value)
+    assert info.value.kind == "excluded-required"
+    assert "declare each other as conflicting" not in text
+    assert text.startswith("Capability 'metrics' is excluded (exclude=['metrics']) but 'caching' "
+                           "requires it")
+    assert "stop excluding 'metrics'" in text and "exclude=['caching', 'metrics']" in text
 
 
 def test_exclude_of_an_unknown_capability_is_reported() -> None:
