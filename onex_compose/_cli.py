@@ -2,14 +2,21 @@
 
 Commands::
 
-    onex validate PATH...                    validate mixin and node contracts (files or folders)
+    onex --version                           the installed version
+    onex validate PATH... | --installed      validate mixin and node contracts (files or folders;
+                                             --installed: the contracts shipped with this install)
     onex run contract_validator --contract PATH
                                              seed 002's spelling of the same
     onex list                                capabilities and aliases (no capability is imported)
-    onex explain BASE CAP...                 what compose(BASE, [CAP...]) builds, and why
-    onex graph BASE CAP... [-o FILE]         its dependency graph as DOT (PNG/SVG with Graphviz)
-    onex new capability NAME [--target DIR]  scaffold a capability: contract, model, mixin, test
-    onex demo [ARGS...]                      run the demo (onex_compose._demo)
+    onex explain BASE [CAP...]               what compose(BASE, [CAP...]) builds, and why (no
+                                             CAP: the base itself)
+    onex graph BASE [CAP...] [-o FILE]       its dependency graph as DOT (PNG/SVG with Graphviz)
+    onex new capability NAME [--target DIR] [--package]
+                                             scaffold a capability: contract, model, mixin, test
+                                             (--package: a capabilities/<name>/ package)
+    onex demo [--json] [ARGS...]             run the demo (onex_compose._demo)
+
+Every command with ``--format`` also takes ``--json`` as a short form of ``--format json``.
 
 Every command returns 0 on success and 1 on failure (2 for a usage error); errors go to stderr
 as one readable message, never a traceback. ``main(argv)`` runs in-process (tests use it); the
@@ -67,8 +74,20 @@ def _emit_reports(paths: Sequence[str], fmt: str, strict: bool, quiet: bool,
     return 0 if ok else 1
 
 
+def _installed_contracts_dir() -> str:
+    """The folder of the contracts installed with this package (``onex_compose.capabilities``)."""
+    caps = importlib.import_module("onex_compose.capabilities")
+    return str(caps.CONTRACTS_DIR)
+
+
 def _cmd_validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    return _emit_reports(args.paths, args.format, args.strict, args.quiet, args.root, out)
+    paths = list(args.paths)
+    if args.installed:
+        paths.append(_installed_contracts_dir())
+    if not paths:
+        raise _UsageError("give contract files or folders to validate, or --installed for the "
+                          "contracts shipped with onex-compose")
+    return _emit_reports(paths, args.format, args.strict, args.quiet, args.root, out)
 
 
 def _cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -151,6 +170,8 @@ def _compose_args(args: argparse.Namespace) -> type:
     from onex_compose._build import compose
 
     base = _resolve_base(args.base)
+    if not args.capabilities and not (args.exclude or args.prefer or args.alias):
+        return base  # no capability asked for: explain the base itself
     options: dict[str, Any] = {}
     if args.exclude:
         options["exclude"] = list(args.exclude)
@@ -185,6 +206,10 @@ def _cmd_explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(report.to_dot(), end="", file=out)
     else:
         print(report, file=out)
+        if not args.capabilities:
+            print(f"\n{args.base} alone: add capability names to see what they bring, e.g. "
+                  f"'onex explain {args.base} caching retry' ('onex list' shows them all)",
+                  file=out)
     return 0
 
 
@@ -258,7 +283,8 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _add_compose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", help=f"the node class: {', '.join(BASES)}")
-    p.add_argument("capabilities", nargs="+", metavar="CAP", help="capability names")
+    p.add_argument("capabilities", nargs="*", metavar="CAP",
+                   help="capability names (none: explain the base itself)")
     p.add_argument("--exclude", action="append", metavar="CAP[.MEMBER]",
                    help="drop a capability (or hide one member); repeatable")
     p.add_argument("--prefer", action="append", metavar="MEMBER=CAP",
@@ -267,8 +293,17 @@ def _add_compose_args(p: argparse.ArgumentParser) -> None:
                    help="expose a capability's member under a new name; repeatable")
 
 
+def _add_format(p: argparse.ArgumentParser, choices: tuple[str, ...],
+                default: str | None) -> None:
+    """``--format CHOICE`` plus ``--json``, its short form for ``--format json``."""
+    p.add_argument("--format", choices=choices, default=default)
+    if "json" in choices:
+        p.add_argument("--json", dest="format", action="store_const", const="json",
+                       help="short for --format json")
+
+
 def _add_report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_format(p, ("text", "json"), "text")
     p.add_argument("--strict", action="store_true", help="warnings fail too")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when all pass")
     p.add_argument("--root", metavar="DIR",
@@ -276,15 +311,30 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
                    "(default: nearest folder with .onex-root, pyproject.toml or .git)")
 
 
+def _version() -> str:
+    """The installed distribution's version (the package's own when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onex-compose")
+    except PackageNotFoundError:
+        from onex_compose import __version__
+
+        return str(__version__)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``onex`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="onex", description="onex-compose: build node services out of capability mixins.")
+    parser.add_argument("--version", action="version", version=f"onex-compose {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     p = sub.add_parser("validate", help="validate mixin and node contracts")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="contract files or folders")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="contract files or folders")
+    p.add_argument("--installed", action="store_true",
+                   help="also validate every contract shipped with this install")
     _add_report_args(p)
     p.set_defaults(func=_cmd_validate)
 
@@ -296,12 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("list", help="list capabilities, aliases and bundles")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_format(p, ("text", "json"), "text")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("explain", help="explain a composition")
     _add_compose_args(p)
-    p.add_argument("--format", choices=("text", "json", "dot"), default="text")
+    _add_format(p, ("text", "json", "dot"), "text")
     p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("graph", help="dependency graph of a composition (DOT, PNG, SVG)")

@@ -9,7 +9,8 @@ With ``--redis URL`` the cache gets its Redis L2 and the event bus its Redis pub
 run computes, retries and publishes as on the first). A second process started with the same URL and
 ``--role reader`` sees the first one's events, reads its cache entries from the shared L2, and
 sees its invalidation (the writer deletes one entry at the end; the reader's L1 copy disappears).
-Lines starting with ``DEMO `` are JSON records meant for scripts and tests.
+With ``--json``, a line starting with ``DEMO `` (a JSON record meant for scripts and tests)
+follows each human line; without it the output is for people only.
 """
 
 from __future__ import annotations
@@ -120,8 +121,13 @@ def _contract(redis: str | None, namespace: str) -> dict[str, Any]:
     return {"subcontracts": subcontracts}
 
 
+_RECORDS = {"on": False}  # set from --json by main(): print the DEMO records
+
+
 def _record(**data: Any) -> None:
-    print("DEMO " + json.dumps(data, sort_keys=True, default=str), flush=True)
+    """Print one machine-readable ``DEMO {...}`` line, when ``--json`` asked for them."""
+    if _RECORDS["on"]:
+        print("DEMO " + json.dumps(data, sort_keys=True, default=str), flush=True)
 
 
 async def _writer(args: argparse.Namespace) -> int:
@@ -165,7 +171,9 @@ async def _writer(args: argparse.Namespace) -> int:
     print("\n== health ==")
     report = await service.health_check()
     print(json.dumps(report, indent=2, sort_keys=True, default=str))
-    _record(role="writer", events=len(events), healthy=service.is_healthy())
+    healthy = service.is_healthy()
+    print(f"\n{len(events)} computation_completed event(s) received; healthy: {healthy}")
+    _record(role="writer", events=len(events), healthy=healthy)
     await service.stop() if service.service.running else await service.aclose()
     return 0
 
@@ -184,6 +192,8 @@ async def _reader(args: argparse.Namespace) -> int:
     await service.start()
     seen: asyncio.Queue[Any] = asyncio.Queue()
     await service.event_bus.subscribe("computation_completed", seen.put_nowait)
+    print(f"onex demo reader: listening on Redis {args.redis} (namespace {args.namespace})",
+          flush=True)
     _record(role="reader", ready=True)
     victim = service.generate_cache_key(INPUTS[0])
     expected = len({service.generate_cache_key(i) for i in INPUTS})
@@ -195,15 +205,23 @@ async def _reader(args: argparse.Namespace) -> int:
                 key = service.generate_cache_key(event.payload["input"])
                 keys.append(key)
                 value = await service.cache.get(key)  # the writer's entry, from the shared L2
+                print(f"  event  computation_completed  {event.payload}  (cache: {value})",
+                      flush=True)
                 _record(role="reader", event=event.payload, cache_value=value, key=key)
             for key in keys:  # read again once the writer is quiet: now served from our L1
                 await service.cache.get(key)
-                _record(role="reader", key=key, in_l1=service.cache._l1_peek(key) is not MISSING)
+                in_l1 = service.cache._l1_peek(key) is not MISSING
+                print(f"  {key}: {'held in this process (L1)' if in_l1 else 'not in L1'}",
+                      flush=True)
+                _record(role="reader", key=key, in_l1=in_l1)
             # the invalidation arrives from another process: poll our L1 until it drops the key
             while await service.cache.contains(victim):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
+            print(f"  {victim}: invalidated by the writer, dropped from this process's L1",
+                  flush=True)
             _record(role="reader", invalidated=victim)
     except TimeoutError:
+        print(f"onex demo reader: gave up after {args.timeout} s", file=sys.stderr)
         _record(role="reader", timeout=args.timeout)
         return 1
     finally:
@@ -220,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="reader: seconds to wait")
     parser.add_argument("--hold", type=float, default=0.5,
                         help="writer: seconds to wait before the invalidation (Redis only)")
+    parser.add_argument("--json", action="store_true",
+                        help="follow each human line with a machine-readable 'DEMO {...}' line")
     args = parser.parse_args(argv)
+    _RECORDS["on"] = args.json
     from loguru import logger
 
     logger.remove()

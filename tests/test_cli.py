@@ -319,3 +319,53 @@ def test_console_script_in_a_subprocess(tmp_path):
     assert proc.returncode == 1
     assert "'outputs' field required" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+# -- issue 9, point 7: --version, a bare base, --json everywhere a format is ------------------
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"onex-compose {version('onex-compose')}"
+
+
+def test_explain_a_base_without_capabilities(capsys):
+    code, out, err = run(capsys, "explain", "NodeCompute")
+    assert (code, err) == (0, "")
+    assert out.startswith("NodeCompute (hand-written, base NodeCoreBase)")
+    assert "onex explain NodeCompute caching retry" in out  # how to go on
+    code, out, _ = run(capsys, "explain", "NodeEffectService", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["class"] == "NodeEffectService" and data["capabilities"][0]["name"] == "node_service"
+    code, out, _ = run(capsys, "graph", "EFFECT")
+    assert code == 0 and out.startswith('digraph "NodeEffect"')
+
+
+@pytest.mark.parametrize("argv", [
+    ["list"],
+    ["explain", "NodeCompute", "caching"],
+    ["validate", str(SEED_YAML)],
+    ["run", "contract_validator", "--contract", str(SEED_YAML)],
+])
+def test_json_is_short_for_format_json(capsys, argv):
+    code_long, long_out, _ = run(capsys, *argv, "--format", "json")
+    code_short, short_out, _ = run(capsys, *argv, "--json")
+    assert code_long == code_short == 0
+    assert json.loads(short_out) == json.loads(long_out)
+
+
+def test_validate_the_installed_contracts(capsys):
+    import onex_compose.capabilities as caps
+
+    code, out, _ = run(capsys, "validate", "--installed", "--json")
+    assert code == 0, out
+    data = json.loads(out)
+    names = {Path(r["file"]).name for r in data["reports"] if not r.get("skipped")}
+    expected = {p.name for p in Path(caps.CONTRACTS_DIR).rglob("mixin_*.yaml")}
+    assert expected and expected <= names
+    code, _, err = run(capsys, "validate")
+    assert code == 2 and "--installed" in err

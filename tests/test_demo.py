@@ -18,7 +18,7 @@ def _records(text: str) -> list[dict]:
 
 
 def test_demo_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([]) == 0
+    assert main(["--json"]) == 0
     out = capsys.readouterr().out
     records = _records(out)
     computed = [r for r in records if "input" in r]
@@ -34,14 +34,15 @@ def test_demo_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.redis
 def test_demo_two_processes_share_cache_events_and_invalidations(redis_url: str,
                                                                  redis_prefix: str) -> None:
-    cmd = [sys.executable, "-m", "onex_compose._cli", "demo", "--redis", redis_url,
+    cmd = [sys.executable, "-m", "onex_compose._cli", "demo", "--json", "--redis", redis_url,
            "--namespace", redis_prefix]
     reader = subprocess.Popen([*cmd, "--role", "reader", "--timeout", "30"],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
         assert reader.stdout is not None
         first = reader.stdout.readline()
-        assert _records(first) == [{"ready": True, "role": "reader"}]
+        assert first.startswith("onex demo reader: listening on Redis")  # the human line first
+        assert _records(reader.stdout.readline()) == [{"ready": True, "role": "reader"}]
         writer = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert writer.returncode == 0, writer.stderr
         rest, _ = reader.communicate(timeout=40)
@@ -59,6 +60,23 @@ def test_demo_two_processes_share_cache_events_and_invalidations(redis_url: str,
     wrote = _records(writer.stdout)
     invalidated = [r["invalidated"] for r in wrote if "invalidated" in r]
     assert [r["invalidated"] for r in got if "invalidated" in r] == invalidated
+
+
+def test_demo_prints_records_only_with_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    plain = capsys.readouterr().out
+    assert "DEMO " not in plain  # people read this output: no machine records interleaved
+    assert "(cache hit)" in plain and "computed in 3 attempt(s)" in plain
+    assert "4 computation_completed event(s) received; healthy: True" in plain
+    assert main(["--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    records = [i for i, line in enumerate(lines) if line.startswith("DEMO ")]
+    assert len(records) == 6
+    for i in records:  # each record follows the human line it describes
+        assert i > 0 and not lines[i - 1].startswith("DEMO ")
+    human = [line for line in lines if not line.startswith("DEMO ")]
+    cut = human.index("== metrics ==")  # timings below this line differ from run to run
+    assert human[:cut] == plain.splitlines()[:cut]
 
 
 def test_an_unreachable_redis_is_one_clear_message_not_a_traceback(
@@ -79,7 +97,8 @@ def test_a_second_redis_run_computes_again(redis_url: str, redis_prefix: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     # the first run's L2 entries (ttl=3600) used to turn every input of the next into a hit
     for _ in range(2):
-        assert main(["--redis", redis_url, "--namespace", redis_prefix, "--hold", "0"]) == 0
+        assert main(["--json", "--redis", redis_url, "--namespace", redis_prefix,
+                     "--hold", "0"]) == 0
         computed = [r for r in _records(capsys.readouterr().out) if "input" in r]
         assert [r["cache_hit"] for r in computed] == [False, False, False, True, False]
         assert computed[-1]["attempts"] == 3
