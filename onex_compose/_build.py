@@ -264,6 +264,9 @@ def _compose_cold(base: type, capabilities: Sequence[str], opts: Options, regist
             cls = _canon.setdefault(canon_key, built)
             if cls is built:
                 _stats["builds"] += 1
+                # index only the published class: a thread that lost the race built a twin
+                # that must never be what pickle finds by name
+                _by_qualname[cls.__qualname__] = cls
     if front_key is not None:
         with _lock:
             _front[front_key] = cls
@@ -343,7 +346,6 @@ def _build(base: type, res: Resolution, opts: Options, registry: Registry,
         raise MROError(base, list(res.names), bases, str(exc)) from exc
     _check_mro(cls, base, mixins, res.names)
     _register_base(base)
-    _by_qualname[name] = cls  # the name carries @module and ~registry: unique per class
     return cls
 
 

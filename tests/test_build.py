@@ -616,3 +616,42 @@ def test_a_hand_written_member_named_like_a_facility_is_not_silently_replaced() 
 
             def cache(self) -> str:
                 return "mine"
+
+
+def test_concurrent_cold_composes_index_only_the_published_class() -> None:
+    """16 threads build one request at once: the name index (pickle's lookup) must hold the
+    class compose() published, never a losing thread's duplicate (issue 9, point 6)."""
+    import pickle
+
+    reg = make_registry("race-index")
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: widen the race window
+    try:
+        for _round in range(5):
+            cache_clear()
+            barrier = threading.Barrier(16)
+            results: list[type] = []
+            errors: list[BaseException] = []
+
+            def work() -> None:
+                try:
+                    barrier.wait()
+                    results.append(compose(NodeCompute, ["caching", "retry"], registry=reg))
+                except BaseException as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work) for _ in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == []
+            assert len({id(c) for c in results}) == 1
+            cls = results[0]
+            import onex_compose._composed as home
+
+            assert getattr(home, cls.__qualname__) is cls
+            node = cls()
+            assert type(pickle.loads(pickle.dumps(node))) is cls
+    finally:
+        sys.setswitchinterval(old)
