@@ -22,8 +22,14 @@ Delivery, the same on both backends:
   The Redis backend uses pub/sub: events published while a subscriber is disconnected are not
   redelivered (use a message queue for durable delivery). A publish that cannot reach Redis
   raises :class:`EventPublishError` (retriable).
-* **Topics** are non-empty strings; a subscription topic may contain ``*``, which matches any
-  run of characters (``"orders.*"`` matches ``"orders.created"`` and ``"orders.eu.paid"``).
+* **Topics** are dot-separated tokens (``"orders.eu.paid"``: non-empty tokens, no whitespace).
+  A subscription topic may use NATS/AMQP token wildcards, with the same meaning on every
+  backend: ``*`` matches exactly one token (``"orders.*"`` matches ``"orders.created"`` but
+  not ``"orders.eu.paid"`` nor ``"orders"``) and ``>``, only as the last token, matches one
+  or more tokens (``"orders.>"`` matches both, not ``"orders"``). A wildcard is a whole token:
+  ``"orders.eu*"`` and ``"a.>.b"`` are rejected with :class:`EventBusError`, and so is a
+  published topic containing one. (Up to 0.1.0, ``*`` matched any run of characters, dots
+  included: subscribe to ``"orders.>"`` where ``"orders.*"`` meant "anything below".)
 
 ``subscribe`` is a plain method so it can be called anywhere (also outside an event loop); it
 returns a :class:`Subscription` that can be awaited to wait until the subscription is
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import pickle
@@ -206,22 +213,74 @@ class Event:
 # -- topics ----------------------------------------------------------------------------------
 
 
-def _check_topic(topic: Any, *, wildcard: bool) -> None:
+_WILDCARDS = ("*", ">")
+
+
+def _check_topic(topic: Any, *, wildcard: bool) -> re.Pattern[str] | None:
+    """Validate a topic; return the compiled matcher of a wildcard subscription, else ``None``.
+
+    Args:
+        topic: a published topic (``wildcard=False``) or a subscription topic.
+        wildcard: whether ``*`` and ``>`` tokens are allowed (subscriptions only).
+
+    Raises:
+        EventBusError: the topic is not a non-empty string of non-empty dot-separated tokens
+            without whitespace, or uses a wildcard where it is not allowed.
+    """
     if not isinstance(topic, str) or not topic:
         raise EventBusError(f"a topic is a non-empty string, got {topic!r}")
-    if not wildcard and "*" in topic:
-        raise EventBusError(
-            f"cannot publish to {topic!r}: '*' is a wildcard, allowed in subscriptions only")
+    return _parse_topic(topic, wildcard)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_topic(topic: str, wildcard: bool) -> re.Pattern[str] | None:
+    # cached: publishing to a known topic costs one dict lookup, not a re-validation
     if any(c.isspace() for c in topic):
         raise EventBusError(f"a topic must not contain whitespace, got {topic!r}")
+    if "*" not in topic and ">" not in topic:
+        if "" in topic.split("."):
+            raise EventBusError(
+                f"topic {topic!r} has an empty token: tokens are separated by single dots "
+                "('orders.eu.paid'), with no leading, trailing or doubled dot")
+        return None
+    tokens = topic.split(".")
+    parts = []
+    for i, token in enumerate(tokens):
+        if not token:
+            raise EventBusError(
+                f"topic {topic!r} has an empty token: tokens are separated by single dots "
+                "('orders.*.paid'), with no leading, trailing or doubled dot")
+        if token not in _WILDCARDS:
+            if "*" in token or ">" in token:
+                raise EventBusError(
+                    f"topic {topic!r}: the token {token!r} mixes a wildcard with other "
+                    "characters; '*' and '>' are whole tokens ('orders.*' matches one token, "
+                    "'orders.>' one or more): write 'orders.*', not 'orders.eu*'")
+            parts.append(re.escape(token))
+            continue
+        if not wildcard:
+            raise EventBusError(
+                f"cannot publish to {topic!r}: {token!r} is a wildcard, allowed in "
+                "subscriptions only; publish to a concrete topic such as 'orders.created'")
+        if token == "*":
+            parts.append(r"[^.]+")
+        elif i != len(tokens) - 1:
+            raise EventBusError(
+                f"topic {topic!r}: '>' matches the remaining tokens, so it may only be the "
+                "last token ('orders.>'); use '*' for one token in the middle ('orders.*.paid')")
+        else:
+            parts.append(r"[^.]+(?:\.[^.]+)*")
+    return re.compile(r"\.".join(parts), re.DOTALL)
 
 
-def _wildcard_regex(topic: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in topic.split("*")), re.DOTALL)
+def _glob(topic: str) -> str:
+    """A Redis glob matching at least the topics the token pattern ``topic`` matches (Redis
+    ``*`` also crosses dots: deliveries are filtered by the token rules client-side)."""
+    return ".".join("*" if t in _WILDCARDS else _glob_escape(t) for t in topic.split("."))
 
 
-def _glob_escape(text: str, keep_star: bool = False) -> str:
-    special = "?[]\\" if keep_star else "*?[]\\"
+def _glob_escape(text: str) -> str:
+    special = "*?[]\\"
     return "".join("\\" + c if c in special else c for c in text)
 
 
@@ -238,17 +297,18 @@ class Subscription:
     __slots__ = ("__weakref__", "_bus", "_loop", "_queue", "_regex", "_task", "active",
                  "channel", "handler", "pattern", "topic")
 
-    def __init__(self, bus: EventBus, topic: str, handler: Handler) -> None:
+    def __init__(self, bus: EventBus, topic: str, handler: Handler,
+                 regex: re.Pattern[str] | None = None) -> None:
         self._bus = bus
         self.topic = topic
         self.handler = handler
         self.active = True
-        self._regex = _wildcard_regex(topic) if "*" in topic else None
+        self._regex = regex  # the token matcher of a wildcard topic (from _check_topic)
         prefix = f"{bus.config.namespace}:events:"
-        # Redis side: an exact channel, or a glob pattern for wildcard topics
-        self.channel = None if self._regex else prefix + topic
-        self.pattern = (_glob_escape(prefix) + _glob_escape(topic, keep_star=True)
-                        if self._regex else None)
+        # Redis side: an exact channel, or a glob pattern for wildcard topics (a superset of
+        # the token rules: Redis '*' crosses dots; _on_message filters by the token rules)
+        self.channel = None if regex else prefix + topic
+        self.pattern = _glob_escape(prefix) + _glob(topic) if regex else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[Event] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -595,17 +655,18 @@ class EventBus:
     def subscribe(self, topic: str, handler: Handler) -> Subscription:
         """Call ``handler(event)`` (sync or async) for every event published to ``topic``.
 
-        ``topic`` may contain ``*`` wildcards. Returns a :class:`Subscription`; awaiting it
+        ``topic`` may contain ``*`` (exactly one token) and, as its last token, ``>`` (one or
+        more tokens). Returns a :class:`Subscription`; awaiting it
         waits for Redis to confirm the subscription (so events published by another process
         after that are received).
 
         Raises:
             EventBusError: a bad topic or a handler that is not callable.
         """
-        _check_topic(topic, wildcard=True)
+        regex = _check_topic(topic, wildcard=True)
         if not callable(handler):
             raise EventBusError(f"handler must be callable, got {handler!r}")
-        sub = Subscription(self, topic, handler)
+        sub = Subscription(self, topic, handler, regex)
         self._subs.add(sub)
         self._router.add(sub)
         if self._redis:
@@ -784,7 +845,7 @@ class EventBus:
         if pattern is None:
             subs = [s for s in self._router.match(event.topic) if s._regex is None]
         else:
-            subs = self._router.by_pattern(pattern)
+            subs = [s for s in self._router.by_pattern(pattern) if s.matches(event.topic)]
         loop = asyncio.get_running_loop()
         for sub in subs:
             sub._deliver(event, loop)

@@ -6,6 +6,7 @@ Redis pub/sub between processes is in ``test_event_bus_redis.py``.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import pickle
 import random
 import threading
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loguru import logger
 
 from onex_compose import ConfigurationError, NodeCompute, compose, explain, has_capability
@@ -322,23 +325,93 @@ def test_unsubscribe_stops_delivery_and_is_idempotent() -> None:
     assert got == [1]
 
 
-def test_wildcard_subscriptions() -> None:
+def test_wildcards_follow_token_rules() -> None:
+    """``*`` is exactly one token, ``>`` one or more trailing tokens (NATS/AMQP)."""
     b = bus()
-    got: dict[str, list[str]] = {"orders.*": [], "*": [], "*.paid": [], "orders.created": []}
+    patterns = ["orders.*", "*", "*.paid", "orders.created", "orders.>", ">", "*.*.paid",
+                "orders.*.>"]
+    got: dict[str, list[str]] = {p: [] for p in patterns}
+    published = ["orders.created", "orders.eu.paid", "order.x", "users.paid", "orders",
+                 "orders.eu.de.paid"]
 
     async def body() -> None:
         for topic in got:
             b.subscribe(topic, lambda e, t=topic: got[t].append(e.topic))
-        for topic in ("orders.created", "orders.eu.paid", "order.x", "users.paid"):
+        for topic in published:
             await b.publish(topic, None)
         await b.drain()
         await b.aclose()
 
     asyncio.run(body())
-    assert got["orders.*"] == ["orders.created", "orders.eu.paid"]
-    assert got["*"] == ["orders.created", "orders.eu.paid", "order.x", "users.paid"]
-    assert got["*.paid"] == ["orders.eu.paid", "users.paid"]
+    assert got["orders.*"] == ["orders.created"]  # not orders.eu.paid: '*' is one token
+    assert got["*"] == ["orders"]
+    assert got["*.paid"] == ["users.paid"]
     assert got["orders.created"] == ["orders.created"]
+    assert got["orders.>"] == ["orders.created", "orders.eu.paid", "orders.eu.de.paid"]
+    assert got[">"] == published
+    assert got["*.*.paid"] == ["orders.eu.paid"]
+    assert got["orders.*.>"] == ["orders.eu.paid", "orders.eu.de.paid"]
+
+
+@pytest.mark.parametrize(("topic", "match"), [
+    ("orders.>.paid", "may only be the last token"),
+    (">.x", "may only be the last token"),
+    ("orders.eu*", "whole tokens"),
+    ("a*b", "whole tokens"),
+    ("orders.**", "whole tokens"),
+    ("orders.>>", "whole tokens"),
+    ("orders.x>", "whole tokens"),
+    ("orders..paid", "empty token"),
+    (".orders", "empty token"),
+    ("orders.", "empty token"),
+    ("orders.*.", "empty token"),
+])
+def test_invalid_wildcard_patterns_are_clear_errors(topic: str, match: str) -> None:
+    b = bus()
+    with pytest.raises(EventBusError, match=match) as info:
+        b.subscribe(topic, print)
+    assert repr(topic) in str(info.value)
+    assert b.subscriptions == []
+
+
+@pytest.mark.parametrize("topic", ["orders.*", "orders.>", "*", ">", "a.*.b", "a..b", "a."])
+def test_publishing_to_a_pattern_or_a_malformed_topic_is_an_error(topic: str) -> None:
+    with pytest.raises(EventBusError, match="wildcard|empty token"):
+        asyncio.run(bus().publish(topic, 1))
+
+
+_token = st.sampled_from(["a", "b", "orders", "x1", "-", "a_b"])
+
+
+def _reference_match(pattern: list[str], topic: list[str]) -> bool:
+    """Token matching as NATS documents it, written the obvious recursive way."""
+    if not pattern:
+        return not topic
+    head = pattern[0]
+    if head == ">":
+        return len(topic) >= 1
+    if not topic:
+        return False
+    return (head == "*" or head == topic[0]) and _reference_match(pattern[1:], topic[1:])
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=st.lists(st.one_of(_token, st.just("*")), min_size=1, max_size=5),
+       tail=st.booleans(),
+       topic=st.lists(_token, min_size=1, max_size=6))
+def test_the_matcher_agrees_with_the_token_rules(pattern: list[str], tail: bool,
+                                                 topic: list[str]) -> None:
+    if tail:
+        pattern = [*pattern, ">"]
+    b = bus()
+    sub = b.subscribe(".".join(pattern), print)
+    assert sub.matches(".".join(topic)) is _reference_match(pattern, topic)
+    if "*" in pattern or tail:  # Redis glob: a superset of the token rules (filtered locally)
+        assert sub.pattern is not None
+        glob = sub.pattern.removeprefix(f"{b.config.namespace}:events:")
+        if _reference_match(pattern, topic):
+            assert fnmatch.fnmatchcase(".".join(topic), glob)
+    sub.unsubscribe()
 
 
 @pytest.mark.parametrize("topic", ["", "has space", 42, None])

@@ -97,17 +97,23 @@ async def test_order_per_topic_is_kept_and_failures_are_isolated(cfg: dict[str, 
 
 async def test_wildcards_and_exact_topics_each_receive_once(cfg: dict[str, Any]) -> None:
     bus = EventBus(cfg)
-    got: dict[str, list[str]] = {"orders.*": [], "orders.created": [], "*": []}
+    got: dict[str, list[str]] = {"orders.*": [], "orders.created": [], "*": [], "orders.>": [],
+                                 ">": [], "*.*.paid": []}
     for topic in got:
         await bus.subscribe(topic, lambda e, t=topic: got[t].append(e.topic))
     other = EventBus(cfg)
-    for topic in ("orders.created", "orders.eu.paid", "users.new"):
+    published = ("orders.created", "orders.eu.paid", "users.new", "orders")
+    for topic in published:
         await other.publish(topic, None)
-    assert await eventually(lambda: len(got["*"]) == 3)
-    await asyncio.sleep(0.05)  # would a duplicate arrive?
-    assert got == {"orders.*": ["orders.created", "orders.eu.paid"],
+    assert await eventually(lambda: len(got[">"]) == 4)
+    await asyncio.sleep(0.05)  # would a duplicate (or a glob-only match) arrive?
+    # the token rules, not Redis globs (where '*' also matches 'eu.paid')
+    assert got == {"orders.*": ["orders.created"],
                    "orders.created": ["orders.created"],
-                   "*": ["orders.created", "orders.eu.paid", "users.new"]}
+                   "*": ["orders"],
+                   "orders.>": ["orders.created", "orders.eu.paid"],
+                   ">": list(published),
+                   "*.*.paid": ["orders.eu.paid"]}
     await bus.aclose()
     await other.aclose()
 
@@ -115,12 +121,12 @@ async def test_wildcards_and_exact_topics_each_receive_once(cfg: dict[str, Any])
 async def test_special_characters_in_topics_are_not_globs(cfg: dict[str, Any]) -> None:
     bus = EventBus(cfg)
     got: list[str] = []
-    await bus.subscribe("a[1]?*", lambda e: got.append(e.topic))
-    for topic in ("a[1]?x", "a1x", "a[1]?"):
+    await bus.subscribe("a[1]?.*", lambda e: got.append(e.topic))
+    for topic in ("a[1]?.x", "a1.x", "a[1]?.x.y", "a[1]?.y"):
         await bus.publish(topic, None)
     assert await eventually(lambda: len(got) == 2)
     await asyncio.sleep(0.05)
-    assert got == ["a[1]?x", "a[1]?"]
+    assert got == ["a[1]?.x", "a[1]?.y"]
     await bus.aclose()
 
 
@@ -181,6 +187,7 @@ async def test_events_reach_another_process(cfg: dict[str, Any], redis_url: str)
         finally:
             _context.correlation_id.reset(token)
         await node.event_bus.publish("users.created", {"n": -1})  # matches nothing there
+        await node.event_bus.publish("orders.eu.paid", {"n": -2})  # '*' is one token: neither
         lines = [await asyncio.to_thread(other.read) for _ in range(100)]
         by_sub: dict[str, list[dict[str, Any]]] = {"orders.*": [], "orders.created": []}
         for line in lines:
