@@ -1,0 +1,145 @@
+"""The facility: a node's named breakers, created on first use from the config."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
+
+from onex_compose import coerce_config
+from onex_compose.capabilities._context import monotonic
+from onex_compose.capabilities._redis import require_client
+from onex_compose.capabilities.circuit_breaker._breaker import CircuitBreaker
+from onex_compose.capabilities.circuit_breaker._model import CircuitBreakerConfig, Clock, _Dispatcher
+from onex_compose.capabilities.circuit_breaker._redis import AnyBreaker, RedisCircuitBreaker
+
+T = TypeVar("T")
+
+# ------------------------------------------------------------------------------------------------
+# the facility: named breakers
+
+
+class CircuitBreakers:
+    """The node's breakers, one per operation name, created on first use from the config.
+
+    ``self.circuit_breaker("payments")`` (or ``.get("payments")``) returns the breaker named
+    ``payments``, with the default policy plus ``breakers["payments"]`` from the config;
+    ``.default`` is the one guarding ``process()``. Listeners appended to ``on_state_change``
+    hear every breaker of the node.
+
+    Example:
+        >>> breakers = CircuitBreakers(CircuitBreakerConfig(breakers={"db": {"failure_threshold": 2}}))
+        >>> breakers("db").policy.failure_threshold, breakers("api").policy.failure_threshold
+        (2, 5)
+        >>> sorted(breakers.states().items())
+        [('api', 'closed'), ('db', 'closed')]
+    """
+
+    def __init__(self, config: CircuitBreakerConfig | Mapping[str, Any] | None = None, *,
+                 metrics: Any = None, clock: Clock | None = None) -> None:
+        self.config: CircuitBreakerConfig = coerce_config(CircuitBreakerConfig, config,
+                                                          "circuit_breaker")
+        self._clock = clock
+        self._dispatch = _Dispatcher(metrics)
+        self.on_state_change = self._dispatch.listeners
+        self._breakers: dict[str, AnyBreaker] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def clock(self) -> Clock | None:
+        """The injected clock (``None``: real time); setting it rebuilds nothing, it re-points
+        every existing breaker, so tests can inject a ``ManualClock`` into a composed node."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock | None) -> None:
+        self._clock = clock
+        with self._lock:
+            for breaker in self._breakers.values():
+                if isinstance(breaker, CircuitBreaker):
+                    breaker.clock = clock or monotonic
+                else:
+                    breaker.clock = clock or (time.time if self.config.redis_clock == "client"
+                                              else monotonic)
+                    breaker._duration_clock = clock or monotonic
+                    breaker._client_time = clock is not None or \
+                        self.config.redis_clock == "client"
+                    breaker._local.clock = clock or monotonic
+
+    def get(self, name: str | None = None) -> AnyBreaker:
+        """The breaker called ``name`` (default: the ``process()`` breaker), created if new."""
+        name = name or self.config.process_breaker
+        breaker = self._breakers.get(name)
+        if breaker is not None:
+            return breaker
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                breaker = self._breakers[name] = self._make(name)
+        return breaker
+
+    __call__ = get
+
+    def _make(self, name: str) -> AnyBreaker:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a circuit breaker needs a non-empty string name, got {name!r}")
+        cfg = self.config
+        policy = cfg.policy(name)
+        if cfg.backend == "redis":
+            require_client("circuit_breaker")
+            return RedisCircuitBreaker(
+                name, policy, url=cfg.redis_url, namespace=cfg.namespace, clock=self._clock,
+                redis_clock=cfg.redis_clock, on_backend_error=cfg.on_backend_error,
+                backend_retry_interval=cfg.backend_retry_interval, _dispatcher=self._dispatch)
+        return CircuitBreaker(name, policy, clock=self._clock or monotonic,
+                              _dispatcher=self._dispatch)
+
+    @property
+    def default(self) -> AnyBreaker:
+        """The breaker that guards ``process()`` (``config.process_breaker``)."""
+        return self.get(self.config.process_breaker)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers
+
+    def __iter__(self) -> Iterator[AnyBreaker]:
+        return iter(list(self._breakers.values()))
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreakers backend={self.config.backend} {self.states()}>"
+
+    def states(self) -> dict[str, str]:
+        """``{name: "closed" | "open" | "half_open"}`` as this process last saw them."""
+        return {name: b.state.label for name, b in list(self._breakers.items())}
+
+    async def health_check(self) -> dict[str, Any]:
+        """Health report: any open breaker -> ``open_health``, any half-open -> ``degraded``.
+
+        Redis breakers are read from Redis (their shared state); a Redis error reports the
+        breakers' last known state with the error attached.
+        """
+        states: dict[str, str] = {}
+        error = None
+        for breaker in list(self._breakers.values()):
+            try:
+                states[breaker.name] = (await breaker.astatus()).state.label
+            except Exception as exc:
+                states[breaker.name] = breaker.state.label
+                error = f"{type(exc).__name__}: {exc}"
+        status = "healthy"
+        if "half_open" in states.values():
+            status = "degraded"
+        if "open" in states.values():
+            status = self.config.open_health
+        report: dict[str, Any] = {"status": status, "breakers": states}
+        if error:
+            report["error"] = error
+        return report
+
+    async def drain(self) -> None:
+        """Wait for pending async listeners (state-change events) of the running loop."""
+        await self._dispatch.drain()
