@@ -21,13 +21,14 @@ update and a lock plus a dict lookup to resolve labels (``Counter.labels(...).in
 
 Semantics (the behaviour omnibase_core's own tests expect):
 
-* counters start at 0 and accept custom steps, including negative ones: the local value
-  (``snapshot()``) is the plain sum of every step. Prometheus counters only go up, so the
-  *exported* counter is the sum of the non-negative steps: a negative step never makes the
-  exposed series decrease (Prometheus would read that as a counter reset), and with
-  ``backend: prometheus`` it is not forwarded (``Counter.inc`` raises on negative amounts).
-  Use a gauge for a value that goes down;
-* a gauge keeps the last value;
+* counters start at 0 and accept custom non-negative steps; a negative step is a
+  :class:`MetricsError` and changes nothing, as ``prometheus_client``'s ``Counter.inc`` refuses
+  it (a counter only goes up: Prometheus reads a decrease as a counter reset), so
+  ``snapshot()`` and the exposition always agree. Use a gauge for a value that goes down;
+* a gauge keeps the last value; ``gauge_callback(name, fn)`` makes a gauge whose value is read
+  by calling ``fn()`` when ``snapshot()`` or the exposition runs (``prometheus_client``'s
+  ``Gauge.set_function``): the right tool for a level another object already keeps (active
+  calls, queue depth), at no cost per update;
 * ``timer`` and ``histogram`` feed a histogram (buckets from the config, Prometheus' defaults
   unless changed); ``timer`` records seconds, also when the block raises;
 * one metric name has one kind and one set of label names for its whole life (Prometheus
@@ -60,6 +61,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -219,6 +221,16 @@ class _MirroredHist(_Hist):
         self.child.observe(value)
 
 
+class _FnGauge:
+    """A gauge series whose value is ``fn()``, read at scrape time (never in the update index)."""
+
+    __slots__ = ("child", "fn")
+
+    def __init__(self, fn: Callable[[], float], child: Any = None) -> None:
+        self.fn = fn
+        self.child = child
+
+
 class _Schema:
     """A metric's definition: kind, label names, exported name and its series."""
 
@@ -290,15 +302,15 @@ class Metrics:
 
     Example:
         >>> m = Metrics()
-        >>> m.increment("hits"); m.increment("hits", 4); m.increment("hits", -2)
+        >>> m.increment("hits"); m.increment("hits", 4)
         >>> m.snapshot()["counters"]["hits"]
-        3
+        5
         >>> print(m.exposition().splitlines()[-1])
         hits_total 5.0
     """
 
-    __slots__ = ("_bounds", "_counters", "_gauges", "_histograms", "_lock", "_registry",
-                 "_schema", "_taken", "clock", "config")
+    __slots__ = ("_bounds", "_counters", "_functions", "_gauges", "_histograms", "_lock",
+                 "_registry", "_schema", "_taken", "clock", "config")
 
     def __init__(self, config: MetricsConfig | None = None, *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -314,9 +326,13 @@ class Metrics:
             self._histograms: dict[Any, _Hist] = {}
             if not hasattr(self, "_bounds"):  # declared buckets survive a reconfiguration
                 self._bounds: dict[str, tuple[float, ...]] = {}
+            if not hasattr(self, "_functions"):  # and so do gauge callbacks
+                self._functions: dict[tuple[str, Any], Callable[[], float]] = {}
             self._schema: dict[str, _Schema] = {}
             self._taken: dict[str, str] = {}
             self._registry: Any = None
+            for (name, labels), fn in list(self._functions.items()):
+                self._function_cell(name, labels, fn)
 
     def configure(self, config: MetricsConfig) -> None:
         """Apply a new configuration in place (state is cleared, the object stays the same).
@@ -335,23 +351,24 @@ class Metrics:
 
     def increment(self, name: str, value: float = 1,
                   labels: Mapping[str, Any] | None = None) -> None:
-        """Add ``value`` (default 1, may be negative) to counter ``name``.
+        """Add ``value`` (default 1, never negative) to counter ``name``.
 
         Args:
             name: a Prometheus metric name (``[a-zA-Z_:][a-zA-Z0-9_:]*``); exported with the
                 suffix ``_total``.
-            value: the step; a negative step lowers the local value but is not exported
-                (Prometheus counters never go down).
+            value: the step, ``>= 0`` (a counter only goes up; use a gauge for a value that
+                goes down).
             labels: label names to values (strings or numbers); the same label names on every
                 call for one metric.
 
         Raises:
-            MetricsError: invalid name, labels or value, or ``name`` is another kind of metric.
+            MetricsError: invalid name, labels or value (a negative step included), or
+                ``name`` is another kind of metric.
         """
         try:
             cell = self._counters[name if labels is None else (name, tuple(labels.items()))]
             if value < 0:
-                cell[1] += value
+                raise _negative_step(name, value)
             cell[0] += value
         except (KeyError, TypeError, AttributeError):
             self._increment_slow(name, value, labels)
@@ -360,7 +377,8 @@ class Metrics:
         """Set gauge ``name`` to ``value`` (the last value wins).
 
         Raises:
-            MetricsError: invalid name, labels or value, or ``name`` is another kind of metric.
+            MetricsError: invalid name, labels or value, ``name`` is another kind of metric,
+                or the series is read by a :meth:`gauge_callback`.
         """
         try:
             cell = self._gauges[name if labels is None else (name, tuple(labels.items()))]
@@ -398,6 +416,91 @@ class Metrics:
             hist = self._histogram_cell(name, labels, "timer")
         return Timer(hist, self.clock)
 
+    # -- scrape-time gauges -------------------------------------------------------------------
+
+    def gauge_callback(self, name: str, fn: Callable[[], float],
+                       labels: Mapping[str, Any] | None = None) -> None:
+        """Make gauge series ``name{labels}`` read ``fn()`` whenever it is read.
+
+        ``snapshot()``, ``exposition()`` and a scrape of :attr:`registry` call ``fn`` (no
+        arguments, returns a number), so the value is never stale and updating it costs
+        nothing (``prometheus_client``'s ``Gauge.set_function``). Registering the same series
+        again replaces the function; the registration survives ``reset()`` and a
+        reconfiguration. ``gauge()`` on this series is then an error.
+
+        Args:
+            name: the gauge's name (the same rules as :meth:`gauge`).
+            fn: a cheap callable returning the current value.
+            labels: the series' labels.
+
+        Raises:
+            MetricsError: ``fn`` is not callable, an invalid name or labels, or ``name`` is
+                another kind of metric.
+
+        Example:
+            >>> m = Metrics()
+            >>> queue = [1, 2]
+            >>> m.gauge_callback("queue_depth", lambda: len(queue))
+            >>> queue.append(3)
+            >>> m.snapshot()["gauges"]["queue_depth"]
+            3
+        """
+        if not callable(fn):
+            raise MetricsError(
+                f"gauge_callback({name!r}): fn must be a callable taking no arguments and "
+                f"returning a number, got {type(fn).__name__}.", metric=str(name))
+        canon = _canonical_labels("gauge_callback", name, labels, frozenset())
+        with self._lock:
+            self._function_cell(name, canon, fn)
+            self._functions[(name, canon)] = fn
+
+    def remove_gauge_callback(self, name: str, labels: Mapping[str, Any] | None = None) -> None:
+        """Stop reading series ``name{labels}`` from its callback; the series disappears.
+
+        Does nothing if the series has no callback.
+        """
+        canon = _canonical_labels("remove_gauge_callback", name, labels, frozenset())
+        with self._lock:
+            if self._functions.pop((name, canon), None) is None:
+                return
+            schema = self._schema.get(name)
+            cell = schema.series.pop(canon, None) if schema is not None else None
+            if isinstance(cell, _FnGauge):
+                self._drop_function_backend(schema, canon, cell)  # type: ignore[arg-type]
+
+    def _function_cell(self, name: str, canon: tuple[tuple[str, str], ...],
+                       fn: Callable[[], float]) -> None:
+        """Install (lock held) the series of a gauge callback, replacing any plain cell."""
+        schema = self._define(name, "gauge", tuple(k for k, _ in canon), "gauge_callback")
+        old = schema.series.get(canon)
+        if old is not None and not isinstance(old, _FnGauge):
+            for key in [k for k, c in self._gauges.items() if c is old]:
+                del self._gauges[key]  # gauge() on this series now takes the slow path
+        cell = _FnGauge(fn)
+        cell.child = self._function_backend(schema, canon, cell)
+        schema.series[canon] = cell
+
+    def _function_backend(self, schema: _Schema, canon: tuple[tuple[str, str], ...],
+                          cell: _FnGauge) -> Any:
+        """Hook for the mirrored backend: point the prometheus_client child at the callback."""
+        return None
+
+    def _drop_function_backend(self, schema: _Schema, canon: tuple[tuple[str, str], ...],
+                               cell: _FnGauge) -> None:
+        """Hook for the mirrored backend: forget the prometheus_client child."""
+
+    @staticmethod
+    def _read_function(schema: _Schema, canon: tuple[tuple[str, str], ...],
+                       cell: _FnGauge) -> float:
+        try:
+            value = cell.fn()
+            return value + 0  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise MetricsError(
+                f"gauge_callback {_series_key(schema.name, canon)}: the callback raised "
+                f"{type(exc).__name__} or did not return a number; fix the callback or remove "
+                "it with remove_gauge_callback().", metric=schema.name) from exc
+
     # -- reading ------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -425,7 +528,8 @@ class Metrics:
                     if schema.kind == "counter":
                         counters[key] = cell[0]
                     elif schema.kind == "gauge":
-                        gauges[key] = cell[0]
+                        gauges[key] = (self._read_function(schema, labels, cell)
+                                       if cell.__class__ is _FnGauge else cell[0])
                     else:
                         histograms[key] = _hist_dict(cell)
         return {"counters": counters, "gauges": gauges, "histograms": histograms}
@@ -470,6 +574,8 @@ class Metrics:
             self._histograms.clear()
             for schema in self._schema.values():
                 schema.series.clear()
+            for (name, canon), fn in self._functions.items():
+                self._function_cell(name, canon, fn)
 
     @property
     def registry(self) -> Any:
@@ -513,12 +619,12 @@ class Metrics:
 
     def _increment_slow(self, name: str, value: Any, labels: Any) -> None:
         number = _number(value, "increment", name)
+        if number < 0:
+            raise _negative_step(name, number)
         cell = self._cell(self._counters, "counter", "increment", name, labels)
         self._apply_increment(cell, number)
 
     def _apply_increment(self, cell: list[Any], value: float) -> None:
-        if value < 0:
-            cell[1] += value
         cell[0] += value
 
     def _gauge_slow(self, name: str, value: Any, labels: Any) -> None:
@@ -540,6 +646,11 @@ class Metrics:
             cell = schema.series.get(canon)
             if cell is None:
                 cell = schema.series[canon] = self._new_cell(schema, canon)
+            elif cell.__class__ is _FnGauge:
+                raise MetricsError(
+                    f"{call}({name!r}): the series {_series_key(name, canon)} is read from a "
+                    "gauge_callback; remove_gauge_callback() it first or use another name.",
+                    metric=name)
             try:
                 index[name if labels is None else (name, tuple(labels.items()))] = cell
             except TypeError:
@@ -547,9 +658,7 @@ class Metrics:
         return cell
 
     def _new_cell(self, schema: _Schema, canon: tuple[tuple[str, str], ...]) -> Any:
-        if schema.kind == "counter":
-            return [0, 0, None]
-        if schema.kind == "gauge":
+        if schema.kind in ("counter", "gauge"):
             return [0, None]
         return _Hist(self._bounds.get(schema.name) or tuple(self.config.buckets))
 
@@ -606,9 +715,8 @@ class _MirroredMetrics(Metrics):
         try:
             cell = self._counters[name if labels is None else (name, tuple(labels.items()))]
             if value < 0:
-                cell[1] += value
-            else:
-                cell[2].inc(value)
+                raise _negative_step(name, value)
+            cell[1].inc(value)
             cell[0] += value
         except (KeyError, TypeError, AttributeError):
             self._increment_slow(name, value, labels)
@@ -622,9 +730,22 @@ class _MirroredMetrics(Metrics):
             self._gauge_slow(name, value, labels)
 
     def _apply_increment(self, cell: list[Any], value: float) -> None:
-        if value >= 0:
-            cell[2].inc(value)
-        Metrics._apply_increment(self, cell, value)
+        cell[1].inc(value)
+        cell[0] += value
+
+    def _function_backend(self, schema: _Schema, canon: tuple[tuple[str, str], ...],
+                          cell: _FnGauge) -> Any:
+        prom = schema.prom
+        child = prom.labels(*(v for _, v in canon)) if canon else prom
+        child.set_function(functools.partial(Metrics._read_function, schema, canon, cell))
+        return child
+
+    def _drop_function_backend(self, schema: _Schema, canon: tuple[tuple[str, str], ...],
+                               cell: _FnGauge) -> None:
+        if canon:
+            schema.prom.remove(*(v for _, v in canon))
+        else:  # an unlabelled prometheus_client gauge cannot be removed: it reads 0 again
+            cell.child.set_function(lambda: 0.0)
 
     def _apply_gauge(self, cell: list[Any], value: float) -> None:
         cell[1].set(value)
@@ -645,9 +766,7 @@ class _MirroredMetrics(Metrics):
     def _new_cell(self, schema: _Schema, canon: tuple[tuple[str, str], ...]) -> Any:
         prom = schema.prom
         child = prom.labels(*(v for _, v in canon)) if canon else prom
-        if schema.kind == "counter":
-            return [0, 0, child]
-        if schema.kind == "gauge":
+        if schema.kind in ("counter", "gauge"):
             return [0, child]
         return _MirroredHist(self._bounds.get(schema.name) or tuple(self.config.buckets), child)
 
@@ -690,11 +809,13 @@ class _LocalCollector:
             if schema.kind == "counter":
                 family = CounterMetricFamily(schema.exported, doc, labels=names)
                 for canon, cell in series:
-                    family.add_metric([v for _, v in canon], float(cell[0] - cell[1]))
+                    family.add_metric([v for _, v in canon], float(cell[0]))
             elif schema.kind == "gauge":
                 family = GaugeMetricFamily(schema.exported, doc, labels=names)
                 for canon, cell in series:
-                    family.add_metric([v for _, v in canon], float(cell[0]))
+                    value = (m._read_function(schema, canon, cell) if cell.__class__ is _FnGauge
+                             else cell[0])
+                    family.add_metric([v for _, v in canon], float(value))
             else:
                 family = HistogramMetricFamily(schema.exported, doc, labels=names)
                 for canon, hist in series:
@@ -708,6 +829,13 @@ class _LocalCollector:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _negative_step(name: Any, value: Any) -> MetricsError:
+    return MetricsError(
+        f"increment({name!r}, {value!r}): a counter only goes up, so the step must be >= 0 "
+        "(as prometheus_client's Counter.inc). Use a gauge for a value that goes down.",
+        metric=str(name))
 
 
 def _suggest(name: str) -> str:
@@ -904,3 +1032,27 @@ class MixinMetrics:
 
         metered.__wrapped__ = call  # type: ignore[attr-defined]
         return metered
+
+    def _guard_sync_metrics(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """The sync twin of :meth:`_guard_metrics`, for a plain ``def process``."""
+        node = self
+
+        def metered_sync(*args: Any, **kwargs: Any) -> Any:
+            metrics: Metrics = node.metrics
+            if not metrics.config.instrument_process:
+                return call(*args, **kwargs)
+            clock = metrics.clock
+            start = clock()
+            try:
+                result = call(*args, **kwargs)
+            except Exception:
+                metrics.histogram("process_duration", clock() - start, _ERROR)
+                raise
+            except BaseException:
+                metrics.histogram("process_duration", clock() - start, _CANCELLED)
+                raise
+            metrics.histogram("process_duration", clock() - start, _OK)
+            return result
+
+        metered_sync.__wrapped__ = call  # type: ignore[attr-defined]
+        return metered_sync

@@ -42,23 +42,33 @@ def parse(text: str) -> dict[str, float]:
 # -- counters, gauges, histograms, timers ---------------------------------------------------
 
 
-def test_counter_starts_at_zero_and_accepts_default_custom_and_negative_steps() -> None:
+def test_counter_starts_at_zero_and_accepts_default_and_custom_steps() -> None:
     m = Metrics()
     assert m.snapshot()["counters"] == {}
     m.increment("hits")
     assert m.snapshot()["counters"]["hits"] == 1
     m.increment("hits", 5)
-    m.increment("hits", -2)
+    m.increment("hits", 0)
     m.increment("hits", 0.5)
-    assert m.snapshot()["counters"]["hits"] == 4.5
+    assert m.snapshot()["counters"]["hits"] == 6.5
 
 
-def test_negative_counter_steps_are_not_exported() -> None:
-    m = Metrics()
-    m.increment("hits", 5)
-    m.increment("hits", -2)
-    assert m.snapshot()["counters"]["hits"] == 3
-    assert parse(m.exposition())["hits_total"] == 5.0  # Prometheus counters never go down
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+@pytest.mark.parametrize("labels", [None, {"route": "a"}])
+def test_a_negative_counter_step_is_an_error_and_snapshot_and_export_agree(
+        backend: str, labels: dict[str, str] | None) -> None:
+    """A counter only goes up (prometheus_client's Counter.inc raises on a negative amount);
+    before, snapshot() summed the negative step while the export dropped it."""
+    m = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    key = "hits" if labels is None else 'hits{route="a"}'
+    m.increment("hits", 5, labels=labels)  # the fast path (known series) ...
+    with pytest.raises(MetricsError, match=r"only goes up.*>= 0.*gauge") as info:
+        m.increment("hits", -2, labels=labels)
+    assert info.value.metric == "hits"
+    with pytest.raises(MetricsError, match="only goes up"):  # ... and the slow path
+        m.increment("fresh", -1, labels=labels)
+    assert m.snapshot()["counters"] == {key: 5}  # nothing changed, "fresh" not defined
+    assert parse(m.exposition())[key.replace("hits", "hits_total")] == 5.0
 
 
 def test_gauge_keeps_the_last_value() -> None:
@@ -181,7 +191,7 @@ def test_unhashable_label_value_is_rejected_clearly() -> None:
 
 @given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,5}", fullmatch=True),
                        st.text(max_size=5), min_size=1, max_size=4),
-       st.lists(st.integers(-3, 10), min_size=1, max_size=20), st.randoms())
+       st.lists(st.integers(0, 10), min_size=1, max_size=20), st.randoms())
 def test_any_label_order_sums_into_one_series(labels: dict[str, str], steps: list[int],
                                               rnd) -> None:
     m = Metrics()
@@ -192,7 +202,7 @@ def test_any_label_order_sums_into_one_series(labels: dict[str, str], steps: lis
     counters = m.snapshot()["counters"]
     assert list(counters.values()) == [sum(steps)]
     assert parse(m.exposition())["c_total{" + ",".join(
-        f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"] == sum(s for s in steps if s >= 0)
+        f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"] == sum(steps)
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -363,7 +373,8 @@ def test_prometheus_backend_mirrors_every_call_on_a_per_node_registry() -> None:
     for node in (a, b):
         node.metrics.increment("calls", labels={"route": "/x"})
     a.metrics.increment("calls", 4, labels={"route": "/x"})
-    a.metrics.increment("calls", -1, labels={"route": "/x"})  # not forwarded: would raise
+    with pytest.raises(MetricsError, match="only goes up"):
+        a.metrics.increment("calls", -1, labels={"route": "/x"})
     a.metrics.gauge("depth", 3)
     a.metrics.histogram("size", 0.5)
     with a.metrics.timer("took"):
@@ -376,7 +387,7 @@ def test_prometheus_backend_mirrors_every_call_on_a_per_node_registry() -> None:
     assert reg.get_sample_value("app_size_bucket", {"le": "0.1"}) == 0
     assert reg.get_sample_value("app_took_sum") == pytest.approx(0.05)
     assert b.metrics.registry.get_sample_value("app_calls_total", {"route": "/x"}) == 1
-    assert a.metrics.snapshot()["counters"] == {'calls{route="/x"}': 4}
+    assert a.metrics.snapshot()["counters"] == {'calls{route="/x"}': 5}
     assert "app_calls_created" in a.metrics.exposition()  # prometheus_client's own series
 
 
@@ -535,6 +546,33 @@ async def test_process_guard_can_be_switched_off() -> None:
     assert node.metrics.snapshot()["histograms"] == {}
 
 
+def test_sync_process_guard_times_every_call_by_outcome_without_an_event_loop() -> None:
+    node = Doubler()
+    node.metrics.clock = clock = ManualClock()
+
+    def body(x: int) -> int:
+        clock.advance(0.25)
+        if x < 0:
+            raise ValueError("negative")
+        if x == 0:
+            raise KeyboardInterrupt
+        return x * 2
+
+    guarded = node._guard_sync_metrics(body)
+    assert guarded(3) == 6  # a plain value, not a coroutine
+    with pytest.raises(ValueError, match="negative"):
+        guarded(-1)
+    with pytest.raises(KeyboardInterrupt):
+        guarded(0)
+    hists = node.metrics.snapshot()["histograms"]
+    assert hists['process_duration{outcome="ok"}']["sum"] == 0.25
+    assert hists['process_duration{outcome="error"}']["count"] == 1
+    assert hists['process_duration{outcome="cancelled"}']["count"] == 1
+    off = Doubler(capability_config={"metrics": {"instrument_process": False}})
+    assert off._guard_sync_metrics(lambda x: x + 1)(1) == 2
+    assert off.metrics.snapshot()["histograms"] == {}
+
+
 # -- the contract -------------------------------------------------------------------------------
 
 
@@ -618,3 +656,62 @@ def test_declared_buckets_apply_to_one_histogram_and_are_checked() -> None:
         m.declare_buckets("x", [5, 1])
     with pytest.raises(MetricsError, match="already observed"):
         m.declare_buckets("latency_ms", [2, 20])
+
+
+# -- scrape-time gauges -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+def test_gauge_callback_is_read_at_scrape_time_by_snapshot_and_export(backend: str) -> None:
+    m = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    level = {"a": 1, "b": 7}
+    m.gauge_callback("level", lambda: level["a"], labels={"pool": "a"})
+    m.gauge_callback("level", lambda: level["b"], labels={"pool": "b"})
+    m.gauge_callback("plain_level", lambda: 2.5)
+    level["a"] = 4
+    assert m.snapshot()["gauges"] == {'level{pool="a"}': 4, 'level{pool="b"}': 7,
+                                      "plain_level": 2.5}
+    level["a"] = 0
+    exported = parse(m.exposition())
+    assert exported['level{pool="a"}'] == 0.0 and exported["plain_level"] == 2.5
+    m.gauge_callback("level", lambda: 11, labels={"pool": "a"})  # replaces the function
+    assert m.snapshot()["gauges"]['level{pool="a"}'] == 11
+    with pytest.raises(MetricsError, match="gauge_callback"):
+        m.gauge("level", 3, labels={"pool": "a"})  # the series belongs to its callback
+    m.remove_gauge_callback("level", labels={"pool": "a"})
+    assert 'level{pool="a"}' not in m.snapshot()["gauges"]
+    assert 'level{pool="a"}' not in parse(m.exposition())
+    m.gauge("level", 3, labels={"pool": "a"})  # a plain series again
+    assert m.snapshot()["gauges"]['level{pool="a"}'] == 3
+
+
+def test_gauge_callback_replaces_a_plain_series_and_survives_reset_and_reconfigure() -> None:
+    m = Metrics()
+    m.gauge("depth", 1)
+    m.gauge_callback("depth", lambda: 9)
+    with pytest.raises(MetricsError, match="gauge_callback"):
+        m.gauge("depth", 2)  # the old fast-path entry is gone too
+    m.reset()
+    assert m.snapshot()["gauges"] == {"depth": 9}
+    m.configure(MetricsConfig(namespace="shop"))
+    assert m.snapshot()["gauges"] == {"depth": 9}
+    assert parse(m.exposition())["shop_depth"] == 9.0
+
+
+def test_gauge_callback_errors_are_clear() -> None:
+    m = Metrics()
+    with pytest.raises(MetricsError, match="callable"):
+        m.gauge_callback("depth", 3)  # type: ignore[arg-type]
+    m.increment("requests")
+    with pytest.raises(MetricsError, match="is a counter"):
+        m.gauge_callback("requests", lambda: 1)
+
+    def broken() -> float:
+        raise ZeroDivisionError
+
+    m.gauge_callback("broken", broken)
+    with pytest.raises(MetricsError, match=r"broken: the callback raised ZeroDivisionError"):
+        m.snapshot()
+    m.remove_gauge_callback("broken")
+    m.remove_gauge_callback("never_registered")  # nothing to do
+    assert m.snapshot()["counters"] == {"requests": 1}
