@@ -16,6 +16,7 @@ facilities (locks, connections, tasks) from that configuration.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -67,6 +68,7 @@ class _Plan:
         "defaults",
         "facilities",
         "facility_builders",
+        "init_mode",
         "names",
         "setups",
         "specs",
@@ -107,6 +109,31 @@ class _Plan:
         self.facilities = frozenset(ordered)
         self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
         self.default_fast = False
+        self.init_mode = _init_mode(cls)
+
+
+def _init_mode(cls: type) -> str:
+    """How ``__init__`` calls the class's ``_initialize_mixins`` (read once per class).
+
+    ``"base"``: the node base's own; ``"positional"``: an override taking ``(contract,
+    capability_config)``; ``"keyword"``: one taking ``capability_config`` by keyword only;
+    ``"contract"``: seed 000's one-argument override ``_initialize_mixins(self, contract)``.
+    """
+    fn = getattr(cls, "_initialize_mixins", None)
+    if fn is None or fn is vars(NodeCoreBase).get("_initialize_mixins"):
+        return "base"
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable without a signature: the base's convention
+        return "positional"
+    for mode, args, kwargs in (("positional", (None, None, None), {}),
+                               ("keyword", (None, None), {"capability_config": None})):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        return mode
+    return "contract"
 
 
 def _spec_entry(spec: Any) -> tuple[str, Any, str | None, str | None, str | None, Any]:
@@ -285,9 +312,23 @@ class NodeCoreBase:
         if cls._initialize_mixins is not NodeCoreBase._initialize_mixins:
             # a user-written _initialize_mixins (seed 000's contract-driven example) may set up
             # capabilities in any order or skip some: give every facility its default first
-            for name, build in cls.__onex_plan__.facility_builders:
+            for name, build in plan.facility_builders:
                 if not hasattr(self, name):
                     setattr(self, name, build(self))
+            mode = plan.init_mode
+            if mode == "contract":  # seed 000's _initialize_mixins(self, contract)
+                if capability_config:
+                    raise ConfigurationError(
+                        f"{cls.__qualname__}._initialize_mixins(self, contract) takes no "
+                        "capability_config, so capability_config= would be ignored. Either "
+                        "configure through the contract, or give the override a "
+                        "`capability_config=None` parameter and pass it on to "
+                        "super()._initialize_mixins(contract, capability_config).")
+                self._initialize_mixins(contract)  # type: ignore[call-arg]
+                return
+            if mode == "keyword":
+                self._initialize_mixins(contract, capability_config=capability_config)
+                return
         self._initialize_mixins(contract, capability_config)
 
     def _initialize_mixins(self, contract: Any = None,

@@ -360,3 +360,78 @@ def test_invalid_values_never_echo_a_secret() -> None:
     with pytest.raises(ConfigurationError) as info:
         coerce_config(UrlConfig, {"redis_url": "redis://user:hunter2@host"}, "x")
     assert "hunter2" not in str(info.value) and "redis_url" in str(info.value)
+
+
+# -- seed 000's own one-argument _initialize_mixins override (issue 9, point 6) -------------------
+
+
+def _seed000_contract_driven_class() -> type:
+    """Seed 000's "Contract-Driven Mixin Setup" method, exactly as the seed writes it (one
+    argument), on the seed's RobustComputeService bases."""
+    from onex_compose import NodeComputeService
+    from onex_compose.mixin import (
+        MixinCaching,
+        MixinEventBus,
+        MixinHealthCheck,
+        MixinMetrics,
+        MixinRetry,
+    )
+
+    ModelContract = Any  # noqa: N806 - the seed's annotation
+
+    class SeedService(NodeComputeService, MixinHealthCheck, MixinMetrics,  # type: ignore[misc, valid-type]
+                      MixinCaching, MixinEventBus, MixinRetry):
+        def __init__(self, contract: Any) -> None:
+            super().__init__(contract)
+            self._initialize_mixins(contract)
+
+        def _initialize_mixins(self, contract: ModelContract):  # type: ignore[no-untyped-def, override, valid-type]
+            """Initialize mixins based on contract specifications"""
+
+            # Health check configuration
+            if hasattr(contract.subcontracts, 'health_check'):
+                self.setup_health_check(contract.subcontracts.health_check)
+
+            # Metrics configuration
+            if hasattr(contract.subcontracts, 'metrics'):
+                self.setup_metrics(contract.subcontracts.metrics)
+
+            # Caching configuration
+            if hasattr(contract.subcontracts, 'caching'):
+                self.setup_caching(contract.subcontracts.caching)
+
+            # Event bus configuration
+            if hasattr(contract.subcontracts, 'event_type'):
+                self.setup_event_bus(contract.subcontracts.event_type)
+
+            # Retry configuration
+            retry_config = {
+                'max_attempts': 3,
+                'backoff_factor': 2.0,
+                'max_delay': 60.0
+            }
+            self.setup_retry(retry_config)
+
+    return SeedService
+
+
+def test_seed000_one_argument_initialize_mixins_override_works() -> None:
+    cls = _seed000_contract_driven_class()
+    contract = SimpleNamespace(subcontracts=SimpleNamespace(
+        health_check={}, metrics={}, caching={"max_entries": 7}, event_type={}))
+    node = cls(contract)
+    assert node.contract is contract
+    assert node.cache is not None and node.metrics is not None and node.event_bus is not None
+    assert node.cache.config.max_entries == 7  # the seed's own body configured the cache
+
+
+def test_seed000_one_argument_override_refuses_capability_config_clearly() -> None:
+    cls = _seed000_contract_driven_class()
+    contract = SimpleNamespace(subcontracts=SimpleNamespace())
+
+    class Direct(cls):  # type: ignore[misc, valid-type]
+        def __init__(self, contract: Any, **kwargs: Any) -> None:
+            NodeCoreBase.__init__(self, contract, **kwargs)
+
+    with pytest.raises(ConfigurationError, match=r"_initialize_mixins\(self, contract\)"):
+        Direct(contract, capability_config={"caching": {"max_entries": 1}})
