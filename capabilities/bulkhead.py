@@ -28,10 +28,11 @@ Semantics (resilience4j's ``SemaphoreBulkhead``, ``reference/capabilities.md`` A
   their own running loop when they need to wait, so nothing is bound to a loop at setup and a
   node built outside a loop works across repeated ``asyncio.run()`` calls.
 * Metrics: ``bulkhead_rejections_total{bulkhead}`` for every rejection, and the gauges
-  ``bulkhead_active_calls{bulkhead}`` / ``bulkhead_waiting_calls{bulkhead}`` refreshed whenever
-  a caller has to wait or is rejected, whenever a queued caller is admitted, and by
-  ``snapshot()``. The uncontended path publishes nothing: updating a gauge twice per call would
-  cost more than the bulkhead itself.
+  ``bulkhead_active_calls{bulkhead}`` / ``bulkhead_waiting_calls{bulkhead}``, read from the
+  bulkhead when the metrics are scraped (``snapshot()``, the exposition: the metrics facility's
+  ``gauge_callback``), so they are never stale and the call path publishes nothing (updating a
+  gauge twice per call would cost more than the bulkhead itself). A metrics facility without
+  ``gauge_callback`` gets the gauges set by :meth:`Bulkhead.snapshot`.
 
 Why hand-written instead of ``asyncio.Semaphore`` (or hyx's two semaphores): a semaphore is
 bound to one loop and one kind of caller (async or threads), has no "max wait then a typed
@@ -45,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from types import CoroutineType, TracebackType
@@ -167,6 +169,16 @@ class _Waiter:
         return True
 
 
+def _read_active(ref: weakref.ref[Bulkhead]) -> int:
+    bulkhead = ref()
+    return 0 if bulkhead is None else bulkhead._active
+
+
+def _read_waiting(ref: weakref.ref[Bulkhead]) -> int:
+    bulkhead = ref()
+    return 0 if bulkhead is None else len(bulkhead._waiters)
+
+
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -241,6 +253,26 @@ class Bulkhead:
         self._lock = threading.Lock()
         self.rejected = 0
         self.peak = 0
+        if metrics is not None:
+            self._register_gauges(metrics)
+
+    def _register_gauges(self, metrics: Any) -> None:
+        """Let the metrics facility read the gauges from this bulkhead when it is scraped."""
+        register = getattr(metrics, "gauge_callback", None)
+        if register is None:
+            return  # a foreign facility: snapshot() sets the gauges
+        ref = weakref.ref(self)
+        labels = {"bulkhead": self.name}
+        register("bulkhead_active_calls", functools.partial(_read_active, ref), labels)
+        register("bulkhead_waiting_calls", functools.partial(_read_waiting, ref), labels)
+
+    def _unregister_gauges(self) -> None:
+        """Drop this bulkhead's scrape-time gauges (it was replaced under another name)."""
+        remove = getattr(self.metrics, "remove_gauge_callback", None)
+        if remove is not None:
+            labels = {"bulkhead": self.name}
+            remove("bulkhead_active_calls", labels)
+            remove("bulkhead_waiting_calls", labels)
 
     def __repr__(self) -> str:
         return (f"<Bulkhead {self.name!r} active={self._active}/{self._limit} "
@@ -264,7 +296,7 @@ class Bulkhead:
         return len(self._waiters)
 
     def snapshot(self) -> dict[str, Any]:
-        """Current numbers (also refreshes the gauges).
+        """Current numbers (also sets the gauges of a metrics facility without ``gauge_callback``).
 
         Example:
             >>> Bulkhead({"max_concurrent": 3}, name="x").snapshot()
@@ -276,7 +308,7 @@ class Bulkhead:
 
     def _publish(self) -> None:
         metrics = self.metrics
-        if metrics is not None:
+        if metrics is not None and getattr(metrics, "gauge_callback", None) is None:
             labels = {"bulkhead": self.name}
             metrics.gauge("bulkhead_active_calls", self._active, labels=labels)
             metrics.gauge("bulkhead_waiting_calls", len(self._waiters), labels=labels)
@@ -325,10 +357,8 @@ class Bulkhead:
                     raise RuntimeError(f"Bulkhead {self.name!r}: release() without a matching "
                                        "acquire")
                 self._active -= 1
-                return
         finally:
             lock.release()
-        self._publish()  # a queued caller was admitted: the queue changed
 
     def _budget(self) -> float:
         wait = self._max_wait
@@ -342,7 +372,6 @@ class Bulkhead:
         self.rejected += 1
         if self.metrics is not None:
             self.metrics.increment("bulkhead_rejections_total", labels={"bulkhead": self.name})
-        self._publish()
         return BulkheadFullError(self.name, self._limit, active=self._active, waited=waited,
                                  max_wait=self._max_wait)
 
@@ -365,7 +394,6 @@ class Bulkhead:
                 self._waiters.append(waiter)
         if waiter is None:
             raise self._reject(0.0)
-        self._publish()
         return waiter, budget
 
     def _give_up(self, waiter: _Waiter) -> bool:
@@ -503,6 +531,8 @@ class MixinBulkhead:
         cfg = coerce_config(BulkheadConfig, config, "bulkhead")
         name = cfg.name or getattr(self, "node_id", None) or type(self).__name__
         old = getattr(self, "bulkhead", None)
+        if isinstance(old, Bulkhead) and old.name != name:
+            old._unregister_gauges()  # its calls still drain; the gauges follow the new one
         bulkhead = Bulkhead(cfg, name=name, metrics=self.metrics)  # type: ignore[attr-defined]
         if isinstance(old, Bulkhead):
             bulkhead.clock = old.clock
@@ -530,3 +560,20 @@ class MixinBulkhead:
                 bulkhead.release()
 
         return limited
+
+    def _guard_sync_bulkhead(self, call: Callable[..., T]) -> Callable[..., T]:
+        """The sync twin of :meth:`_guard_bulkhead` for a plain ``def process``: the thread
+        bulkhead (a caller that finds it full blocks up to ``max_wait``, then is rejected)."""
+
+        @functools.wraps(call)
+        def limited_sync(*args: Any, **kwargs: Any) -> T:
+            bulkhead: Bulkhead = self.bulkhead
+            if not bulkhead.guard:
+                return call(*args, **kwargs)
+            bulkhead.acquire_sync()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                bulkhead.release()
+
+        return limited_sync

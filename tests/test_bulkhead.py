@@ -88,10 +88,114 @@ def test_rejects_at_once_when_full_and_max_wait_is_zero() -> None:
     asyncio.run(main())
     snap = metrics.snapshot()
     assert snap["counters"]['bulkhead_rejections_total{bulkhead="db"}'] == 1
-    assert snap["gauges"]['bulkhead_active_calls{bulkhead="db"}'] == 2  # published on rejection
+    assert snap["gauges"]['bulkhead_active_calls{bulkhead="db"}'] == 0  # read at scrape time
     assert b.snapshot() == {"name": "db", "limit": 2, "active": 0, "waiting": 0, "peak": 2,
                             "rejected": 1}
     assert metrics.snapshot()["gauges"]['bulkhead_active_calls{bulkhead="db"}'] == 0
+
+
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+def test_gauges_are_read_at_scrape_time_and_never_go_stale(backend: str) -> None:
+    """Before, the uncontended release() published nothing: after a burst with one rejection,
+    bulkhead_active_calls read 2 with nothing active, forever."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from onex_compose.capabilities.metrics import MetricsConfig, build_metrics
+
+    metrics = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    b = Bulkhead({"max_concurrent": 2}, name="db", metrics=metrics)
+    key = 'bulkhead_active_calls{bulkhead="db"}'
+
+    def exported() -> dict[str, float]:
+        return {s.name + "".join(f'{{{k}="{v}"}}' for k, v in s.labels.items()): s.value
+                for f in text_string_to_metric_families(metrics.exposition()) for s in f.samples}
+
+    assert metrics.snapshot()["gauges"][key] == 0
+    b.acquire_sync()
+    assert metrics.snapshot()["gauges"][key] == 1 and exported()[key] == 1.0  # uncontended
+    b.acquire_sync()
+    with pytest.raises(BulkheadFullError):
+        b.acquire_sync()
+    assert metrics.snapshot()["gauges"][key] == 2
+    b.release()
+    b.release()
+    gauges = metrics.snapshot()["gauges"]
+    assert gauges[key] == 0 and gauges['bulkhead_waiting_calls{bulkhead="db"}'] == 0
+    assert exported()[key] == 0.0
+    assert metrics.snapshot()["counters"]['bulkhead_rejections_total{bulkhead="db"}'] == 1
+
+
+def test_gauges_count_waiting_callers_and_follow_a_reconfigured_node() -> None:
+    node = compose(NodeEffect, ["bulkhead"])(
+        capability_config={"bulkhead": {"max_concurrent": 1, "max_wait": 30, "name": "a"}})
+    bulkhead = node.bulkhead
+    bulkhead.acquire_sync()
+    entered = threading.Event()
+
+    def waiter() -> None:
+        entered.set()
+        with bulkhead:
+            pass
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert entered.wait(10)
+    deadline = _context.monotonic() + 10
+    while node.metrics.snapshot()["gauges"]['bulkhead_waiting_calls{bulkhead="a"}'] != 1:
+        assert _context.monotonic() < deadline, "the waiter never queued"
+        threading.Event().wait(0.005)
+    bulkhead.release()
+    thread.join(10)
+    gauges = node.metrics.snapshot()["gauges"]
+    assert gauges['bulkhead_waiting_calls{bulkhead="a"}'] == 0
+    assert gauges['bulkhead_active_calls{bulkhead="a"}'] == 0
+    node.setup_bulkhead({"max_concurrent": 3, "name": "b"})
+    node.bulkhead.acquire_sync()
+    gauges = node.metrics.snapshot()["gauges"]
+    assert 'bulkhead_active_calls{bulkhead="a"}' not in gauges  # the old one's series is gone
+    assert gauges['bulkhead_active_calls{bulkhead="b"}'] == 1
+    node.bulkhead.release()
+
+
+def test_a_dropped_bulkhead_is_not_kept_alive_by_its_gauges() -> None:
+    import gc
+    import weakref
+
+    metrics = Metrics()
+    b = Bulkhead({"max_concurrent": 2}, name="tmp", metrics=metrics)
+    ref = weakref.ref(b)
+    b.acquire_sync()
+    del b
+    gc.collect()
+    assert ref() is None
+    assert metrics.snapshot()["gauges"]['bulkhead_active_calls{bulkhead="tmp"}'] == 0
+
+
+def test_sync_guard_limits_a_plain_process_without_an_event_loop() -> None:
+    node = compose(NodeEffect, ["bulkhead"])(
+        capability_config={"bulkhead": {"max_concurrent": 1, "name": "s"}})
+    seen: list[int] = []
+
+    def body(x: int) -> int:
+        seen.append(node.bulkhead.active)
+        if x < 0:
+            raise ValueError("boom")
+        return x * 2
+
+    guarded = node._guard_sync_bulkhead(body)
+    assert guarded(4) == 8  # a plain value, no coroutine
+    with pytest.raises(ValueError, match="boom"):
+        guarded(-1)
+    assert seen == [1, 1] and node.bulkhead.active == 0  # held during the call, released after
+    node.bulkhead.acquire_sync()
+    with pytest.raises(BulkheadFullError):
+        guarded(1)
+    node.bulkhead.release()
+    off = compose(NodeEffect, ["bulkhead"])(
+        capability_config={"bulkhead": {"max_concurrent": 1, "guard_process": False}})
+    off.bulkhead.acquire_sync()
+    assert off._guard_sync_bulkhead(lambda x: x + 1)(1) == 2  # guard_process: false
+    off.bulkhead.release()
 
 
 def test_waiters_are_admitted_first_come_first_served() -> None:
