@@ -68,11 +68,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, cast
 
-from loguru import logger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities import _context, _redis
+from onex_compose.capabilities._fallback import BackendOutage, backend_errors
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -187,6 +187,11 @@ class RateLimitingConfig(LimitSpec):
     redis_clock: Literal["server", "client"] = "server"
     on_backend_error: Literal["local", "allow", "deny"] = "local"
     backend_retry_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return _redis.check_redis_url(value)
 
     @model_validator(mode="after")
     def _check_costs(self) -> RateLimitingConfig:
@@ -377,12 +382,12 @@ class RateLimiter:
         if self._redis:
             _redis.require_client("rate_limiting")
         self._prefix = f"{cfg.namespace}:rate_limit:"
-        self._down_until: float | None = None
-        self._backend_errors: tuple[type[BaseException], ...] = ()
-        if self._redis:
-            import redis.exceptions as rexc
-
-            self._backend_errors = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+        self._backend_errors: tuple[type[BaseException], ...] = (
+            backend_errors() if self._redis else ())
+        self._outage = BackendOutage(
+            "rate limiter", cfg.on_backend_error, cfg.backend_retry_interval,
+            clock=clock or _context.monotonic, metrics=metrics,
+            metric="rate_limit_backend_errors_total", labels={"fallback": cfg.on_backend_error})
         self.clock = clock  # sets the time sources (property)
 
     @property
@@ -401,6 +406,7 @@ class RateLimiter:
             self._clock = _context.monotonic
         # durations (back-off windows, deadlines) always run on a monotonic-like clock
         self._duration_clock: Clock = clock or _context.monotonic
+        self._outage.clock = self._duration_clock
         self._client_time = self._injected or self.config.redis_clock == "client"
 
     def use_clock(self, clock: _context.ManualClock) -> RateLimiter:
@@ -441,13 +447,13 @@ class RateLimiter:
         if not self._redis:
             return self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
                                     allowance, peek)
-        if self._backend_ready():
+        if self._outage.up():
             script = _Scripts.of(_redis.sync_client(self.config.redis_url))
             try:
                 reply = script(keys=[self._prefix + key], args=self._argv(
                     limit, cost, allowance, peek))
             except self._backend_errors as exc:
-                self._backend_failed(exc)
+                self._outage.failed(exc)
             else:
                 return float(_redis.text(reply[1])), float(_redis.text(reply[2]))
         return self._degraded(key, cost, limit, allowance, peek)
@@ -459,13 +465,13 @@ class RateLimiter:
         if not self._redis:
             return self._local.take(key, limit.emission, limit.tolerance, cost, self._clock(),
                                     allowance, peek)
-        if self._backend_ready():
+        if self._outage.up():
             script = _Scripts.of(_redis.async_client(self.config.redis_url))
             try:
                 reply = await script(keys=[self._prefix + key], args=self._argv(
                     limit, cost, allowance, peek))
             except self._backend_errors as exc:
-                self._backend_failed(exc)
+                self._outage.failed(exc)
             else:
                 return float(_redis.text(reply[1])), float(_redis.text(reply[2]))
         return self._degraded(key, cost, limit, allowance, peek)
@@ -474,25 +480,6 @@ class RateLimiter:
         return [repr(self._clock()) if self._client_time else "", repr(limit.emission),
                 repr(limit.tolerance), str(cost), repr(min(allowance, _INF)),
                 "1" if peek else "0"]
-
-    def _backend_ready(self) -> bool:
-        down = self._down_until
-        if down is None:
-            return True
-        if self._duration_clock() >= down:
-            self._down_until = None
-            logger.info("rate limiter: retrying Redis after an outage")
-            return True
-        return False
-
-    def _backend_failed(self, exc: BaseException) -> None:
-        if self._down_until is None:
-            logger.warning("rate limiter: Redis unreachable ({}); policy {!r} for {} s", exc,
-                           self.config.on_backend_error, self.config.backend_retry_interval)
-        self._down_until = self._duration_clock() + self.config.backend_retry_interval
-        if self.metrics is not None:
-            self.metrics.increment("rate_limit_backend_errors_total",
-                                   labels={"fallback": self.config.on_backend_error})
 
     def _degraded(self, key: str, cost: int, limit: Limit, allowance: float,
                   peek: bool) -> tuple[float, float]:

@@ -14,7 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onex_compose import ConfigurationError, NodeCompute, OnexError, compose, has_capability
+from onex_compose import (
+    ConfigurationError,
+    NodeCompute,
+    NodeEffect,
+    OnexError,
+    compose,
+    has_capability,
+)
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.circuit_breaker import (
     BreakerPolicy,
@@ -645,7 +652,6 @@ def test_a_composed_node_pickles_and_rebuilds_its_breakers():
 
 def test_docstring_examples_run_as_written():
     import doctest
-
     import importlib
 
     package = "onex_compose.capabilities.circuit_breaker"
@@ -732,3 +738,19 @@ async def test_the_process_guard_follows_a_reconfigured_node():
     node.setup_circuit_breaker({"process_breaker": "main"})
     assert await node.process("b") == "B"
     assert node.circuit_breaker.states() == {"main": "closed"}
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: a redis_url that is not one is refused at setup (the one validator of capabilities/_redis)
+
+
+@pytest.mark.parametrize("url", ["http://u:s3cret@cache:6379/0", "127.0.0.1:6379",
+                                 "redis://h:99999/0"])
+def test_a_redis_url_that_is_not_one_is_refused_at_config_time(url: str) -> None:
+    # it used to pass setup and then fail every call with redis-py's bare ValueError
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://") as info:
+        CircuitBreakers({"backend": "redis", "redis_url": url})
+    assert "s3cret" not in str(info.value)
+    Node = compose(NodeEffect, ["circuit_breaker"])
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
+        Node(capability_config={"circuit_breaker": {"backend": "redis", "redis_url": url}})

@@ -258,7 +258,7 @@ def test_outage_local_policy_falls_back_to_an_in_process_breaker(private_redis):
             clock.advance(5)
             continue
         break
-    assert result == "ok" and breaker._down_until is None
+    assert result == "ok" and breaker._outage.down_until is None
 
 
 def test_outage_allow_policy_runs_calls_unguarded(private_redis):

@@ -412,3 +412,19 @@ async def test_the_process_guard_follows_a_reconfigured_node():
 def test_a_rejection_is_neutral_for_a_circuit_breaker():
     assert RateLimitExceededError.onex_breaker_neutral is True
     assert RateLimitExceededError.onex_retriable is False
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: a redis_url that is not one is refused at setup (the one validator of capabilities/_redis)
+
+
+@pytest.mark.parametrize("url", ["http://u:s3cret@cache:6379/0", "127.0.0.1:6379",
+                                 "redis://h:99999/0"])
+def test_a_redis_url_that_is_not_one_is_refused_at_config_time(url: str) -> None:
+    # it used to pass setup and then fail every call with redis-py's bare ValueError
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://") as info:
+        RateLimiter({"backend": "redis", "redis_url": url})
+    assert "s3cret" not in str(info.value)
+    Node = compose(NodeCompute, ["rate_limiting"])
+    with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
+        Node(capability_config={"rate_limiting": {"backend": "redis", "redis_url": url}})

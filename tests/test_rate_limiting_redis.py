@@ -142,10 +142,10 @@ def test_outage_local_policy_keeps_limiting_in_process(private_redis):
     clock.advance(5)
     for _ in range(3):  # the pool may need one failed command to notice the restart
         lim.hit("fresh")
-        if lim._down_until is None:
+        if lim._outage.down_until is None:
             break
         clock.advance(5)
-    assert lim._down_until is None
+    assert lim._outage.down_until is None
     assert redis.Redis.from_url(private_redis.url).exists("outage:rate_limit:fresh")
 
 

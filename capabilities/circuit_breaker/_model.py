@@ -15,6 +15,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onex_compose import coerce_config
+from onex_compose.capabilities._redis import check_redis_url
 from onex_compose.exceptions import OnexError
 
 T = TypeVar("T")
@@ -225,6 +226,11 @@ class CircuitBreakerConfig(BreakerPolicy):
     event_topic: str = "circuit_breaker.state_changed"
     process_breaker: str = Field(default="process", min_length=1)
     breakers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
 
     @field_validator("breakers")
     @classmethod

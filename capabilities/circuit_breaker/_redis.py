@@ -9,10 +9,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from loguru import logger
-
 from onex_compose.capabilities import _redis as redis_support
 from onex_compose.capabilities._context import monotonic
+from onex_compose.capabilities._fallback import BackendOutage, backend_errors
 from onex_compose.capabilities._redis import text
 from onex_compose.capabilities.circuit_breaker._breaker import CircuitBreaker, _BreakerBase, _Epoch
 from onex_compose.capabilities.circuit_breaker._model import (
@@ -286,8 +285,6 @@ class RedisCircuitBreaker(_BreakerBase):
                  _dispatcher: _Dispatcher | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a circuit breaker needs a non-empty string name, got {name!r}")
-        import redis.exceptions as rexc
-
         self.name = name
         self.policy = policy = _policy(policy)
         self.url = url
@@ -302,8 +299,11 @@ class RedisCircuitBreaker(_BreakerBase):
                      f"{namespace}:circuit_breaker:{{{name}}}:window"]
         self.on_backend_error = on_backend_error
         self.backend_retry_interval = backend_retry_interval
-        self._down_until: float | None = None
-        self._backend_errors = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+        self._backend_errors = backend_errors()
+        self._outage = BackendOutage(
+            f"circuit breaker {name!r}", on_backend_error, backend_retry_interval,
+            clock=self._duration_clock, metrics=self._dispatch.metrics,
+            metric="circuit_breaker_backend_errors_total", labels={"operation_key": name})
         self._local = CircuitBreaker(name, policy, clock=self._duration_clock,
                                      _dispatcher=self._dispatch, ignore=ignore, record=record)
         self._local.on_state_change = self.on_state_change
@@ -330,24 +330,11 @@ class RedisCircuitBreaker(_BreakerBase):
     def _now_arg(self) -> str:
         return repr(self.clock()) if self._client_time else ""
 
-    def _backend_up(self) -> bool:
-        down = self._down_until
-        if down is None:
-            return True
-        if self._duration_clock() >= down:
-            self._down_until = None
-            logger.info("circuit breaker {!r}: retrying Redis after an outage", self.name)
-            return True
-        return False
-
-    def _backend_failed(self, exc: BaseException) -> None:
-        if self._down_until is None:
-            logger.warning("circuit breaker {!r}: Redis unreachable ({}); policy {!r} for {} s",
-                           self.name, exc, self.on_backend_error, self.backend_retry_interval)
-        self._down_until = self._duration_clock() + self.backend_retry_interval
-        if self._dispatch.metrics is not None:
-            self._dispatch.metrics.increment("circuit_breaker_backend_errors_total",
-                                             labels={"operation_key": self.name})
+    def set_clock(self, clock: Clock | None, redis_clock: Literal["server", "client"]) -> None:
+        """Re-point every time source (``CircuitBreakers.clock`` uses it to inject a clock)."""
+        self.clock = clock or (time.time if redis_clock == "client" else monotonic)
+        self._duration_clock = self._outage.clock = self._local.clock = clock or monotonic
+        self._client_time = clock is not None or redis_clock == "client"
 
     def _fallback(self) -> str:
         if self.on_backend_error == "deny":
@@ -391,15 +378,15 @@ class RedisCircuitBreaker(_BreakerBase):
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Call ``fn`` through the shared breaker using the synchronous Redis client."""
-        if not self._backend_up() and self._fallback() != "local":
+        if not self._outage.up() and self._fallback() != "local":
             return fn(*args, **kwargs)
-        if self._down_until is not None:
+        if self._outage.down_until is not None:
             return self._local.call(fn, *args, **kwargs)
         admit, record, _ = _Scripts.of(redis_support.sync_client(self.url))
         try:
             reply = admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
         except self._backend_errors as exc:
-            self._backend_failed(exc)
+            self._outage.failed(exc)
             if self._fallback() == "local":
                 return self._local.call(fn, *args, **kwargs)
             return fn(*args, **kwargs)
@@ -419,21 +406,21 @@ class RedisCircuitBreaker(_BreakerBase):
         try:
             self._recorded(record(keys=self.keys, args=self._record_argv(adm, outcome)))
         except self._backend_errors as exc:
-            self._backend_failed(exc)
+            self._outage.failed(exc)
 
     # -- async ---------------------------------------------------------------------------------
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """Await ``fn`` through the shared breaker using the asyncio Redis client."""
-        if not self._backend_up() and self._fallback() != "local":
+        if not self._outage.up() and self._fallback() != "local":
             return await fn(*args, **kwargs)
-        if self._down_until is not None:
+        if self._outage.down_until is not None:
             return await self._local.acall(fn, *args, **kwargs)
         admit, record, _ = _Scripts.of(redis_support.async_client(self.url))
         try:
             reply = await admit(keys=self.keys, args=[self._now_arg(), *self._admit_args])
         except self._backend_errors as exc:
-            self._backend_failed(exc)
+            self._outage.failed(exc)
             if self._fallback() == "local":
                 return await self._local.acall(fn, *args, **kwargs)
             return await fn(*args, **kwargs)
@@ -454,7 +441,7 @@ class RedisCircuitBreaker(_BreakerBase):
             reply = await record(keys=self.keys, args=self._record_argv(adm, outcome))
             self._recorded(reply)
         except self._backend_errors as exc:
-            self._backend_failed(exc)
+            self._outage.failed(exc)
 
     # -- status and manual control ---------------------------------------------------------------
 

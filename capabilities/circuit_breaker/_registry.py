@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -60,12 +59,7 @@ class CircuitBreakers:
                 if isinstance(breaker, CircuitBreaker):
                     breaker.clock = clock or monotonic
                 else:
-                    breaker.clock = clock or (time.time if self.config.redis_clock == "client"
-                                              else monotonic)
-                    breaker._duration_clock = clock or monotonic
-                    breaker._client_time = clock is not None or \
-                        self.config.redis_clock == "client"
-                    breaker._local.clock = clock or monotonic
+                    breaker.set_clock(clock, self.config.redis_clock)
 
     def get(self, name: str | None = None) -> AnyBreaker:
         """The breaker called ``name`` (default: the ``process()`` breaker), created if new."""
