@@ -47,8 +47,8 @@ Logging goes through the ``logging`` capability (seed 002: ``logging_protocol`` 
 a logger bound once at setup with ``capability="error_handling"``, so the node's scrub keys and
 correlation id apply. Like every record onex_compose itself emits, these are silent until the
 application calls ``logger.enable("onex_compose")`` (loguru's advice for libraries).
-Scrubbing (``sensitive_data_scrubbing``) is written here rather than taken from a library: no
-installed library redacts free text and nested mappings, and the rules are small: values under
+Scrubbing (``sensitive_data_scrubbing``) uses the project's one scrubber
+(``onex_compose._redact``, shared with logging, errors and health reasons): values under
 sensitive keys (password, secret, token, api_key, authorization, cookie, ...), ``key=value`` and
 ``key: value`` pairs with such keys, bearer/basic credentials, credentials in URLs, JWTs, card
 numbers and e-mail local parts are replaced with ``***``.
@@ -69,7 +69,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal, TypeVar, cast
@@ -77,7 +76,7 @@ from typing import Any, Literal, TypeVar, cast
 from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field
 
-from onex_compose import coerce_config, facility, has_capability
+from onex_compose import _redact, coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities.circuit_breaker import CircuitBreakerConfig, CircuitBreakers
 from onex_compose.capabilities.logging import bind_logger
@@ -151,45 +150,17 @@ class ModelRetryDecisionResult(BaseModel):
 # ------------------------------------------------------------------------------------------------
 # scrubbing
 
-_SENSITIVE_KEY = re.compile(
-    r"pass(word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-    r"auth(orization|entication)?|credential|cookie|session|ssn|credit[_-]?card|card[_-]?number|"
-    r"cvv|\bpin\b", re.IGNORECASE)
-_TEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), r"\1 ***"),
-    (re.compile(r"\b(pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key|"
-                r"private[_-]?key|authorization|auth|credentials?|cookie|session(?:[_-]?id)?)"
-                r"(\s*[=:]\s*)(['\"]?)[^\s,;&'\"]+\3", re.IGNORECASE), r"\1\2\3***\3"),
-    (re.compile(r"://([^:/@\s]+):([^@/\s]+)@"), r"://\1:***@"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"), "***"),
-    (re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), "***"),
-    (re.compile(r"\b[A-Za-z0-9._%+-]+@([A-Za-z0-9.-]+\.[A-Za-z]{2,})\b"), r"***@\1"),
-)
-
-
-def scrub(value: Any, *, _depth: int = 0) -> Any:
+def scrub(value: Any) -> Any:
     """Replace secrets in ``value`` (text, mappings, sequences; nested) with ``***``.
+
+    The project's one scrubber (:mod:`onex_compose._redact`): logs, errors and reports apply the
+    same rules.
 
     Example:
         >>> scrub({"user": "ann", "password": "x", "url": "redis://u:p@host/0"})
         {'user': 'ann', 'password': '***', 'url': 'redis://u:***@host/0'}
     """
-    if _depth > 8:
-        return "***"
-    if isinstance(value, str):
-        for pattern, replacement in _TEXT_RULES:
-            value = pattern.sub(replacement, value)
-        return value
-    if isinstance(value, Mapping):
-        return {k: ("***" if isinstance(k, str) and _SENSITIVE_KEY.search(k)
-                    else scrub(v, _depth=_depth + 1)) for k, v in value.items()}
-    if isinstance(value, tuple) and type(value) is tuple:
-        return tuple(scrub(v, _depth=_depth + 1) for v in value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [scrub(v, _depth=_depth + 1) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return scrub(str(value), _depth=_depth + 1)
+    return _redact.scrub(value)
 
 
 # ------------------------------------------------------------------------------------------------

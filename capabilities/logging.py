@@ -16,7 +16,9 @@ What a node gets:
   name contains one of ``scrub_keys`` (case-insensitive, ``-`` read as ``_``: ``password``,
   ``X-Api-Key``, ``db_password``...) has its value replaced by ``[REDACTED]``, recursively
   through mappings, lists and tuples (the caller's objects are never modified); in every string
-  value *and in the message*, bearer tokens, JWTs and URL passwords are masked. A secret
+  value *and in the message*, the project's one scrubber (``onex_compose._redact``, also used
+  by errors, error_handling and health reasons) masks URL passwords, sensitive ``key=value``
+  pairs and query parameters, bearer tokens, JWTs, card numbers and e-mail local parts. A secret
   interpolated into the message text under another shape cannot be recognised: log it as a
   keyword argument (``self.log.info("login", password=pw)``), never in the format string.
 
@@ -54,7 +56,6 @@ from __future__ import annotations
 import functools
 import inspect
 import random
-import re
 import sys
 import threading
 import warnings
@@ -65,7 +66,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from onex_compose import coerce_config, facility, has_capability
+from onex_compose import _redact, coerce_config, facility, has_capability
 from onex_compose.capabilities._context import correlation_id
 from onex_compose.capabilities._log import logger
 
@@ -83,29 +84,11 @@ __all__ = [
 ]
 
 REDACTED = "[REDACTED]"
-DEFAULT_SCRUB_KEYS: tuple[str, ...] = (
-    "password", "passwd", "secret", "token", "authorization", "api_key", "apikey",
-    "private_key", "credential", "cookie")
+DEFAULT_SCRUB_KEYS: tuple[str, ...] = _redact.DEFAULT_KEYS
 """Key fragments whose values are scrubbed (a key matches when it contains one)."""
 
 _LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
-_MAX_DEPTH = 12
 F = TypeVar("F", bound=Callable[..., Any])
-
-# bearer tokens, JWTs (three base64url parts, the first two starting with '{"'), URL passwords
-_SECRET_TEXT = re.compile(
-    r"(?P<bearer>\b(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*"
-    r"|(?P<jwt>\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*)"
-    r"|(?P<url>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
-
-
-def _mask_text(match: re.Match[str]) -> str:
-    if match.group("bearer"):
-        return match.group("bearer") + REDACTED
-    if match.group("jwt"):
-        return REDACTED
-    return match.group("url") + REDACTED + "@"
-
 
 # -- correlation ids --------------------------------------------------------------------------
 
@@ -206,6 +189,9 @@ class Correlation:
 class Scrubber:
     """A loguru patcher: scrubs a record's extra data and message, adds ``correlation_id``.
 
+    The rules are those of the project's one scrubber (:class:`onex_compose._redact.Redactor`),
+    with ``keys`` as its key fragments and ``[REDACTED]`` as its mask.
+
     Args:
         keys: key fragments whose values are replaced by ``[REDACTED]``.
 
@@ -217,63 +203,37 @@ class Scrubber:
         'postgresql://app:[REDACTED]@db/prod'
     """
 
-    __slots__ = ("keys",)
+    __slots__ = ("_redactor", "keys")
 
     def __init__(self, keys: Any = DEFAULT_SCRUB_KEYS) -> None:
-        self.keys = tuple(_normal(k) for k in keys)
+        self._redactor = _redact.Redactor(keys, mask=REDACTED)
+        self.keys = self._redactor.keys
 
     def sensitive(self, key: Any) -> bool:
         """Whether values under ``key`` are scrubbed."""
-        if not isinstance(key, str):
-            return False
-        norm = _normal(key)
-        return any(k in norm for k in self.keys)
+        return self._redactor.sensitive(key)
 
     def value(self, value: Any, depth: int = 0) -> Any:
         """A scrubbed copy of ``value`` (the same object when nothing needed scrubbing)."""
-        if isinstance(value, str):
-            return _SECRET_TEXT.sub(_mask_text, value) if value else value
-        if depth >= _MAX_DEPTH:
-            return value if isinstance(value, int | float | bool | type(None)) else "[TOO DEEP]"
-        if isinstance(value, Mapping):
-            out = {}
-            changed = False
-            for k, v in value.items():
-                new = REDACTED if self.sensitive(k) else self.value(v, depth + 1)
-                changed = changed or new is not v
-                out[k] = new
-            return out if changed else value
-        if isinstance(value, list | tuple):
-            items = [self.value(v, depth + 1) for v in value]
-            if all(a is b for a, b in zip(items, value, strict=True)):
-                return value
-            if isinstance(value, list):
-                return items
-            if type(value) is not tuple and hasattr(value, "_fields"):  # a namedtuple
-                return type(value)(*items)
-            return tuple(items)
-        return value
+        return self._redactor.value(value, depth)
 
     def __call__(self, record: Any) -> None:
+        redactor = self._redactor
         extra = record["extra"]
         for key, value in extra.items():
-            if self.sensitive(key):
+            if redactor.sensitive(key):
                 extra[key] = REDACTED
             elif not isinstance(value, int | float | bool | type(None)):
-                extra[key] = self.value(value)
+                extra[key] = redactor.value(value)
         if "correlation_id" not in extra:
             extra["correlation_id"] = correlation_id.get()
         message = record["message"]
         if message:
-            record["message"] = _SECRET_TEXT.sub(_mask_text, message)
+            record["message"] = redactor.text(message)
         _emitter.owner = self  # read by the node's own handler filter, in this same call
 
 
 _emitter = threading.local()
-
-
-def _normal(key: str) -> str:
-    return key.lower().replace("-", "_")
 
 
 # -- configuration ----------------------------------------------------------------------------
