@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -172,6 +173,7 @@ class _Session:
         "loop",
         "patterns",
         "pubsub",
+        "suspect",
         "task",
         "waiters",
     )
@@ -183,6 +185,7 @@ class _Session:
         self.pubsub: Any = None
         self.task: asyncio.Task[None] | None = None
         self.alive = False
+        self.suspect = False                # the owner saw the server fail: replace it
         self.channels: set[str] = set()     # confirmed by the server
         self.patterns: set[str] = set()
         self.waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
@@ -285,13 +288,25 @@ class PubSubListener:
         await asyncio.wait({s.task})
 
     async def supervise(self, interval: float,
-                        on_error: Callable[[BaseException | None], None] | None = None) -> None:
+                        on_error: Callable[[BaseException | None], None] | None = None, *,
+                        max_interval: float | None = None) -> None:
         """Keep the subscriptions alive until cancelled: reconnect ``interval`` seconds after
         the connection is lost or cannot be made. ``on_error(exc)`` is told about each failure
-        and ``on_error(None)`` about each recovery."""
+        and ``on_error(None)`` about each recovery.
+
+        Args:
+            interval: seconds before the first reconnection attempt after a loss.
+            on_error: told about each failure (``exc``) and each success (``None``).
+            max_interval: when given, the delay doubles after each failed attempt up to this
+                many seconds (with +-20 % jitter, so that processes that lost one server do not
+                reconnect in lockstep) and returns to ``interval`` after a success; ``None``:
+                every attempt waits ``interval``.
+        """
+        delay = interval
         while True:
             try:
                 await self.ensure()
+                delay = interval
                 if on_error is not None:
                     on_error(None)
                 await self.wait_lost()
@@ -300,7 +315,24 @@ class PubSubListener:
             except Exception as exc:
                 if on_error is not None:
                     on_error(exc)
+                if max_interval is not None:
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                    delay = min(max(delay, 1e-3) * 2, max_interval)
+                    continue
             await asyncio.sleep(interval)
+
+    def suspect(self) -> None:
+        """Tell the listener that its server just failed a command (the owner saw an outage).
+
+        The reader may still sit on a dead socket it has not read from yet (its task has not
+        run since the server went away), so its ``alive`` flag cannot be trusted: the next
+        :meth:`ensure` replaces the current session with a new one (and ``on_reset`` runs,
+        since messages may have been missed). A session made after this call is not affected.
+        """
+        s = self._session
+        if s is not None:
+            s.suspect = True
+            self._dirty = True
 
     async def ensure(self) -> None:
         """Connect (if needed) on the running loop and wait until every wanted subscription is
@@ -313,13 +345,15 @@ class PubSubListener:
         loop = asyncio.get_running_loop()
         s = self._session
         if s is not None and s.loop is loop and s.alive and not self._dirty:
-            return
+            task = s.task
+            if task is not None and not task.done():
+                return
         if s is None or s.loop is not loop:
             if s is not None:
                 self._abandon(s)
             s = self._session = _Session(loop)
         async with s.lock:
-            if not s.alive:
+            if not s.alive or s.suspect or s.task is None or s.task.done():
                 await self._connect(s)
             await self._subscribe_missing(s)
 
@@ -336,7 +370,7 @@ class PubSubListener:
             raise
         s.client, s.pubsub = client, pubsub
         s.channels, s.patterns = set(), set()
-        s.alive = True
+        s.alive, s.suspect = True, False
         s.task = s.loop.create_task(self._read(s), name=f"onex-{self.name}-reader")
         if self._sessions:
             self._reset()

@@ -584,6 +584,7 @@ class Cache:
         self._origin = uuid.uuid4().hex
         self._listener: Any = None
         self._live_loop: asyncio.AbstractEventLoop | None = None  # where invalidations arrive
+        self._supervisor: asyncio.Task[None] | None = None  # resubscribes after an outage
         self._down_until: float | None = None
         self._outage_since: float | None = None
         self._outage_reason: str | None = None
@@ -931,6 +932,7 @@ class Cache:
         # the listener object is kept: its next session knows it follows an earlier one and
         # drops L1 (invalidations sent while closed were missed)
         self._live_loop = None
+        await self._stop_supervisor()
         if self._listener is not None:
             await self._listener.aclose()
         for fut in list(self._inflight.values()):
@@ -972,13 +974,59 @@ class Cache:
                 on_lost=self._on_listener_lost, timeout=self.config.redis_timeout,
                 name=f"cache[{self.config.namespace}]")
             listener.add(channels=[self.channel])
+        loop = asyncio.get_running_loop()
+        sup = self._supervisor
+        if sup is None or sup.done() or sup.get_loop() is not loop:
+            self._start_supervisor(loop, listener)
         try:
             await listener.ensure()
         except Exception as exc:
             self._failed(exc)
             return False
-        self._live_loop = asyncio.get_running_loop()
+        self._live_loop = loop
         return True
+
+    def _start_supervisor(self, loop: asyncio.AbstractEventLoop, listener: Any) -> None:
+        """Run the task that resubscribes after the listener's connection is lost, by itself
+        (no cache call needed), with back-off: first after 50 ms, doubling up to
+        ``retry_interval`` (at least 50 ms). A new subscription drops L1 (``on_reset``)."""
+        old = self._supervisor
+        if old is not None and not old.done() and not old.get_loop().is_closed():
+            try:
+                old.get_loop().call_soon_threadsafe(old.cancel)
+            except RuntimeError:  # its loop closed meanwhile
+                pass
+        self._supervisor = loop.create_task(
+            listener.supervise(_RESUBSCRIBE_FIRST, self._on_supervised,
+                               max_interval=max(self.config.retry_interval, _RESUBSCRIBE_FIRST)),
+            name=f"onex-cache-{self.config.namespace}-resubscribe")
+
+    async def _stop_supervisor(self) -> None:
+        sup, self._supervisor = self._supervisor, None
+        if sup is None or sup.done():
+            return
+        if sup.get_loop() is _running_loop():
+            sup.cancel()
+            try:
+                await sup
+            except BaseException:  # cancelled (or it failed): either way it is gone
+                pass
+        elif not sup.get_loop().is_closed():
+            try:
+                sup.get_loop().call_soon_threadsafe(sup.cancel)
+            except RuntimeError:
+                pass
+
+    def _on_supervised(self, exc: BaseException | None) -> None:
+        """The supervisor's report: ``None`` when subscribed (again), else the failure."""
+        if exc is None:
+            # subscribed on this loop: L1 hits are served again (a resubscription after a loss
+            # already dropped L1 in _on_listener_reset), and Redis is evidently back
+            self._live_loop = _running_loop()
+            self._recovered()
+        else:
+            logger.debug("cache[{}]: invalidation listener not subscribed ({!r}); retrying",
+                         self.config.namespace, exc)
 
     def _client(self) -> Any:
         from onex_compose.capabilities._redis import async_client
@@ -1097,6 +1145,10 @@ class Cache:
         self._data.clear()
 
     def _failed(self, exc: BaseException) -> None:
+        if self._listener is not None:
+            # the listener's reader may not have noticed yet that the server went away: its
+            # session is replaced at the next ensure() (dropping L1: invalidations were missed)
+            self._listener.suspect()
         self._l2_errors += 1
         self._inc("cache_l2_errors_total", 1, {"kind": "unavailable"})
         self._down_until = self.clock() + self.config.retry_interval
@@ -1119,6 +1171,7 @@ class Cache:
 
 
 _running_loop = asyncio.events._get_running_loop  # None outside a loop; no exception
+_RESUBSCRIBE_FIRST = 0.05  # seconds before the first resubscription attempt after a loss
 _FOREVER = 2.0 ** 52 / 1000  # seconds (~140,000 years): longer TTLs are stored without expiry
 
 

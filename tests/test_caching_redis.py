@@ -398,3 +398,66 @@ async def test_a_redis_outage_shows_as_degraded_in_the_nodes_health(private_redi
     assert node.is_healthy()  # degraded still serves
     assert await node.cache.get("k") == 2
     await node.aclose()
+
+
+async def test_the_listener_resubscribes_by_itself_after_an_outage(private_redis: Any) -> None:
+    """No cache call after the restart: the cache resubscribes on its own (with back-off), drops
+    the L1 that may have missed invalidations, and hears the next invalidation."""
+    cfg = {"backend": "redis", "redis_url": private_redis.url, "namespace": "resub",
+           "retry_interval": 0.2, "redis_timeout": 0.5}
+    node = compose(NodeCompute, ["caching"])(capability_config={"caching": cfg})
+    cache = node.cache
+    await cache.set("k", "v1")
+    assert cache.health()["listener"] is True
+    private_redis.stop()
+    assert await eventually(lambda: not cache.health()["listener"], 10)
+    await asyncio.sleep(0.3)                      # a few failed attempts while it is down
+    private_redis.start()
+    assert await eventually(lambda: cache.health()["listener"], 15)  # no cache call needed
+    assert "k" not in cache._data                 # L1 that may have missed invalidations
+    writer = Cache(cfg)
+    await writer.set("k", "v2")
+    assert await cache.get("k") == "v2"           # promoted again into L1
+    await writer.delete("k")
+    assert await eventually(lambda: "k" not in cache._data, 10)  # invalidations flow again
+    await writer.aclose()
+    await node.aclose()
+    assert await no_tasks_left()
+
+
+async def test_another_process_resubscribes_by_itself_after_an_outage(private_redis: Any) -> None:
+    """Two processes: the helper's cache is not touched between the restart and the
+    invalidation; its listener comes back by itself and drops its stale L1."""
+    cfg = {"backend": "redis", "redis_url": private_redis.url, "namespace": "resub2"}
+    channel = b"resub2:invalidate"
+    check = redis.Redis.from_url(private_redis.url)
+    a = Cache(cfg)
+    other = Proc("cache", private_redis.url, "resub2")
+    try:
+        assert await asyncio.to_thread(other.read) == {"ready": True}
+        await a.set("k", "v1")
+        assert (await other.ask("get k"))["l1"] == ["k"]
+        await a.aclose()                      # only the other process listens from here on
+
+        private_redis.stop()
+        private_redis.start()                 # an empty server: what it held is gone
+
+        def resubscribed() -> bool:
+            try:
+                return bool(check.pubsub_numsub(channel) == [(channel, 1)])
+            except redis.ConnectionError:
+                return False
+
+        assert await eventually(resubscribed, 20)
+        assert await other.ask("l1") == {"l1": []}  # dropped: invalidations were missed
+        await a.set("k", "v2")
+        # the set's own invalidation must land first, or it (rightly) stops the promotion
+        assert await other.ask("wait-inval 1 10") == {"invalidations": 1}
+        reply = await other.ask("get k")
+        assert reply == {"value": "v2", "l1": ["k"]}
+        await a.delete("k")
+        assert await other.ask("wait-gone k 10") == {"gone": True}
+    finally:
+        await asyncio.to_thread(other.close)
+        await a.aclose()
+        check.close()
