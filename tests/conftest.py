@@ -2,8 +2,12 @@
 
 A backend test skips with a clear reason when its server is unreachable, except when
 ``ONEX_REQUIRE_SERVICES=1`` (set by ``.ci/run``), which turns the skip into a failure so a
-missing server cannot hide. Tests never stop or reconfigure the machine's shared servers: a fault
-test starts its own ``redis-server`` on a free port with :func:`private_redis` and kills that.
+missing server cannot hide. This holds both for a test marked ``redis``/``postgres``/``amqp``/
+``nats`` and for one that asks for the server's fixture (``redis_url``, ``postgres_dsn``,
+``amqp_url``, ``nats_url``); a test that uses a fixture gets its marker
+added, so ``-m "not redis"`` deselects every Redis test. Tests never stop or reconfigure the
+machine's shared servers: a fault test starts its own ``redis-server`` on a free port with
+:func:`private_redis` and kills that.
 """
 
 from __future__ import annotations
@@ -21,7 +25,21 @@ import pytest
 
 REDIS_URL = os.environ.get("ONEX_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get("ONEX_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("ONEX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+NATS_URL = os.environ.get("ONEX_NATS_URL", "nats://127.0.0.1:4222")
 REQUIRE = os.environ.get("ONEX_REQUIRE_SERVICES") == "1"
+
+# marker -> (server name, URL, default port, environment variable)
+SERVERS: dict[str, tuple[str, str, int, str]] = {
+    "redis": ("Redis", REDIS_URL, 6379, "ONEX_REDIS_URL"),
+    "postgres": ("PostgreSQL", POSTGRES_DSN, 5432, "ONEX_POSTGRES_DSN"),
+    "amqp": ("RabbitMQ", AMQP_URL, 5672, "ONEX_AMQP_URL"),
+    "nats": ("NATS", NATS_URL, 4222, "ONEX_NATS_URL"),
+}
+# fixture -> the marker a test using it gets
+FIXTURE_MARKERS = {"redis_url": "redis", "redis_prefix": "redis", "postgres_dsn": "postgres",
+                   "amqp_url": "amqp", "nats_url": "nats"}
+_reachability: dict[str, bool] = {}
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -34,19 +52,51 @@ def _reachable(url: str, default_port: int) -> bool:
         return False
 
 
-def _need(name: str, url: str, port: int) -> str:
-    if _reachable(url, port):
+def _masked(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (skip reasons are printed)."""
+    parsed = urlparse(url)
+    if parsed.password is None:
         return url
-    msg = f"{name} is unreachable at {url} (set the URL variable or start the server)"
+    netloc = parsed.netloc.rsplit("@", 1)[1]
+    return parsed._replace(netloc=f"{parsed.username or ''}:***@{netloc}").geturl()
+
+
+def _need(marker: str) -> str:
+    """The URL of the server behind ``marker``; skip (or fail under ONEX_REQUIRE_SERVICES=1)."""
+    name, url, port, variable = SERVERS[marker]
+    if marker not in _reachability:
+        _reachability[marker] = _reachable(url, port)
+    if _reachability[marker]:
+        return url
+    msg = (f"{name} is unreachable at {_masked(url)} (start the server, or point {variable} at "
+           "one)")
     if REQUIRE:
-        pytest.fail(msg + "; ONEX_REQUIRE_SERVICES=1 makes this a failure")
+        pytest.fail(msg + "; ONEX_REQUIRE_SERVICES=1 makes this a failure", pytrace=False)
     pytest.skip(msg)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server's fixture (so ``-m "not redis"`` deselects it)."""
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = FIXTURE_MARKERS.get(fixture)
+            if marker is not None and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked with a server skips when that server is unreachable (fails under
+    ONEX_REQUIRE_SERVICES=1), whether or not it asks for the server's fixture."""
+    for marker in SERVERS:
+        if item.get_closest_marker(marker) is not None:
+            _need(marker)
 
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the shared Redis server (ONEX_REDIS_URL)."""
-    return _need("Redis", REDIS_URL, 6379)
+    return _need("redis")
 
 
 @pytest.fixture
@@ -68,7 +118,19 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     """DSN of the shared PostgreSQL server (ONEX_POSTGRES_DSN)."""
-    return _need("PostgreSQL", POSTGRES_DSN, 5432)
+    return _need("postgres")
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """URL of the shared RabbitMQ server (ONEX_AMQP_URL)."""
+    return _need("amqp")
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the shared NATS server (ONEX_NATS_URL)."""
+    return _need("nats")
 
 
 def free_port() -> int:
