@@ -64,7 +64,9 @@ class Explanation:
                 out.append(f"  {member}: {info['capability']}{extra}")
         out.append("resolutions: " + ("; ".join(d["resolutions"]) if d["resolutions"] else "none"))
         if d.get("pipeline"):
-            out.append("process() pipeline (outermost first): " + " -> ".join(d["pipeline"]))
+            kind = f" ({d['pipeline_kind']} process)" if d.get("pipeline_kind") else ""
+            out.append("process() pipeline (outermost first): " + " -> ".join(d["pipeline"])
+                       + kind)
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -144,5 +146,7 @@ def explain(obj_or_cls: Any) -> Explanation:
         "added": list(comp.added),
         "edges": [list(e) for e in comp.edges],
         "pipeline": list(pipeline) if pipeline else [],
+        # "sync" (a plain def process, guarded by the _guard_sync_* hooks), "async", or None
+        "pipeline_kind": getattr(cls, "__onex_pipeline_kind__", None) if pipeline else None,
     }
     return Explanation(data)

@@ -2,7 +2,11 @@
 
 A capability that guards an operation (retry, circuit breaker, rate limit, timeout, bulkhead,
 caching, metrics, ...) defines ``_guard_<name>(self, call)`` returning an async callable that
-wraps ``call``, and declares a ``guard_rank`` in its contract. For each class the engine:
+wraps ``call``, and declares a ``guard_rank`` in its contract. A guard that can also guard a
+plain ``def process`` defines ``_guard_sync_<name>(self, call)``, wrapping a sync callable with
+the same semantics through the capability's sync path (retry's ``run_sync``, the thread
+bulkhead, ...) and honouring the same switches (``guard_process: false`` returns ``call``).
+For each class the engine:
 
 * orders the guards by ``(guard_rank, name)``, outermost first: the order resilience4j and Polly
   use (observability and caching outermost, then retry, circuit breaker, rate limiter,
@@ -13,10 +17,15 @@ wraps ``call``, and declares a ``guard_rank`` in its contract. For each class th
   variable marks "already inside this node's pipeline, in this task", so the inner call goes
   straight to the parent's own body, while a task started inside ``process()`` is guarded);
 * binds the chain once per instance, on the first call (``self._onex_chain``), so a call costs
-  one context-variable set/reset plus the guards themselves.
+  one context-variable set/reset plus the guards themselves;
+* keeps the kind of ``process``: an ``async def`` is guarded by the ``_guard_*`` hooks, a plain
+  ``def`` by the ``_guard_sync_*`` hooks and stays sync (a guard without a sync path is a
+  :class:`~onex_compose.exceptions.CompositionError` naming it). A ``def process`` that returns
+  an awaitable is sync to the engine: write it as ``async def`` to be guarded as async.
 
-The order is shown by :func:`onex_compose.explain` (``pipeline``) and stored on the class as
-``__onex_pipeline__``.
+The order is shown by :func:`onex_compose.explain` (``pipeline``, with ``pipeline_kind``) and
+stored on the class as ``__onex_pipeline__`` (and ``__onex_pipeline_kind__``: ``"sync"``,
+``"async"`` or ``None`` without guards).
 """
 
 from __future__ import annotations
@@ -26,7 +35,10 @@ import inspect
 from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
+from threading import get_ident
 from typing import Any
+
+from onex_compose.exceptions import CompositionError
 
 __all__ = ["guard_order", "install_pipeline"]
 
@@ -55,21 +67,44 @@ def _raw_process(cls: type) -> Callable[..., Any]:
 
 
 def install_pipeline(cls: type, guards: tuple[str, ...]) -> None:
-    """Wrap the most-derived ``process()`` of ``cls`` with its guard pipeline (once per class)."""
+    """Wrap the most-derived ``process()`` of ``cls`` with its guard pipeline (once per class).
+
+    An ``async def process`` is wrapped with the ``_guard_<name>`` hooks and stays a coroutine
+    function; a plain ``def process`` is wrapped with the ``_guard_sync_<name>`` hooks and stays
+    a plain function (``node.process(x)`` returns the value, no event loop needed).
+
+    Raises:
+        CompositionError: ``process`` is a plain ``def`` and a guard capability has no sync
+            path (no ``_guard_sync_<name>``); the message names each such guard.
+    """
     cls.__onex_pipeline__ = guards  # type: ignore[attr-defined]
     if not guards:
+        cls.__onex_pipeline_kind__ = None  # type: ignore[attr-defined]
         return
     raw = _raw_process(cls)
-    if not inspect.iscoroutinefunction(raw):
-        sync_raw = raw
+    if inspect.iscoroutinefunction(raw):
+        cls.__onex_pipeline_kind__ = "async"  # type: ignore[attr-defined]
+        _install_async(cls, raw, guards)
+    else:
+        _check_sync_guards(cls, guards)
+        cls.__onex_pipeline_kind__ = "sync"  # type: ignore[attr-defined]
+        _install_sync(cls, raw, guards)
 
-        @functools.wraps(sync_raw)
-        async def raw(self: Any, *args: Any, **kwargs: Any) -> Any:
-            result = sync_raw(self, *args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
 
+def _check_sync_guards(cls: type, guards: tuple[str, ...]) -> None:
+    missing = [g for g in guards if not callable(getattr(cls, f"_guard_sync_{g}", None))]
+    if missing:
+        listed = ", ".join(repr(g) for g in missing)
+        raise CompositionError(
+            f"{cls.__qualname__} defines a sync `def process`, but guard "
+            f"capabilit{'ies' if len(missing) > 1 else 'y'} {listed} "
+            f"{'have' if len(missing) > 1 else 'has'} no sync path (no "
+            f"{', '.join(f'_guard_sync_{g}' for g in missing)}), so "
+            f"{'they' if len(missing) > 1 else 'it'} cannot guard it. Make process "
+            f"`async def process(...)`, or drop {listed} from the class.")
+
+
+def _install_async(cls: type, raw: Callable[..., Any], guards: tuple[str, ...]) -> None:
     hooks = tuple(f"_guard_{name}" for name in guards)
 
     def chain_for(self: Any) -> Callable[..., Awaitable[Any]]:
@@ -92,6 +127,43 @@ def install_pipeline(cls: type, guards: tuple[str, ...]) -> None:
         finally:
             _inside.reset(token)
 
+    _publish(cls, process, raw, guards)
+
+
+def _install_sync(cls: type, raw: Callable[..., Any], guards: tuple[str, ...]) -> None:
+    """The sync pipeline. The "inside this node's pipeline" mark is set by the innermost link,
+    in the thread that runs the body (a sync guard may run the call in a worker thread, e.g.
+    the timeout's executor), and keyed to that thread: ``super().process()`` in the body goes
+    straight to the parent's body, while a thread started by the body is guarded."""
+    hooks = tuple(f"_guard_sync_{name}" for name in guards)
+
+    def chain_for(self: Any) -> Callable[..., Any]:
+        def body(*args: Any, **kwargs: Any) -> Any:
+            token = _inside.set((self, get_ident()))
+            try:
+                return raw(self, *args, **kwargs)
+            finally:
+                _inside.reset(token)
+
+        call: Callable[..., Any] = body
+        for hook in reversed(hooks):
+            call = getattr(self, hook)(call)
+        self._onex_chain = (raw, call)  # never via __dict__: see _nodes._initialize_mixins
+        return call
+
+    def process(self: Any, *args: Any, **kwargs: Any) -> Any:
+        inside = _inside.get()
+        if inside is not None and inside[0] is self and inside[1] == get_ident():
+            return raw(self, *args, **kwargs)  # super().process() inside the pipeline
+        chain = self._onex_chain
+        call = chain[1] if chain is not None and chain[0] is raw else chain_for(self)
+        return call(*args, **kwargs)
+
+    _publish(cls, process, raw, guards)
+
+
+def _publish(cls: type, process: Callable[..., Any], raw: Callable[..., Any],
+             guards: tuple[str, ...]) -> None:
     functools.update_wrapper(process, raw)
     process.__onex_raw__ = raw  # type: ignore[attr-defined]
     process.__onex_guards__ = guards  # type: ignore[attr-defined]
