@@ -11,7 +11,10 @@ creates, and never leak between concurrent calls:
 * ``retry_scope``: a :class:`RetryScope` set while a retry loop runs, so a ``with_retry``
   nested inside a retried ``process()`` makes a single attempt instead of multiplying attempts.
   It also carries the attempt number and the loop's own total budget (retry's ``max_elapsed``,
-  timeout's ``total_timeout``), which :func:`current_deadline` folds in.
+  timeout's ``total_timeout``), which :func:`current_deadline` folds in. A task or thread
+  started inside the loop copies the variable, so the scope records the task (or thread) that
+  owns the loop (:func:`scope_key`) and whether the loop still runs: only the owner's nested
+  calls are single attempts, and a finished loop's budget binds nobody.
 
 All timing logic takes an injectable clock (a zero-argument callable returning seconds);
 :class:`ManualClock` is the test double. :meth:`ManualClock.run` runs a coroutine on an event
@@ -26,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
+from asyncio import _get_running_loop
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
+from threading import get_ident
 from typing import Any, TypeVar
 
 __all__ = [
@@ -37,8 +42,10 @@ __all__ = [
     "current_deadline",
     "deadline",
     "monotonic",
+    "owned_scope",
     "remaining",
     "retry_scope",
+    "scope_key",
 ]
 
 T = TypeVar("T")
@@ -59,19 +66,25 @@ class RetryScope:
         deadline: the loop's own budget end (absolute, on the loop's clock), or ``None``. Retry's
             ``max_elapsed`` sets it when the loop starts; the timeout capability's
             ``total_timeout`` lowers it on the first attempt.
+        key: the task (or, outside a task, the thread id) running the loop (:func:`scope_key`);
+            a copy of the context in another task or thread does not own the scope.
+        active: ``True`` while the loop runs; the loop clears it when it ends, so a context
+            copied into a task that outlives the loop carries an inactive scope.
 
     Example:
         >>> scope = RetryScope(owner=None)
-        >>> scope.attempt, scope.deadline
-        (1, None)
+        >>> scope.attempt, scope.deadline, scope.active
+        (1, None, True)
     """
 
-    __slots__ = ("attempt", "deadline", "owner")
+    __slots__ = ("active", "attempt", "deadline", "key", "owner")
 
-    def __init__(self, owner: Any, deadline: float | None = None) -> None:
+    def __init__(self, owner: Any, deadline: float | None = None, key: object = None) -> None:
         self.owner = owner
         self.attempt = 1
         self.deadline = deadline
+        self.key = key
+        self.active = True
 
     def __repr__(self) -> str:
         return f"<RetryScope attempt={self.attempt} deadline={self.deadline}>"
@@ -88,11 +101,44 @@ def current_deadline() -> float | None:
     """
     d = deadline.get()
     scope = retry_scope.get()
-    if scope is not None:
+    if scope is not None and scope.active:  # a finished loop's budget binds nobody
         s = scope.deadline
         if s is not None and (d is None or s < d):
             return float(s)
     return d
+
+
+def scope_key() -> object:
+    """Who runs the current code: the running asyncio task, else the thread id.
+
+    A retry loop stores it in its :class:`RetryScope`; a nested call compares it with its own,
+    so a task (``create_task``, a ``TaskGroup``) or a thread (``to_thread``) started inside the
+    loop, which copies the context, is not mistaken for the loop's own code.
+
+    Example:
+        >>> import threading
+        >>> scope_key() == threading.get_ident()  # no event loop here
+        True
+    """
+    loop = _get_running_loop()
+    if loop is not None:
+        task = asyncio.current_task(loop)
+        if task is not None:
+            return task
+    return get_ident()
+
+
+def owned_scope() -> RetryScope | None:
+    """The active retry loop run by the current task or thread, or ``None``.
+
+    Example:
+        >>> owned_scope() is None
+        True
+    """
+    scope = retry_scope.get()
+    if scope is not None and scope.active and scope.key == scope_key():
+        return scope  # type: ignore[no-any-return]
+    return None
 
 
 def remaining(clock: Callable[[], float] = monotonic) -> float | None:

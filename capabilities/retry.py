@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
 import math
 import random as _random
@@ -80,18 +81,21 @@ from typing import (
     runtime_checkable,
 )
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities import _context
-from onex_compose.capabilities._context import RetryScope, current_deadline
+from onex_compose.capabilities._context import RetryScope, current_deadline, scope_key
 from onex_compose.capabilities._log import logger
+from onex_compose.exceptions import ConfigurationError
 
 __all__ = [
     "DEFAULT_FATAL",
     "DEFAULT_RETRIABLE",
     "MixinRetry",
+    "RetryAttempt",
     "RetryConfig",
+    "RetryHooks",
     "RetryPolicy",
     "RetryProtocol",
     "operation_name",
@@ -106,6 +110,148 @@ DEFAULT_FATAL: tuple[str, ...] = ("AuthenticationError", "ValidationError", "Con
 
 _retry_scope = _context.retry_scope
 _MISSING = object()
+
+
+class RetryAttempt:
+    """One attempt's outcome, as ``before_sleep`` and ``after_attempt`` receive it.
+
+    Attributes:
+        operation: the retried callable's name (as in the ``operation`` metric label).
+        attempt: the attempt that just ended, from 1 (the first call).
+        exception: the exception the attempt raised, or ``None`` when it returned.
+        result: the value the attempt returned (``None`` when it raised).
+        outcome: ``"success"`` (returned and accepted), ``"retry"`` (another attempt follows),
+            or why the loop stops: ``"exhausted"`` (max_attempts reached), ``"deadline"`` (the
+            next attempt would start after the deadline) or ``"not_retriable"``. A result that
+            ``retry_if_result`` rejects has ``exception is None`` and an outcome other than
+            ``"success"``.
+        next_delay: seconds the loop sleeps before the next attempt (``0.0`` when sleeping is
+            off), or ``None`` when no attempt follows.
+
+    Example:
+        >>> seen = []
+        >>> policy = RetryPolicy({"sleep": False, "after_attempt": seen.append})
+        >>> policy.run_sync(lambda: 42)
+        42
+        >>> seen
+        [<RetryAttempt <lambda> #1 success result=42>]
+    """
+
+    __slots__ = ("attempt", "exception", "next_delay", "operation", "outcome", "result")
+
+    def __init__(self, operation: str, attempt: int, exception: Exception | None, result: Any,
+                 outcome: str, next_delay: float | None) -> None:
+        self.operation = operation
+        self.attempt = attempt
+        self.exception = exception
+        self.result = result
+        self.outcome = outcome
+        self.next_delay = next_delay
+
+    def __repr__(self) -> str:
+        what = (f"raised {type(self.exception).__name__}" if self.exception is not None
+                else f"result={self.result!r}")
+        after = "" if self.next_delay is None else f" next_delay={self.next_delay:.3g}"
+        return f"<RetryAttempt {self.operation} #{self.attempt} {self.outcome} {what}{after}>"
+
+
+class RetryHooks:
+    """Per-call predicates and callbacks (``with_retry(..., retry_if=...)``, ``run(hooks=)``).
+
+    A field left ``None`` falls back to the policy's own (from its configuration).
+
+    Args:
+        retry_if: ``(exc) -> bool``; when given it alone decides whether an exception raised by
+            an attempt is retried (tenacity's ``retry=``, stamina's ``on=`` callable): the type
+            lists and ``onex_retriable`` are not consulted, so combine with
+            ``policy.is_retriable(exc)`` to extend them. Cancellation is never retried.
+        retry_if_result: ``(result) -> bool``; true makes a returned value a failed attempt,
+            retried with back-off. When the attempts or the deadline run out, the last result
+            is returned (as Polly does; tenacity raises ``RetryError`` instead).
+        before_sleep: ``(RetryAttempt) -> None``, called when another attempt follows, before
+            the back-off sleep (``attempt.next_delay`` is the sleep).
+        after_attempt: ``(RetryAttempt) -> None``, called after every attempt, the successful
+            one and the last one included.
+
+    In ``await run(...)`` / ``with_retry`` a callback or predicate may be ``async def``; in
+    :meth:`RetryPolicy.run_sync` they must be plain functions. An exception raised by one of
+    them propagates (with the attempt's error as its ``__context__``).
+    """
+
+    __slots__ = ("after_attempt", "before_sleep", "retry_if", "retry_if_result")
+
+    def __init__(self, *, retry_if: Callable[[Exception], Any] | None = None,
+                 retry_if_result: Callable[[Any], Any] | None = None,
+                 before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                 after_attempt: Callable[[RetryAttempt], Any] | None = None) -> None:
+        for name, value in (("retry_if", retry_if), ("retry_if_result", retry_if_result),
+                            ("before_sleep", before_sleep), ("after_attempt", after_attempt)):
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be a callable or None, got a "
+                                f"{type(value).__name__}")
+        self.retry_if = retry_if
+        self.retry_if_result = retry_if_result
+        self.before_sleep = before_sleep
+        self.after_attempt = after_attempt
+
+    def over(self, base: RetryHooks | None) -> RetryHooks:
+        """These hooks, each unset one taken from ``base``."""
+        if base is None:
+            return self
+        return RetryHooks(
+            retry_if=self.retry_if if self.retry_if is not None else base.retry_if,
+            retry_if_result=(self.retry_if_result if self.retry_if_result is not None
+                             else base.retry_if_result),
+            before_sleep=self.before_sleep if self.before_sleep is not None else base.before_sleep,
+            after_attempt=(self.after_attempt if self.after_attempt is not None
+                           else base.after_attempt))
+
+    def __repr__(self) -> str:
+        set_ = [n for n in self.__slots__ if getattr(self, n) is not None]
+        return f"<RetryHooks {', '.join(set_) or 'none'}>"
+
+
+def _class_path(kind: type) -> str:
+    """A builtin's bare name; another class's ``module.qualname`` when importable, else its name."""
+    if kind.__module__ == "builtins" or "<" in kind.__qualname__:
+        return kind.__name__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _resolve_exception(path: str, field: str) -> type[BaseException]:
+    """Import the exception class a dotted ``path`` names (``"httpx.TransportError"``).
+
+    Raises:
+        ConfigurationError: the module cannot be imported, has no such attribute, or the
+            attribute is not an exception class.
+    """
+    parts = path.split(".")
+    module = None
+    error: BaseException | None = None
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
+        try:
+            module = importlib.import_module(".".join(parts[:cut]))
+        except ImportError as exc:
+            error = error or exc
+            continue
+        obj: Any = module
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise ConfigurationError(
+                f"retry: {field} names {path!r}, but module {'.'.join(parts[:cut])!r} has no "
+                f"attribute {'.'.join(parts[cut:])!r}; check the spelling or give the class's "
+                "real module", capability="retry") from None
+        if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+            raise ConfigurationError(
+                f"retry: {field} names {path!r}, which is a {type(obj).__name__}, not an "
+                "exception class", capability="retry")
+        return obj
+    raise ConfigurationError(
+        f"retry: {field} names {path!r}, but module {'.'.join(parts[:-1])!r} cannot be imported "
+        f"({error}); install the package that provides it or fix the path",
+        capability="retry") from None
 
 
 class RetryConfig(BaseModel):
@@ -141,12 +287,27 @@ class RetryConfig(BaseModel):
     honor_retry_after: bool = Field(
         default=True, description="use an exception's retry_after (seconds) as the delay")
     sleep: bool = Field(default=True, description="false: never sleep between attempts (tests)")
-    guard_process: bool = Field(default=True, description="retry the node's process() calls")
+    guard_process: bool | None = Field(
+        default=None, description="retry the node's process() calls; null: by node type (on for "
+                                  "COMPUTE and REDUCER, off for EFFECT and ORCHESTRATOR, whose "
+                                  "process() may have side effects)")
     health_window: float = Field(default=60.0, gt=0.0,
                                  description="seconds of give-ups the health signal looks at")
     health_degraded_after: int | None = Field(
         default=5, ge=1, description="give-ups within health_window that mark retry degraded "
                                      "(null: never)")
+    retry_if: Callable[[Exception], Any] | None = Field(
+        default=None, description="Python only: predicate(exc) -> bool deciding alone which "
+                                  "errors are retried (the type lists are then not consulted)")
+    retry_if_result: Callable[[Any], Any] | None = Field(
+        default=None, description="Python only: predicate(result) -> bool; true retries the call "
+                                  "as a failed attempt (the last result is returned when the "
+                                  "attempts or the deadline run out)")
+    before_sleep: Callable[[RetryAttempt], Any] | None = Field(
+        default=None, description="Python only: called with a RetryAttempt before each back-off "
+                                  "sleep")
+    after_attempt: Callable[[RetryAttempt], Any] | None = Field(
+        default=None, description="Python only: called with a RetryAttempt after every attempt")
 
     @field_validator("jitter", mode="before")
     @classmethod
@@ -167,11 +328,26 @@ class RetryConfig(BaseModel):
             out = []
             for item in value:
                 if isinstance(item, type) and issubclass(item, BaseException):
-                    item = item.__name__
-                if not isinstance(item, str) or not item.isidentifier():
-                    raise ValueError(f"{item!r} is not an exception class name")
+                    item = _class_path(item)
+                if not isinstance(item, str) or not all(
+                        part.isidentifier() for part in item.split(".")):
+                    raise ValueError(
+                        f"{item!r} is not an exception class name: give a bare class name "
+                        "(\"TimeoutError\", matched by name) or a dotted import path "
+                        "(\"httpx.TransportError\", matched as that class and its subclasses)")
                 out.append(item)
             return tuple(out)
+        return value
+
+    @field_validator("retry_if", "retry_if_result", "before_sleep", "after_attempt",
+                     mode="before")
+    @classmethod
+    def _callables(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not callable(value):
+            raise ValueError(
+                f"{info.field_name} must be a Python callable, got a {type(value).__name__}; "
+                "pass a function in capability_config or to with_retry(...): a contract (YAML) "
+                "cannot hold one, so leave it null there")
         return value
 
 
@@ -275,8 +451,39 @@ def _hint_seconds(value: Any) -> float | None:
     return seconds
 
 
-async def _no_sleep(_seconds: float) -> None:
-    return None
+_GUARDED_BY_DEFAULT = frozenset({"COMPUTE", "REDUCER"})
+
+
+def _guard_decision(explicit: bool | None, node_type: object) -> tuple[bool, str]:
+    """Whether ``process()`` is retried, and why (shown by ``explain()``).
+
+    Example:
+        >>> _guard_decision(None, "EFFECT")[0], _guard_decision(None, "COMPUTE")[0]
+        (False, True)
+    """
+    if explicit is not None:
+        return explicit, f"guard_process: {'true' if explicit else 'false'} in the configuration"
+    kind = None if node_type is None else str(node_type)
+    if kind in _GUARDED_BY_DEFAULT:
+        return True, (f"{kind} node: process() is retried by default (set guard_process: false "
+                      "to turn it off)")
+    if kind is None:
+        return False, ("node type unknown: process() is not retried unless guard_process: true "
+                       "(it may have side effects)")
+    return False, (f"{kind} node: process() may have side effects, so it is not retried "
+                   "unless guard_process: true; wrap idempotent calls in with_retry instead")
+
+
+def _split_names(names: tuple[str, ...], field: str) -> tuple[frozenset[str], frozenset[type]]:
+    """Bare class names (matched by name) and dotted paths (imported now, matched as classes)."""
+    bare = frozenset(n for n in names if "." not in n)
+    kinds = frozenset(_resolve_exception(n, field) for n in names if "." in n)
+    return bare, kinds
+
+
+def _any_hook(hooks: RetryHooks) -> bool:
+    return not (hooks.retry_if is None and hooks.retry_if_result is None
+                and hooks.before_sleep is None and hooks.after_attempt is None)
 
 
 class RetryPolicy:
@@ -291,6 +498,11 @@ class RetryPolicy:
         sleep_sync: blocking sleep for :meth:`run_sync` (default ``time.sleep``).
         random: ``() -> float`` in ``[0, 1)`` for jitter (default ``random.random``).
         name: shown in logs and the health report.
+        node_type: the node's type (``"COMPUTE"``...), which decides whether ``process()`` is
+            retried when ``guard_process`` is unset (see :attr:`guard_reason`).
+
+    Raises:
+        ConfigurationError: a bad field, or a dotted exception path that cannot be imported.
 
     Example:
         >>> from onex_compose.capabilities._context import ManualClock
@@ -306,14 +518,16 @@ class RetryPolicy:
         ('ok', [0.0, 0.1, 0.30000000000000004])
     """
 
-    __slots__ = ("_cache", "_fatal", "_giveups", "_max_attempts", "_max_elapsed", "_retriable",
-                 "clock", "config", "guard", "metrics", "name", "random", "sleep", "sleep_sync")
+    __slots__ = ("_cache", "_fatal", "_fatal_types", "_giveups", "_hooks", "_max_attempts",
+                 "_max_elapsed", "_retriable", "_retriable_types", "clock", "config", "guard",
+                 "guard_reason", "metrics", "name", "random", "sleep", "sleep_sync")
 
     def __init__(self, config: RetryConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] = _context.monotonic,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  sleep_sync: Callable[[float], Any] | None = None,
-                 random: Callable[[], float] = _random.random, name: str = "retry") -> None:
+                 random: Callable[[], float] = _random.random, name: str = "retry",
+                 node_type: object = None) -> None:
         cfg: RetryConfig = coerce_config(RetryConfig, config, "retry")
         self.config = cfg
         self.metrics = metrics
@@ -322,11 +536,15 @@ class RetryPolicy:
         self.sleep_sync: Callable[[float], Any] = sleep_sync or time.sleep
         self.random = random
         self.name = name
-        self.guard = cfg.guard_process
+        self.guard, self.guard_reason = _guard_decision(cfg.guard_process, node_type)
         self._max_attempts = cfg.max_attempts
         self._max_elapsed = cfg.max_elapsed
-        self._retriable = frozenset(cfg.retriable_error_types)
-        self._fatal = frozenset(cfg.fatal_error_types)
+        self._retriable, self._retriable_types = _split_names(
+            cfg.retriable_error_types, "retriable_error_types")
+        self._fatal, self._fatal_types = _split_names(cfg.fatal_error_types, "fatal_error_types")
+        hooks = RetryHooks(retry_if=cfg.retry_if, retry_if_result=cfg.retry_if_result,
+                           before_sleep=cfg.before_sleep, after_attempt=cfg.after_attempt)
+        self._hooks = hooks if _any_hook(hooks) else None
         self._cache: dict[type, bool] = {}
         self._giveups: deque[float] = deque(maxlen=1000)
 
@@ -363,11 +581,13 @@ class RetryPolicy:
         except KeyError:
             pass
         decision = False
+        fatal, fatal_types = self._fatal, self._fatal_types
+        retriable, retriable_types = self._retriable, self._retriable_types
         for klass in kind.__mro__:
             name = klass.__name__
-            if name in self._fatal:
+            if name in fatal or klass in fatal_types:
                 break
-            if name in self._retriable:
+            if name in retriable or klass in retriable_types:
                 decision = True
                 break
             value = vars(klass).get("onex_retriable", _MISSING)
@@ -402,25 +622,31 @@ class RetryPolicy:
             return float(cap / 2 + self.random() * cap / 2)
         return float(cap)
 
-    def _decide(self, exc: Exception, scope: RetryScope, max_attempts: int, fn: Any) -> float | None:
-        """After a failed attempt: the seconds to sleep before the next one, or ``None`` to stop.
+    def _decide(self, exc: Exception | None, scope: RetryScope, max_attempts: int, fn: Any,
+                verdict: bool | None = None) -> float | str:
+        """After a failed attempt: the seconds to sleep before the next one, or why it stops.
 
-        When it stops, the exception gets a note and the outcome is counted.
+        ``exc`` is ``None`` for a result that ``retry_if_result`` rejected; ``verdict`` is
+        ``retry_if``'s answer for ``exc`` (``None``: classify by type). When the loop stops,
+        the exception gets a note and the outcome is counted; the outcome (``"exhausted"``,
+        ``"deadline"``, ``"not_retriable"``) is returned.
         """
         attempt = scope.attempt
-        if attempt == 1 and exc.__class__ is TypeError and not callable(fn):
-            _not_callable(fn)  # checked here, off the happy path
+        if exc is not None:
+            if attempt == 1 and exc.__class__ is TypeError and not callable(fn):
+                _not_callable(fn)  # checked here, off the happy path
+            retriable = self.is_retriable(exc) if verdict is None else verdict
+            if not retriable:
+                if attempt > 1:
+                    self._give_up(exc, fn, attempt, "not_retriable",
+                                  f"{type(exc).__name__} is not retriable")
+                return "not_retriable"
         switch = _testing
         if switch is not None and switch.attempts is not None:
             max_attempts = min(max_attempts, switch.attempts)
-        if not self.is_retriable(exc):
-            if attempt > 1:
-                self._give_up(exc, fn, attempt, "not_retriable",
-                              f"{type(exc).__name__} is not retriable")
-            return None
         if attempt >= max_attempts:
             self._give_up(exc, fn, attempt, "exhausted", f"max_attempts={max_attempts} reached")
-            return None
+            return "exhausted"
         wait = self.delay(attempt, exc)
         if not self.config.sleep or (switch is not None and not switch.sleep):
             wait = 0.0
@@ -431,15 +657,21 @@ class RetryPolicy:
                 self._give_up(exc, fn, attempt, "deadline",
                               f"the next attempt (after {wait:.3g} s) would start after the "
                               f"deadline ({max(0.0, end - now):.3g} s left)")
-                return None
+                return "deadline"
         self._count(fn, "retry")
-        logger.debug("retry {}: attempt {} failed with {!r}; retrying in {:.3g} s",
-                     operation_name(fn), attempt, exc, wait)
+        logger.debug("retry {}: attempt {} failed with {}; retrying in {:.3g} s",
+                     operation_name(fn), attempt,
+                     "a rejected result" if exc is None else repr(exc), wait)
         return wait
 
-    def _give_up(self, exc: Exception, fn: Any, attempt: int, outcome: str, why: str) -> None:
-        exc.add_note(f"onex retry: gave up on {operation_name(fn)} after {attempt} "
-                     f"attempt{'s' if attempt != 1 else ''}: {why}")
+    def _give_up(self, exc: Exception | None, fn: Any, attempt: int, outcome: str,
+                 why: str) -> None:
+        if exc is not None:
+            exc.add_note(f"onex retry: gave up on {operation_name(fn)} after {attempt} "
+                         f"attempt{'s' if attempt != 1 else ''}: {why}")
+        else:
+            logger.debug("retry {}: returning the last result, rejected by retry_if_result, "
+                         "after {} attempts: {}", operation_name(fn), attempt, why)
         if attempt > 1 or outcome == "deadline":  # a loop that retried (or could not)
             if outcome != "not_retriable":
                 self._giveups.append(self.clock())
@@ -455,21 +687,34 @@ class RetryPolicy:
 
     async def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
                   kwargs: Mapping[str, Any] | None = None,
-                  max_attempts: int | None = None) -> Any:
+                  max_attempts: int | None = None, hooks: RetryHooks | None = None) -> Any:
         """Call ``fn(*args, **kwargs)`` (sync or async) with retries; the async entry point.
+
+        Args:
+            fn: the callable; a plain one runs on the caller's thread, an awaitable result is
+                awaited.
+            args: positional arguments for ``fn``.
+            kwargs: keyword arguments for ``fn``.
+            max_attempts: attempts for this call (default: the configured ``max_attempts``).
+            hooks: per-call predicates and callbacks; unset ones fall back to the policy's.
 
         Raises:
             Exception: the last attempt's own exception, with a note about the attempts.
             ValueError: ``max_attempts`` is not a positive integer.
         """
-        if _retry_scope.get() is not None:  # nested in a retry loop: one attempt
+        scope = _retry_scope.get()
+        if scope is not None and scope.active and scope.key == scope_key():
+            # nested in a retry loop of this task: one attempt
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType or _awaitable(result):
                 result = await result
             return result
         n = self._max_attempts if max_attempts is None else _check_attempts(max_attempts)
+        hooks = self._hooks if hooks is None else hooks.over(self._hooks)
+        if hooks is not None:
+            return await self._run_hooked(fn, args, kwargs, n, hooks)
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget)
+        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
         token = _retry_scope.set(scope)
         try:
             while True:
@@ -479,34 +724,87 @@ class RetryPolicy:
                         result = await result
                 except Exception as exc:
                     wait = self._decide(exc, scope, n, fn)
-                    if wait is None:
+                    if wait.__class__ is str:
                         raise
                 else:
                     if scope.attempt > 1:
                         self._count(fn, "recovered")
                     return result
-                if wait > 0:
+                if wait:
+                    await self.sleep(wait)  # type: ignore[arg-type]
+                scope.attempt += 1
+        finally:
+            scope.active = False
+            _retry_scope.reset(token)
+
+    async def _run_hooked(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                          kwargs: Mapping[str, Any] | None, n: int, hooks: RetryHooks) -> Any:
+        """:meth:`run`'s loop with predicates and callbacks (kept apart from the fast loop)."""
+        budget = self._max_elapsed
+        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        token = _retry_scope.set(scope)
+        retry_if, if_result = hooks.retry_if, hooks.retry_if_result
+        try:
+            while True:
+                exc: Exception | None = None
+                result: Any = None
+                try:
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                    if result.__class__ is CoroutineType or _awaitable(result):
+                        result = await result
+                except Exception as error:
+                    exc = error
+                    verdict = None
+                    if retry_if is not None and error.__class__ is not _AsyncInSync:
+                        verdict = bool(await _maybe_await(retry_if(error)))
+                    wait = self._decide(exc, scope, n, fn, verdict)
+                else:
+                    rejected = if_result is not None and await _maybe_await(if_result(result))
+                    if not rejected:
+                        if scope.attempt > 1:
+                            self._count(fn, "recovered")
+                        await _notify(hooks.after_attempt, fn, scope, None, result, "success",
+                                      None)
+                        return result
+                    wait = self._decide(None, scope, n, fn)
+                if isinstance(wait, str):
+                    await _notify(hooks.after_attempt, fn, scope, exc, result, wait, None)
+                    if exc is not None:
+                        raise exc
+                    return result
+                await _notify(hooks.after_attempt, fn, scope, exc, result, "retry", wait)
+                await _notify(hooks.before_sleep, fn, scope, exc, result, "retry", wait)
+                if wait:
                     await self.sleep(wait)
                 scope.attempt += 1
         finally:
+            scope.active = False
             _retry_scope.reset(token)
 
     def run_sync(self, fn: Callable[..., T], args: tuple[Any, ...] = (),
                  kwargs: Mapping[str, Any] | None = None,
-                 max_attempts: int | None = None) -> T:
+                 max_attempts: int | None = None, hooks: RetryHooks | None = None) -> T:
         """Call the plain function ``fn(*args, **kwargs)`` with retries, sleeping with ``sleep_sync``.
 
+        Takes the same arguments as :meth:`run`; predicates and callbacks must be plain
+        functions here.
+
         Raises:
-            TypeError: ``fn`` returned a coroutine (use ``await run(...)`` for async functions).
+            TypeError: ``fn`` (or a predicate or callback) returned a coroutine (use
+                ``await run(...)`` for async functions).
         """
-        if _retry_scope.get() is not None:
+        scope = _retry_scope.get()
+        if scope is not None and scope.active and scope.key == scope_key():
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType:
                 _refuse_coroutine(fn, result)
             return result
         n = self._max_attempts if max_attempts is None else _check_attempts(max_attempts)
+        hooks = self._hooks if hooks is None else hooks.over(self._hooks)
+        if hooks is not None:
+            return cast(T, self._run_sync_hooked(fn, args, kwargs, n, hooks))
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget)
+        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
         token = _retry_scope.set(scope)
         try:
             while True:
@@ -516,16 +814,62 @@ class RetryPolicy:
                         _refuse_coroutine(fn, result)
                 except Exception as exc:
                     wait = self._decide(exc, scope, n, fn)
-                    if wait is None:
+                    if wait.__class__ is str:
                         raise
                 else:
                     if scope.attempt > 1:
                         self._count(fn, "recovered")
                     return result
-                if wait > 0:
+                if wait:
+                    self.sleep_sync(wait)  # type: ignore[arg-type]
+                scope.attempt += 1
+        finally:
+            scope.active = False
+            _retry_scope.reset(token)
+
+    def _run_sync_hooked(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                         kwargs: Mapping[str, Any] | None, n: int, hooks: RetryHooks) -> Any:
+        """:meth:`run_sync`'s loop with predicates and callbacks."""
+        budget = self._max_elapsed
+        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        token = _retry_scope.set(scope)
+        retry_if, if_result = hooks.retry_if, hooks.retry_if_result
+        try:
+            while True:
+                exc: Exception | None = None
+                result: Any = None
+                try:
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                    if result.__class__ is CoroutineType:
+                        _refuse_coroutine(fn, result)
+                except Exception as error:
+                    exc = error
+                    verdict = None
+                    if retry_if is not None and error.__class__ is not _AsyncInSync:
+                        verdict = _plain(retry_if(error), retry_if, "retry_if")
+                    wait = self._decide(exc, scope, n, fn, verdict)
+                else:
+                    rejected = if_result is not None and _plain(
+                        if_result(result), if_result, "retry_if_result")
+                    if not rejected:
+                        if scope.attempt > 1:
+                            self._count(fn, "recovered")
+                        _notify_sync(hooks.after_attempt, fn, scope, None, result, "success",
+                                     None)
+                        return result
+                    wait = self._decide(None, scope, n, fn)
+                if isinstance(wait, str):
+                    _notify_sync(hooks.after_attempt, fn, scope, exc, result, wait, None)
+                    if exc is not None:
+                        raise exc
+                    return result
+                _notify_sync(hooks.after_attempt, fn, scope, exc, result, "retry", wait)
+                _notify_sync(hooks.before_sleep, fn, scope, exc, result, "retry", wait)
+                if wait:
                     self.sleep_sync(wait)
                 scope.attempt += 1
         finally:
+            scope.active = False
             _retry_scope.reset(token)
 
     @overload
@@ -605,6 +949,43 @@ def _refuse_coroutine(fn: Any, result: Any) -> None:
         "use `await self.with_retry(...)` (or `await policy.run(...)`) for async functions")
 
 
+async def _maybe_await(value: Any) -> Any:
+    if value.__class__ is CoroutineType or _awaitable(value):
+        return await value
+    return value
+
+
+def _plain(value: Any, fn: Any, what: str) -> bool:
+    """A sync predicate's answer; a coroutine (an ``async def`` predicate) is a clear error."""
+    if value.__class__ is CoroutineType:
+        value.close()
+        raise TypeError(f"{what} {operation_name(fn)} is async, but run_sync/with_retry_sync "
+                        "cannot await it; give a plain function, or use await with_retry(...)")
+    return bool(value)
+
+
+def _outcome(fn: Any, scope: RetryScope, exc: Exception | None, result: Any, outcome: str,
+             wait: float | None) -> RetryAttempt:
+    return RetryAttempt(operation_name(fn), scope.attempt, exc,
+                        None if exc is not None else result, outcome, wait)
+
+
+async def _notify(callback: Callable[[RetryAttempt], Any] | None, fn: Any, scope: RetryScope,
+                  exc: Exception | None, result: Any, outcome: str, wait: float | None) -> None:
+    if callback is not None:
+        await _maybe_await(callback(_outcome(fn, scope, exc, result, outcome, wait)))
+
+
+def _notify_sync(callback: Callable[[RetryAttempt], Any] | None, fn: Any, scope: RetryScope,
+                 exc: Exception | None, result: Any, outcome: str, wait: float | None) -> None:
+    if callback is not None:
+        value = callback(_outcome(fn, scope, exc, result, outcome, wait))
+        if value.__class__ is CoroutineType:
+            value.close()
+            raise TypeError(f"callback {operation_name(callback)} is async, but run_sync/"
+                            "with_retry_sync cannot await it; give a plain function")
+
+
 _plain_types: set[type] = set()
 
 
@@ -652,7 +1033,8 @@ class MixinRetry:
         cfg = coerce_config(RetryConfig, config, "retry")
         old = getattr(self, "retry_policy", None)
         node = getattr(self, "node_id", None) or type(self).__name__
-        policy = RetryPolicy(cfg, metrics=self.metrics, name=f"{node}.retry")  # type: ignore[attr-defined]
+        policy = RetryPolicy(cfg, metrics=self.metrics, name=f"{node}.retry",  # type: ignore[attr-defined]
+                             node_type=_node_type(self))
         if isinstance(old, RetryPolicy):
             policy.clock, policy.sleep = old.clock, old.sleep
             policy.sleep_sync, policy.random = old.sleep_sync, old.random
@@ -663,17 +1045,31 @@ class MixinRetry:
     @facility
     def retry_policy(self) -> RetryPolicy:
         """The retry policy (defaults when ``setup_retry`` never ran)."""
-        return RetryPolicy(RetryConfig(), metrics=self.metrics)  # type: ignore[attr-defined]
+        return RetryPolicy(RetryConfig(), metrics=self.metrics,  # type: ignore[attr-defined]
+                           node_type=_node_type(self))
 
     @overload
     def with_retry(self, fn: Callable[..., Awaitable[T]], /, *args: Any,
-                   max_attempts: int | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]: ...
+                   max_attempts: int | None = None,
+                   retry_if: Callable[[Exception], Any] | None = None,
+                   retry_if_result: Callable[[Any], Any] | None = None,
+                   before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                   after_attempt: Callable[[RetryAttempt], Any] | None = None,
+                   **kwargs: Any) -> Coroutine[Any, Any, T]: ...
 
     @overload
-    def with_retry(self, fn: Callable[..., T], /, *args: Any,
-                   max_attempts: int | None = None, **kwargs: Any) -> Coroutine[Any, Any, T]: ...
+    def with_retry(self, fn: Callable[..., T], /, *args: Any, max_attempts: int | None = None,
+                   retry_if: Callable[[Exception], Any] | None = None,
+                   retry_if_result: Callable[[Any], Any] | None = None,
+                   before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                   after_attempt: Callable[[RetryAttempt], Any] | None = None,
+                   **kwargs: Any) -> Coroutine[Any, Any, T]: ...
 
     def with_retry(self, fn: Callable[..., Any], /, *args: Any, max_attempts: int | None = None,
+                   retry_if: Callable[[Exception], Any] | None = None,
+                   retry_if_result: Callable[[Any], Any] | None = None,
+                   before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                   after_attempt: Callable[[RetryAttempt], Any] | None = None,
                    **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """Call ``fn(*args, **kwargs)`` with retries; always ``await`` the result.
 
@@ -682,23 +1078,51 @@ class MixinRetry:
                 thread; a plain callable returning an awaitable, such as a lambda, is awaited).
             *args: positional arguments for ``fn``.
             max_attempts: attempts for this call (default: the configured ``max_attempts``).
+            retry_if: ``(exc) -> bool`` deciding alone which errors are retried (see
+                :class:`RetryHooks`); default: the configured one, else the type lists.
+            retry_if_result: ``(result) -> bool``; true retries a returned value.
+            before_sleep: called with a :class:`RetryAttempt` before each back-off sleep.
+            after_attempt: called with a :class:`RetryAttempt` after every attempt.
             **kwargs: keyword arguments for ``fn``.
 
         Returns:
-            ``fn``'s result.
+            ``fn``'s result (the last one when ``retry_if_result`` kept rejecting it).
 
         Raises:
             Exception: the last attempt's exception, unchanged apart from a note.
         """
-        return self.retry_policy.run(fn, args, kwargs, max_attempts)
+        if (retry_if is None and retry_if_result is None and before_sleep is None
+                and after_attempt is None):
+            return self.retry_policy.run(fn, args, kwargs, max_attempts)
+        hooks = RetryHooks(retry_if=retry_if, retry_if_result=retry_if_result,
+                           before_sleep=before_sleep, after_attempt=after_attempt)
+        return self.retry_policy.run(fn, args, kwargs, max_attempts, hooks)
 
     def with_retry_sync(self, fn: Callable[..., T], /, *args: Any,
-                        max_attempts: int | None = None, **kwargs: Any) -> T:
-        """Blocking ``with_retry`` for plain functions called from sync code (``time.sleep``)."""
-        return self.retry_policy.run_sync(fn, args, kwargs, max_attempts)
+                        max_attempts: int | None = None,
+                        retry_if: Callable[[Exception], Any] | None = None,
+                        retry_if_result: Callable[[Any], Any] | None = None,
+                        before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                        after_attempt: Callable[[RetryAttempt], Any] | None = None,
+                        **kwargs: Any) -> T:
+        """Blocking ``with_retry`` for plain functions called from sync code (``time.sleep``).
+
+        Takes the same arguments as :meth:`with_retry`; predicates and callbacks must be plain
+        functions.
+        """
+        if (retry_if is None and retry_if_result is None and before_sleep is None
+                and after_attempt is None):
+            return self.retry_policy.run_sync(fn, args, kwargs, max_attempts)
+        hooks = RetryHooks(retry_if=retry_if, retry_if_result=retry_if_result,
+                           before_sleep=before_sleep, after_attempt=after_attempt)
+        return self.retry_policy.run_sync(fn, args, kwargs, max_attempts, hooks)
 
     def _guard_retry(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        """Wrap ``process()`` with the configured policy (guard rank 50)."""
+        """Wrap ``process()`` with the configured policy (guard rank 50).
+
+        Whether it retries follows the current policy's :attr:`RetryPolicy.guard`: by node type
+        unless ``guard_process`` is set.
+        """
 
         @functools.wraps(call)
         async def retried(*args: Any, **kwargs: Any) -> T:
@@ -708,6 +1132,30 @@ class MixinRetry:
             return cast(T, await policy.run(call, args, kwargs))
 
         return retried
+
+    def _guard_sync_retry(self, call: Callable[..., T]) -> Callable[..., T]:
+        """Wrap a plain ``def process()`` with the policy's blocking loop (``run_sync``).
+
+        Same switches as :meth:`_guard_retry`; the back-off sleeps with ``time.sleep``.
+        """
+
+        @functools.wraps(call)
+        def retried(*args: Any, **kwargs: Any) -> T:
+            policy: RetryPolicy = self.retry_policy
+            if not policy.guard:
+                return call(*args, **kwargs)
+            return policy.run_sync(call, args, kwargs)
+
+        return retried
+
+    def _explain_retry(self) -> str:
+        """One line for ``explain()``: whether ``process()`` is retried, and why."""
+        policy: RetryPolicy = self.retry_policy
+        return f"process() {'retried' if policy.guard else 'not retried'}: {policy.guard_reason}"
+
+
+def _node_type(node: Any) -> object:
+    return getattr(type(node), "node_type", None)
 
 
 class _RetryHealth:

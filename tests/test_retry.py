@@ -693,8 +693,10 @@ class FlakyNode(NodeEffect):
 
 
 def make_node(failures: int, **retry_cfg: Any) -> Any:
+    """An EFFECT node whose process() retry is opted into (``guard_process: true``)."""
     cls = compose(FlakyNode, ["retry"])
-    node = cls(capability_config={"retry": {"sleep": False, **retry_cfg}})
+    cfg = {"sleep": False, "guard_process": True, **retry_cfg}
+    node = cls(capability_config={"retry": cfg})
     node.calls, node.failures = [], failures
     return node
 
@@ -719,7 +721,8 @@ async def test_with_retry_inside_retried_process_does_not_multiply() -> None:
         async def process(self, x: int) -> Any:
             return await self.with_retry(inner.acall, x, max_attempts=3)
 
-    node = compose(Node, ["retry"])(capability_config={"retry": {"sleep": False}})
+    node = compose(Node, ["retry"])(
+        capability_config={"retry": {"sleep": False, "guard_process": True}})
     with pytest.raises(ConnectionError):
         await node.process(1)
     assert len(inner.calls) == 3  # not 9
@@ -729,7 +732,7 @@ async def test_reconfigure_keeps_an_injected_clock() -> None:
     node = make_node(1)
     clock = ManualClock()
     node.retry_policy.use_clock(clock)
-    node.setup_retry({"max_attempts": 5, "jitter": "none"})
+    node.setup_retry({"max_attempts": 5, "jitter": "none", "guard_process": True})
     assert node.retry_policy.clock is clock and node.retry_policy.config.max_attempts == 5
     assert await node.process(1) == 2
     assert clock.sleeps == [0.1]
