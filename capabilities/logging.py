@@ -470,3 +470,22 @@ class MixinLogging:
 
         correlated.__wrapped__ = call  # type: ignore[attr-defined]
         return correlated
+
+    def _guard_sync_logging(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """The sync twin of :meth:`_guard_logging`, for a plain ``def process``."""
+        node = self
+
+        def correlated_sync(*args: Any, **kwargs: Any) -> Any:
+            if correlation_id.get() is not None:
+                return call(*args, **kwargs)
+            cfg = getattr(node, "_onex_log_config", None)
+            if cfg is not None and not cfg.correlate_process:
+                return call(*args, **kwargs)
+            token = correlation_id.set(new_correlation_id())
+            try:
+                return call(*args, **kwargs)
+            finally:
+                correlation_id.reset(token)
+
+        correlated_sync.__wrapped__ = call  # type: ignore[attr-defined]
+        return correlated_sync

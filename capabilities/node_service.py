@@ -107,6 +107,29 @@ class ServiceRuntime:
         assert self._done is not None
         return self._done
 
+    def _sync_exit(self) -> None:
+        """A sync ``process()`` call ended (in any thread): wake a ``stop()`` waiting to drain.
+
+        The idle event belongs to the loop ``stop()`` runs on; from another thread it is set
+        through that loop (``call_soon_threadsafe``), never directly.
+        """
+        self.in_flight -= 1
+        loop, idle = self._loop, self._idle
+        if loop is None or idle is None or self.in_flight > self._drain_floor:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            idle.set()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._set_idle_if_drained)
+
+    def _set_idle_if_drained(self) -> None:
+        if self._idle is not None and self.in_flight <= self._drain_floor:
+            self._idle.set()
+
     @property
     def shutdown_event(self) -> asyncio.Event:
         """Set when shutdown begins (wakes anything waiting on it, e.g. a health loop)."""
@@ -313,3 +336,24 @@ class MixinNodeService:
                     idle.set()
 
         return tracked
+
+    def _guard_sync_node_service(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """The sync twin of the in-flight guard, for a plain ``def process``.
+
+        Refuses calls once the service is stopping and counts the call in flight, so that
+        ``stop()`` waits for it (from any thread). A sync call cannot be cancelled: one still
+        running when ``shutdown_timeout`` ends keeps running while the node closes.
+        """
+        rt = self.service
+        node = type(self).__qualname__
+
+        def tracked_sync(*args: Any, **kwargs: Any) -> Any:
+            if rt.stopping:
+                raise ServiceStoppingError(f"{node} is shutting down; the call was refused")
+            rt.in_flight += 1
+            try:
+                return call(*args, **kwargs)
+            finally:
+                rt._sync_exit()
+
+        return tracked_sync

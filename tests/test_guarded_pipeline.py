@@ -437,3 +437,24 @@ def test_a_task_started_inside_process_is_guarded_when_it_calls_process_later() 
 
     results = asyncio.run(main())
     assert all(isinstance(r, RateLimitExceededError) for r in results), results
+
+
+# ------------------------------------------------------------------------------------------------
+# a sync def process on the real capabilities (the sync-guard protocol, issue 9 point 6)
+
+
+class SyncBody(NodeEffect):
+    def process(self, x: Any) -> Any:  # type: ignore[override]
+        self.seen.append(_context.correlation_id.get())
+        return x
+
+
+def test_logging_gives_each_sync_call_a_correlation_id() -> None:
+    node = compose(SyncBody, ["logging"])()
+    node.seen = []
+    assert node.process(1) == 1 and node.process(2) == 2  # sync: no event loop
+    assert None not in node.seen and len(set(node.seen)) == 2
+    off = compose(SyncBody, ["logging"])(capability_config={"logging": {"correlate_process": False}})
+    off.seen = []
+    off.process(3)
+    assert off.seen == [None]

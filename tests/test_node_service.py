@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -329,3 +330,48 @@ async def test_stop_called_from_inside_process_does_not_wait_for_itself() -> Non
     assert await node.process("shutdown") == "bye"
     assert time.monotonic() - started < 2  # drained the other call, not its own 10 s timeout
     assert await other == "work" and not node.service.running
+
+
+# -- a sync def process on a service (the sync-guard protocol, issue 9 point 6) -----------------
+
+
+class SyncWork(NodeComputeService):
+    def process(self, gate: threading.Event) -> str:  # type: ignore[override]
+        self.entered.set()
+        if not gate.wait(20):
+            raise TimeoutError("the gate was never opened")
+        return "done"
+
+
+def test_sync_process_on_a_service_stays_sync_and_is_counted() -> None:
+    node = SyncWork()
+    node.entered = threading.Event()
+    gate = threading.Event()
+    gate.set()
+    assert node.process(gate) == "done"  # no event loop
+    assert node.service.in_flight == 0
+    assert SyncWork.__onex_pipeline_kind__ == "sync"
+
+
+async def test_stop_waits_for_a_sync_call_in_a_worker_thread_then_refuses_new_ones() -> None:
+    node = SyncWork()
+    node.entered = threading.Event()
+    gate = threading.Event()
+    await node.start()
+    call = asyncio.ensure_future(asyncio.to_thread(node.process, gate))
+    deadline = time.monotonic() + 20
+    while not node.entered.is_set():
+        assert time.monotonic() < deadline, "the sync call never started"
+        await asyncio.sleep(0.01)
+    assert node.service.in_flight == 1
+    stopping = asyncio.ensure_future(node.stop(timeout=20))
+    while not node.service.stopping:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    with pytest.raises(ServiceStoppingError):
+        node.process(gate)
+    assert not stopping.done()  # draining: it waits for the call in the worker thread
+    gate.set()
+    assert await asyncio.wait_for(call, 20) == "done"
+    await asyncio.wait_for(stopping, 20)  # woken from the worker thread, well before 20 s
+    assert node.service.stopped and node.service.in_flight == 0
