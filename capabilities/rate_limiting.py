@@ -744,3 +744,23 @@ class MixinRateLimiting:
             return await call(*args, **kwargs)
 
         return limited
+
+    def _guard_sync_rate_limiting(self, call: Callable[..., T]) -> Callable[..., T]:
+        """The sync twin of :meth:`_guard_rate_limiting` for a plain ``def process``: the same
+        key, cost and ``guard_process`` switch, spent with the limiter's synchronous path (the
+        in-process ``hit`` fast path, else :meth:`RateLimiter.acquire_sync`, which rejects with
+        :class:`RateLimitExceededError` or, in wait mode, blocks the calling thread)."""
+        node = cast(Any, self)
+
+        @functools.wraps(call)
+        def limited_sync(*args: Any, **kwargs: Any) -> T:
+            limiter: RateLimiter = node.rate_limiter
+            cfg = limiter.config
+            if cfg.guard_process:
+                key_func = limiter.key_func
+                key = key_func(*args, **kwargs) if key_func is not None else cfg.guard_key
+                if limiter._redis or not limiter._admit_now(key, cfg.guard_cost):
+                    limiter.acquire_sync(key, cfg.guard_cost)
+            return call(*args, **kwargs)
+
+        return limited_sync

@@ -28,6 +28,7 @@ from onex_compose.capabilities.circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerConfig,
     CircuitBreakers,
+    CircuitBreakerUsageError,
     CircuitOpenError,
     CircuitState,
     CircuitStateChange,
@@ -754,3 +755,71 @@ def test_a_redis_url_that_is_not_one_is_refused_at_config_time(url: str) -> None
     Node = compose(NodeEffect, ["circuit_breaker"])
     with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
         Node(capability_config={"circuit_breaker": {"backend": "redis", "redis_url": url}})
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: call(async_fn) is a clear error; a sync `def process` is guarded through call()
+
+
+async def fetch_async() -> str:
+    return "never awaited"
+
+
+def test_call_with_an_async_function_is_a_clear_error_and_records_nothing():
+    # it used to return a coroutine and record a success for a call that never ran
+    import warnings
+
+    breaker = make(failure_threshold=1, mode="rate", minimum_calls=1, window_size=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the coroutine is closed: no "never awaited" warning
+        with pytest.raises(CircuitBreakerUsageError, match=r"acall\(fetch_async") as info:
+            breaker.call(fetch_async)
+    assert isinstance(info.value, OnexError) and isinstance(info.value, TypeError)
+    assert breaker.status().calls == 0
+    fast = make(failure_threshold=1)  # the lock-free consecutive path checks too
+    with pytest.raises(CircuitBreakerUsageError):
+        fast.call(fetch_async)
+    assert fast.state is CLOSED
+    clock = ManualClock()
+    probing = make(clock, failure_threshold=1, reset_timeout=1)
+    fail(probing)
+    clock.advance(1)
+    with pytest.raises(CircuitBreakerUsageError):
+        probing.call(fetch_async)
+    assert probing.state is HALF_OPEN
+    assert probing.call(lambda: "ok") == "ok"  # the probe slot was given back
+    assert probing.state is CLOSED
+    clone = pickle.loads(pickle.dumps(info.value))
+    assert str(clone) == str(info.value)
+
+
+class SyncBreakerNode(NodeEffect):
+    def process(self, x: int) -> int:  # type: ignore[override]
+        if x < 0:
+            raise ConnectionError("down")
+        return x * 2
+
+
+def test_a_sync_process_is_guarded_by_the_breaker_without_an_event_loop():
+    Node = compose(SyncBreakerNode, ["circuit_breaker"])
+    node = Node(capability_config={"circuit_breaker": {"failure_threshold": 2,
+                                                       "reset_timeout": 5}})
+    clock = ManualClock()
+    node.circuit_breaker.clock = clock
+    assert node.process(2) == 4 and node.process(3) == 6  # plain values, no coroutine
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            node.process(-1)
+    assert node.circuit_breaker.default.state is OPEN
+    with pytest.raises(CircuitOpenError):
+        node.process(1)
+    clock.advance(5)
+    assert node.process(1) == 2
+    assert node.circuit_breaker.default.state is CLOSED
+    # the hook on its own follows reconfiguration like the async guard
+    hook = node._guard_sync_circuit_breaker(lambda x: 10 // x)
+    assert hook(1) == 10
+    node.setup_circuit_breaker({"process_breaker": "other", "failure_threshold": 1})
+    with pytest.raises(ZeroDivisionError):
+        hook(0)
+    assert node.circuit_breaker("other").state is OPEN

@@ -428,3 +428,36 @@ def test_a_redis_url_that_is_not_one_is_refused_at_config_time(url: str) -> None
     Node = compose(NodeCompute, ["rate_limiting"])
     with pytest.raises(ConfigurationError, match="redis_url must be a redis://"):
         Node(capability_config={"rate_limiting": {"backend": "redis", "redis_url": url}})
+
+
+class SyncLimitedNode(NodeCompute):
+    def process(self, x: int) -> int:  # type: ignore[override]
+        return x + 1
+
+
+def test_a_sync_process_is_rate_limited_without_an_event_loop() -> None:
+    Node = compose(SyncLimitedNode, ["rate_limiting"])
+    node = Node(capability_config={"rate_limiting": {"limit": 2, "period": 1.0}})
+    clock = ManualClock()
+    node.rate_limiter.use_clock(clock)
+    assert node.process(1) == 2 and node.process(2) == 3  # plain values, no coroutine
+    with pytest.raises(RateLimitExceededError) as info:
+        node.process(3)
+    assert info.value.retry_after == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert node.process(3) == 4
+    # wait mode blocks the calling thread with the limiter's sync sleep
+    node.setup_rate_limiting({"limit": 1, "period": 1.0, "mode": "wait"})
+    assert node.process(1) == 2
+    before = clock()
+    assert node.process(1) == 2
+    assert clock() - before == pytest.approx(1.0)
+    # key_func derives the key; guard_process: false returns the call unguarded
+    node.setup_rate_limiting({"limit": 1, "period": 60.0})
+    node.rate_limiter.key_func = lambda x: f"k{x}"
+    assert node.process(1) == 2 and node.process(2) == 3
+    with pytest.raises(RateLimitExceededError):
+        node.process(1)
+    node.setup_rate_limiting({"limit": 1, "period": 60.0, "guard_process": False})
+    assert [node.process(5) for _ in range(5)] == [6] * 5
+    assert node._guard_sync_rate_limiting(lambda: "raw")() == "raw"

@@ -87,6 +87,7 @@ from onex_compose.capabilities.circuit_breaker._model import (
     BreakerPolicy,
     BreakerStatus,
     CircuitBreakerConfig,
+    CircuitBreakerUsageError,
     CircuitOpenError,
     CircuitState,
     CircuitStateChange,
@@ -101,6 +102,7 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "CircuitBreakerProtocol",
+    "CircuitBreakerUsageError",
     "CircuitBreakers",
     "CircuitOpenError",
     "CircuitState",
@@ -204,3 +206,21 @@ class MixinCircuitBreaker:
             return result
 
         return guarded
+
+    def _guard_sync_circuit_breaker(self, call: Callable[..., T]) -> Callable[..., T]:
+        """The sync twin of :meth:`_guard_circuit_breaker` for a plain ``def process``: every
+        call goes through the ``process`` breaker's synchronous :meth:`CircuitBreaker.call`
+        (the Redis breaker uses its synchronous client). Follows reconfiguration the same way.
+        """
+        node = cast(Any, self)
+        bound: list[tuple[Any, Any]] = [(None, None)]
+
+        @functools.wraps(call)
+        def guarded_sync(*args: Any, **kwargs: Any) -> T:
+            breakers = node.circuit_breaker
+            state = bound[0]
+            if state[0] is not breakers:
+                state = bound[0] = (breakers, breakers.default)
+            return cast(T, state[1].call(call, *args, **kwargs))
+
+        return guarded_sync

@@ -18,6 +18,7 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _NEUTRAL,
     _OPEN,
     _SUCCESS,
+    ASYNC_RESULTS,
     BreakerPolicy,
     BreakerStatus,
     CircuitOpenError,
@@ -28,6 +29,7 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _Classifier,
     _Dispatcher,
     _policy,
+    async_misuse,
 )
 
 T = TypeVar("T")
@@ -298,6 +300,8 @@ class CircuitBreaker(_BreakerBase):
 
         Raises:
             CircuitOpenError: the circuit is open, or half-open with all probe slots taken.
+            CircuitBreakerUsageError: ``fn`` is an async function (it returned a coroutine):
+                nothing is recorded; use :meth:`acall`.
         """
         st = self._st
         if st.state is not _CLOSED:
@@ -308,6 +312,9 @@ class CircuitBreaker(_BreakerBase):
             except BaseException as exc:
                 self._record(st, self._classify(exc))
                 raise
+            if result.__class__ in ASYNC_RESULTS:
+                self._record(st, _NEUTRAL)
+                raise async_misuse(self.name, fn, result)
             if self._failures:
                 self._record(st, _SUCCESS)
             return result
@@ -318,6 +325,9 @@ class CircuitBreaker(_BreakerBase):
         except BaseException as exc:
             self._record(st, self._classify(exc))
             raise
+        if result.__class__ in ASYNC_RESULTS:
+            self._record(st, _NEUTRAL)
+            raise async_misuse(self.name, fn, result)
         if slow is not None and self.clock() - started >= slow:
             self._record(st, _FAILURE)
         elif st.state is _CLOSED:

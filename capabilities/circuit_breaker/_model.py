@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import types
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -82,6 +83,47 @@ class CircuitOpenError(OnexError, RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.retry_after, self.state, self.reason))
+
+
+class CircuitBreakerUsageError(OnexError, TypeError):
+    """``call()`` (the sync path) was given an async function: nothing was called or recorded.
+
+    Example:
+        >>> print(CircuitBreakerUsageError("db", "fetch"))  # doctest: +ELLIPSIS
+        circuit breaker 'db': call() got 'fetch', which returned a coroutine; ... Use
+        `await breaker.acall(fetch, ...)` for async functions ...
+    """
+
+    def __init__(self, name: str, fn_name: str, what: str = "a coroutine") -> None:
+        self.name = name
+        super().__init__(
+            f"circuit breaker {name!r}: call() got {fn_name!r}, which returned {what}; call() "
+            f"runs synchronous functions only and cannot tell how an awaitable ends, so nothing "
+            f"was recorded. Use `await breaker.acall({fn_name}, ...)` for async functions (or "
+            f"decorate the `async def` with the breaker).")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_usage_error, (self.name, str(self)))
+
+
+def _rebuild_usage_error(name: str, message: str) -> CircuitBreakerUsageError:
+    err = CircuitBreakerUsageError.__new__(CircuitBreakerUsageError)
+    err.name = name
+    OnexError.__init__(err, message)
+    return err
+
+
+ASYNC_RESULTS: frozenset[type] = frozenset({types.CoroutineType, asyncio.Future, asyncio.Task})
+"""Result types that mean a sync ``call()`` was given an async function."""
+
+
+def async_misuse(name: str, fn: Any, result: Any) -> CircuitBreakerUsageError:
+    """The error for a sync ``call()`` whose function returned an awaitable (closed here, so it
+    never runs and never warns "was never awaited")."""
+    if inspect.iscoroutine(result):
+        result.close()
+    what = "a coroutine" if inspect.iscoroutine(result) else f"an awaitable {type(result).__name__}"
+    return CircuitBreakerUsageError(name, getattr(fn, "__qualname__", None) or repr(fn), what)
 
 
 @dataclass(frozen=True)

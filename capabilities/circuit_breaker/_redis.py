@@ -21,6 +21,7 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _NEUTRAL,
     _OPEN,
     _SUCCESS,
+    ASYNC_RESULTS,
     BreakerPolicy,
     BreakerStatus,
     CircuitOpenError,
@@ -31,6 +32,7 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _Classifier,
     _Dispatcher,
     _policy,
+    async_misuse,
 )
 
 T = TypeVar("T")
@@ -397,6 +399,9 @@ class RedisCircuitBreaker(_BreakerBase):
         except BaseException as exc:
             self._record_sync(record, adm, self._classify(exc))
             raise
+        if result.__class__ in ASYNC_RESULTS:
+            self._record_sync(record, adm, _NEUTRAL)
+            raise async_misuse(self.name, fn, result)
         self._record_sync(record, adm, self._outcome_of(started))
         return result
 
