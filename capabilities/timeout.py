@@ -33,13 +33,21 @@ is a ``TimeoutError``). It carries ``operation``, ``timeout``, ``elapsed`` and `
 budget or ``total_timeout``). Expiry is counted in ``timeouts_total{operation}``.
 
 Plain (sync) callables: Python cannot interrupt a running function, so with the default
-``sync_calls: thread`` a plain function runs in a new **daemon** thread and the caller stops
-waiting when the deadline passes; **the thread keeps running** until the function returns (its
-result is then dropped), and each one is counted in ``abandoned_threads`` and
-``timeout_abandoned_threads_total``. A daemon thread is used instead of ``asyncio.to_thread``
-because the default executor is joined by ``asyncio.run()`` at shutdown, so one hung function
-would hang the program's exit. ``sync_calls: refuse`` makes a plain callable a ``TypeError``.
-Sync code without an event loop uses ``timeout_policy.run_sync(...)`` (same thread rule).
+``sync_calls: thread`` a plain function runs in one of the policy's own **daemon** worker
+threads and the caller stops waiting when the deadline passes; **a timed-out function keeps
+running** until it returns (its result is then dropped), and each one is counted in
+``abandoned_threads`` and ``timeout_abandoned_threads_total``. The workers are bounded:
+at most ``max_threads`` (config, default 32) exist per policy, reused from call to call, and a
+timed-out function keeps its worker until it returns. A call that finds every worker busy
+is rejected at once, without running, with :class:`TimeoutThreadsFullError` (not retriable,
+neutral for a circuit breaker, like a full bulkhead) and counted in
+``timeout_sync_rejections_total``: hung functions cannot pile up threads without limit. Own
+daemon workers are used instead of ``asyncio.to_thread`` or a ``ThreadPoolExecutor`` because
+those threads are joined at shutdown (``asyncio.run()``, interpreter exit), so one hung
+function would hang the program's exit, and because an executor queues work without bound
+instead of refusing it. ``sync_calls: refuse`` makes a plain callable a ``TypeError``. Sync
+code without an event loop uses ``timeout_policy.run_sync(...)`` (same thread rule), and a
+plain ``def process`` is guarded the same way (``_guard_sync_timeout``).
 
 Why the timer is hand-written instead of ``async with asyncio.timeout(...)``: ``asyncio.Timeout``
 is a general, reschedulable state machine (an object, an enum state, ``reschedule()``) that
@@ -65,7 +73,9 @@ import functools
 import heapq
 import inspect
 import math
+import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import CoroutineType, FunctionType, MethodType
 from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
@@ -81,6 +91,7 @@ __all__ = [
     "TimeoutConfig",
     "TimeoutPolicy",
     "TimeoutProtocol",
+    "TimeoutThreadsFullError",
 ]
 
 T = TypeVar("T")
@@ -144,6 +155,48 @@ def _rebuild_error(operation: str, timeout: float | None, elapsed: float | None,
                                  abandoned_thread=abandoned)
 
 
+class TimeoutThreadsFullError(OnexError, RuntimeError):
+    """Every worker thread for plain (sync) calls was busy: the call was refused, never run.
+
+    Not retriable (``onex_retriable = False``: retrying at once would find the same hung
+    functions) and neutral for a circuit breaker (``onex_breaker_neutral = True``: the node shed
+    the call itself, as with a full bulkhead).
+
+    Attributes:
+        name: the timeout policy's name.
+        operation: the refused operation.
+        max_threads: the configured ``max_threads``.
+        abandoned: workers still running a function that already timed out.
+
+    Example:
+        >>> err = TimeoutThreadsFullError("node.timeout", "fetch", 4, abandoned=4)
+        >>> err.onex_retriable, err.max_threads
+        (False, 4)
+    """
+
+    onex_retriable = False
+    onex_breaker_neutral = True
+
+    def __init__(self, name: str, operation: str, max_threads: int, *, abandoned: int) -> None:
+        self.name, self.operation = name, operation
+        self.max_threads, self.abandoned = max_threads, abandoned
+        super().__init__(
+            f"Timeout {name!r}: all {max_threads} worker threads for plain (sync) calls are busy "
+            f"({abandoned} of them still running a function that already timed out), so "
+            f"{operation!r} was refused without running. A timed-out plain function keeps its "
+            "thread until it returns: make it return (or poll _context.remaining()), raise "
+            "timeout_config.max_threads, or pass an async function.")
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_full, (self.name, self.operation, self.max_threads, self.abandoned),
+                dict(self.__dict__))
+
+
+def _rebuild_full(name: str, operation: str, max_threads: int,
+                  abandoned: int) -> TimeoutThreadsFullError:
+    return TimeoutThreadsFullError(name, operation, max_threads, abandoned=abandoned)
+
+
 class TimeoutConfig(BaseModel):
     """The timeout subcontract (every key of ``timeout_config`` in ``mixin_timeout.yaml``).
 
@@ -163,6 +216,10 @@ class TimeoutConfig(BaseModel):
     sync_calls: Literal["thread", "refuse"] = Field(
         default="thread", description="plain callables: run in a daemon thread abandoned on "
                                       "timeout, or refuse them with TypeError")
+    max_threads: int = Field(
+        default=32, ge=1, le=4096,
+        description="worker threads for plain callables; a timed-out one keeps its thread "
+                    "until it returns; a call finding all busy gets TimeoutThreadsFullError")
     guard_process: bool = Field(default=True,
                                 description="apply the per-attempt timeout to process()")
 
@@ -228,6 +285,125 @@ class _Watch:
                 entry[0] = None
                 entry[1] = True
                 task.cancel()
+
+
+_IDLE_SECONDS = 30.0  # an idle worker thread exits after this long
+_pools: weakref.WeakSet[_SyncThreads] = weakref.WeakSet()
+
+
+class _Job:
+    __slots__ = ("abandoned", "done", "fn")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.done = False
+        self.abandoned = False
+
+
+class _Idle:
+    """An idle worker: it blocks on ``lock`` until a caller hands it a job and releases it."""
+
+    __slots__ = ("job", "lock")
+
+    def __init__(self) -> None:
+        self.job: _Job | None = None
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+
+class _SyncThreads:
+    """At most ``max_threads`` daemon worker threads, reused, refusing work when all are busy.
+
+    A job runs to completion in its worker even after its caller gave up (``abandon``); idle
+    workers exit after ``_IDLE_SECONDS``. The lock is held only for a few bytecodes.
+    """
+
+    __slots__ = ("__weakref__", "_idle", "_lock", "abandoned", "busy", "max_threads", "name",
+                 "seq", "threads")
+
+    def __init__(self, max_threads: int, name: str) -> None:
+        self.max_threads = max_threads
+        self.name = name
+        self.seq = 0
+        self._reset()
+        _pools.add(self)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: list[_Idle] = []
+        self.threads = self.busy = self.abandoned = 0
+
+    def submit(self, fn: Callable[[], None], operation: str) -> _Job:
+        job = _Job(fn)
+        with self._lock:
+            if self._idle:
+                idle = self._idle.pop()
+                idle.job = job
+                self.busy += 1
+                idle.lock.release()
+                return job
+            if self.threads >= self.max_threads:
+                raise TimeoutThreadsFullError(self.name, operation, self.max_threads,
+                                              abandoned=self.abandoned)
+            self.threads += 1
+            self.busy += 1
+            self.seq = seq = self.seq + 1
+        thread = threading.Thread(target=self._work, args=(job,), daemon=True,
+                                  name=f"onex-timeout:{self.name}-{seq}")
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self.threads -= 1
+                self.busy -= 1
+            raise
+        return job
+
+    def abandon(self, job: _Job) -> bool:
+        """The caller stops waiting for ``job``: ``True`` if it is still running."""
+        with self._lock:
+            if job.done:
+                return False
+            if not job.abandoned:
+                job.abandoned = True
+                self.abandoned += 1
+            return True
+
+    def _work(self, job: _Job) -> None:
+        idle = _Idle()
+        lock = self._lock
+        while True:
+            job.fn()  # never raises: the job hands its outcome to its caller
+            with lock:
+                job.done = True
+                if job.abandoned:
+                    self.abandoned -= 1
+                self.busy -= 1
+                idle.job = None
+                self._idle.append(idle)
+            if not idle.lock.acquire(timeout=_IDLE_SECONDS):
+                with lock:
+                    if idle.job is None:
+                        self._idle.remove(idle)
+                        self.threads -= 1
+                        return
+                idle.lock.acquire()  # a job was handed over just as the wait ran out
+            assert idle.job is not None
+            job = idle.job
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {"max_threads": self.max_threads, "threads": self.threads,
+                    "busy": self.busy, "abandoned": self.abandoned}
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):  # the workers did not survive the fork
+        pool._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -300,8 +476,8 @@ class TimeoutPolicy:
         hang timeout
     """
 
-    __slots__ = ("_timeout", "_total", "_watch", "abandoned_threads", "clock", "config", "guard",
-                 "metrics", "name", "timeouts")
+    __slots__ = ("_threads", "_timeout", "_total", "_watch", "abandoned_threads", "clock",
+                 "config", "guard", "metrics", "name", "timeouts")
 
     def __init__(self, config: TimeoutConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] = _context.monotonic,
@@ -317,10 +493,52 @@ class TimeoutPolicy:
         self.timeouts = 0
         self.abandoned_threads = 0
         self._watch: _Watch | None = None
+        self._threads: _SyncThreads | None = None
 
     def __repr__(self) -> str:
         return (f"<TimeoutPolicy {self.name!r} timeout={self._timeout} "
                 f"total_timeout={self._total} sync_calls={self.config.sync_calls}>")
+
+    # -- worker threads for plain callables --------------------------------------------------
+
+    def _pool(self) -> _SyncThreads:
+        pool = self._threads
+        if pool is None:
+            pool = self._threads = _SyncThreads(self.config.max_threads, self.name)
+        return pool
+
+    def sync_threads(self) -> dict[str, int]:
+        """The worker threads for plain callables: ``max_threads``, ``threads`` (alive),
+        ``busy`` (running a function) and ``abandoned`` (running one that timed out).
+
+        Example:
+            >>> TimeoutPolicy({"max_threads": 4}).sync_threads()
+            {'max_threads': 4, 'threads': 0, 'busy': 0, 'abandoned': 0}
+        """
+        pool = self._threads
+        if pool is None:
+            return {"max_threads": self.config.max_threads, "threads": 0, "busy": 0,
+                    "abandoned": 0}
+        return pool.snapshot()
+
+    def _submit(self, work: Callable[[], None], operation: str) -> _Job:
+        try:
+            return self._pool().submit(work, operation)
+        except TimeoutThreadsFullError:
+            if self.metrics is not None:
+                self.metrics.increment("timeout_sync_rejections_total",
+                                       labels={"operation": operation})
+            raise
+
+    def _abandon(self, job: _Job, operation: str) -> bool:
+        pool = self._threads
+        if pool is None or not pool.abandon(job):
+            return False
+        self.abandoned_threads += 1
+        if self.metrics is not None:
+            self.metrics.increment("timeout_abandoned_threads_total",
+                                   labels={"operation": operation})
+        return True
 
     # -- deadlines ---------------------------------------------------------------------------
 
@@ -456,16 +674,12 @@ class TimeoutPolicy:
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting any more
 
-        thread = threading.Thread(target=work, name=f"onex-timeout:{_name(fn)}", daemon=True)
-        thread.start()
+        operation = _name(fn)
+        job = self._submit(work, operation)
         try:
             result = await fut
         except _CancelledError as exc:
-            if thread.is_alive():
-                self.abandoned_threads += 1
-                if self.metrics is not None:
-                    self.metrics.increment("timeout_abandoned_threads_total",
-                                           labels={"operation": _name(fn)})
+            if self._abandon(job, operation):
                 exc._onex_abandoned = True  # type: ignore[attr-defined]
             raise
         if result.__class__ is CoroutineType or inspect.isawaitable(result):
@@ -479,8 +693,15 @@ class TimeoutPolicy:
                  operation: str | None = None) -> T:
         """Call a plain function from sync code, waiting at most until the deadline.
 
-        The function runs in a daemon thread; on timeout the caller gets
-        :class:`OperationTimeoutError` and **the thread keeps running** (result dropped).
+        The function runs in one of the policy's worker threads (at most ``max_threads``); on
+        timeout the caller gets :class:`OperationTimeoutError` and **the function keeps
+        running** in its thread (result dropped), which stays busy until it returns. With no
+        timeout and no enclosing deadline the function is simply called.
+
+        Raises:
+            OperationTimeoutError: the deadline passed first.
+            TimeoutThreadsFullError: every worker thread was busy; ``fn`` did not run.
+            TypeError: ``sync_calls`` is ``"refuse"``, or ``fn`` is not callable.
 
         Example:
             >>> policy = TimeoutPolicy({"timeout": 5})
@@ -493,34 +714,48 @@ class TimeoutPolicy:
         op = operation or _name(fn)
         if self.config.sync_calls == "refuse":
             raise TypeError(f"run_sync({op}): sync_calls is 'refuse'; set sync_calls: thread")
+        return self._run_sync(fn, args, kwargs or {}, t, None, op)
+
+    def run_sync_attempt(self, call: Callable[..., T], args: tuple[Any, ...],
+                         kwargs: Mapping[str, Any], operation: str) -> T:
+        """One attempt of a guarded plain ``def process``: the per-attempt timeout plus
+        ``total_timeout``, in a worker thread (see :meth:`run_sync`)."""
+        if self.config.sync_calls == "refuse":
+            raise TypeError(
+                f"{operation} is a plain def, and this node's timeout capability refuses plain "
+                "callables (sync_calls: refuse): Python cannot interrupt a running function. "
+                "Set sync_calls: thread to run each call in a worker thread that is abandoned "
+                "(and keeps running) on timeout, make process() async, or set "
+                "timeout_config.guard_process: false.")
+        return self._run_sync(call, args, kwargs, self._timeout, self._total, operation)
+
+    def _run_sync(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                  timeout: float | None, total: float | None, op: str) -> T:
         now = self.clock()
-        end, source = self._deadline(now, t, None)
-        if end is not None and end <= now:
-            raise self._expired(op, t, now, source)
+        end, source = self._deadline(now, timeout, total)
+        if end is None:
+            return fn(*args, **kwargs)
+        if end <= now:
+            raise self._expired(op, timeout, now, source)
         box: list[Any] = []
         done = threading.Event()
-        token = _deadline_var.set(end) if end is not None else None
+        token = _deadline_var.set(end)
         try:
             ctx = contextvars.copy_context()
         finally:
-            if token is not None:
-                _deadline_var.reset(token)
+            _deadline_var.reset(token)
 
         def work() -> None:
             try:
-                box.append((True, ctx.run(fn, *args, **(kwargs or {}))))
+                box.append((True, ctx.run(fn, *args, **kwargs)))
             except BaseException as exc:
                 box.append((False, exc))
             done.set()
 
-        thread = threading.Thread(target=work, name=f"onex-timeout:{op}", daemon=True)
-        thread.start()
-        if not done.wait(None if end is None else max(0.0, end - now)):
-            self.abandoned_threads += 1
-            if self.metrics is not None:
-                self.metrics.increment("timeout_abandoned_threads_total",
-                                       labels={"operation": op})
-            raise self._expired(op, t, now, source, abandoned=True)
+        job = self._submit(work, op)
+        if not done.wait(max(0.0, end - now)) and self._abandon(job, op):
+            raise self._expired(op, timeout, now, source, abandoned=True)
+        done.wait()  # finished just as the deadline passed: its outcome is in the box
         ok, value = box[0]
         if not ok:
             raise value
@@ -572,6 +807,22 @@ class MixinTimeout:
         """
         return self.timeout_policy.run(fn, args, kwargs,
                                        timeout=_UNSET if timeout is None else timeout)
+
+    def _guard_sync_timeout(self, call: Callable[..., T]) -> Callable[..., T]:
+        """The sync twin of :meth:`_guard_timeout` for a plain ``def process``: each attempt
+        runs in one of the policy's bounded worker threads and the caller stops waiting at the
+        deadline (:class:`OperationTimeoutError`); the timed-out call keeps running in its
+        thread until it returns. Every worker busy: :class:`TimeoutThreadsFullError`."""
+        operation = f"{type(self).__qualname__}.process"
+
+        @functools.wraps(call)
+        def timed_sync(*args: Any, **kwargs: Any) -> T:
+            policy: TimeoutPolicy = self.timeout_policy
+            if not policy.guard:
+                return call(*args, **kwargs)
+            return policy.run_sync_attempt(call, args, kwargs, operation)
+
+        return timed_sync
 
     def _guard_timeout(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         """Apply the per-attempt timeout (and ``total_timeout``) to ``process()`` (rank 80)."""

@@ -20,7 +20,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onex_compose import ConfigurationError, NodeCompute, NodeEffect, OnexError, compose
+from onex_compose import ConfigurationError, NodeCompute, OnexError, compose
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities import timeout as timeout_module
 from onex_compose.capabilities._context import ManualClock
@@ -32,6 +32,7 @@ from onex_compose.capabilities.timeout import (
     TimeoutConfig,
     TimeoutPolicy,
     TimeoutProtocol,
+    TimeoutThreadsFullError,
     is_async_callable,
 )
 
@@ -476,6 +477,141 @@ def test_run_sync_from_sync_code() -> None:
         p.run_sync(lambda: 1 / 0)
 
 
+def _pool_threads(p: TimeoutPolicy) -> int:
+    prefix = f"onex-timeout:{p.name}-"
+    return sum(1 for t in threading.enumerate() if t.name.startswith(prefix))
+
+
+def _wait_until(condition: Any, what: str, seconds: float = 15.0) -> None:
+    deadline = _context.monotonic() + seconds
+    while not condition():
+        assert _context.monotonic() < deadline, f"timed out waiting for {what}"
+        threading.Event().wait(0.005)
+
+
+def test_many_timed_out_sync_calls_never_exceed_max_threads() -> None:
+    """Before, each timed-out sync call left a new daemon thread (50 calls: 51 threads)."""
+    metrics = Metrics()
+    p = TimeoutPolicy({"timeout": 0.01, "max_threads": 3}, metrics=metrics, name="bounded")
+    gate = threading.Event()
+    timed_out = refused = peak = 0
+    try:
+        for _ in range(50):
+            try:
+                p.run_sync(gate.wait, (30,))
+            except OperationTimeoutError as err:
+                assert err.abandoned_thread
+                timed_out += 1
+            except TimeoutThreadsFullError as err:
+                assert (err.max_threads, err.abandoned) == (3, 3)
+                refused += 1
+            peak = max(peak, _pool_threads(p))
+        assert (timed_out, refused) == (3, 47) and peak == 3
+        assert p.sync_threads() == {"max_threads": 3, "threads": 3, "busy": 3, "abandoned": 3}
+    finally:
+        gate.set()
+    _wait_until(lambda: p.sync_threads()["busy"] == 0, "the abandoned calls to return")
+    assert p.sync_threads()["abandoned"] == 0
+    assert [p.run_sync(pow, (2, n)) for n in range(20)] == [2 ** n for n in range(20)]
+    assert _pool_threads(p) <= 3  # the workers are reused
+    counters = metrics.snapshot()["counters"]
+    assert counters['timeout_abandoned_threads_total{operation="Event.wait"}'] == 3
+    assert counters['timeout_sync_rejections_total{operation="Event.wait"}'] == 47
+
+
+def test_async_plain_callables_share_the_bounded_threads_and_are_refused_when_full() -> None:
+    clock = ManualClock()
+    p = TimeoutPolicy({"timeout": 2, "max_threads": 2}, clock=clock, name="async-bounded")
+    gate = threading.Event()
+    ran: list[int] = []
+
+    def blocking(n: int) -> None:
+        ran.append(n)
+        gate.wait(30)
+
+    async def main() -> list[str]:
+        outcomes = []
+        for n in range(5):
+            try:
+                await p.run(blocking, (n,))
+            except OperationTimeoutError:
+                outcomes.append("timeout")
+            except TimeoutThreadsFullError as err:
+                assert "refused without running" in str(err) and "max_threads" in str(err)
+                outcomes.append("full")
+        return outcomes
+
+    try:
+        assert clock.run(main()) == ["timeout", "timeout", "full", "full", "full"]
+        assert p.abandoned_threads == 2 and _pool_threads(p) == 2
+    finally:
+        gate.set()
+    _wait_until(lambda: sorted(ran) == [0, 1], "the two running calls")  # refused ones never ran
+    _wait_until(lambda: p.sync_threads()["busy"] == 0, "the abandoned calls to return")
+    assert p.run_sync(sum, ([4, 5],)) == 9  # a free worker again
+
+
+def test_threads_full_error_is_not_retried_pickles_and_is_breaker_neutral() -> None:
+    err = TimeoutThreadsFullError("n.timeout", "fetch", 4, abandoned=3)
+    assert isinstance(err, OnexError) and isinstance(err, RuntimeError)
+    assert err.onex_retriable is False and not RetryPolicy().is_retriable(err)
+    assert err.onex_breaker_neutral is True
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.name, clone.operation, clone.max_threads, clone.abandoned) == (
+        "n.timeout", "fetch", 4, 3)
+    assert "3 of them still running" in str(err)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 5000, "many"])
+def test_max_threads_is_validated(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_threads"):
+        TimeoutPolicy({"max_threads": bad})
+
+
+def test_sync_guard_times_out_a_plain_process_in_a_bounded_worker() -> None:
+    node = compose(NodeCompute, ["timeout"])(
+        capability_config={"timeout": {"timeout": 0.05, "max_threads": 1}})
+    gate = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def body(x: int) -> int:
+        threads.append(threading.current_thread())
+        if x < 0:
+            gate.wait(30)
+        if x == 0:
+            raise ValueError("zero")
+        return x * 2
+
+    guarded = node._guard_sync_timeout(body)
+    assert guarded(21) == 42  # a plain value, without an event loop
+    assert threads[-1] is not threading.current_thread() and threads[-1].daemon
+    with pytest.raises(ValueError, match="zero"):
+        guarded(0)
+    try:
+        with pytest.raises(OperationTimeoutError) as info:
+            guarded(-1)
+        assert info.value.abandoned_thread and info.value.operation.endswith(".process")
+        with pytest.raises(TimeoutThreadsFullError):
+            guarded(1)  # the one worker still runs the timed-out call
+    finally:
+        gate.set()
+    _wait_until(lambda: node.timeout_policy.sync_threads()["busy"] == 0, "the worker")
+    assert guarded(2) == 4
+
+
+def test_sync_guard_honours_guard_process_and_refuse() -> None:
+    off = compose(NodeCompute, ["timeout"])(
+        capability_config={"timeout": {"timeout": 0.01, "guard_process": False}})
+    assert off._guard_sync_timeout(threading.current_thread)() is threading.current_thread()
+    refuse = compose(NodeCompute, ["timeout"])(
+        capability_config={"timeout": {"sync_calls": "refuse"}})
+    with pytest.raises(TypeError, match="guard_process: false"):
+        refuse._guard_sync_timeout(lambda: 1)()
+    no_limit = compose(NodeCompute, ["timeout"])(capability_config={"timeout": {"timeout": None}})
+    # nothing to time out: called directly in the caller's thread
+    assert no_limit._guard_sync_timeout(threading.current_thread)() is threading.current_thread()
+
+
 def test_run_sync_respects_a_passed_deadline_without_starting() -> None:
     clock = ManualClock(10)
     started = []
@@ -491,7 +627,7 @@ def test_run_sync_respects_a_passed_deadline_without_starting() -> None:
 # -- composed: the guard, retry, total_timeout --------------------------------------------------
 
 
-class SlowNode(NodeEffect):
+class SlowNode(NodeCompute):  # COMPUTE: retry guards process() by default
     """process() hangs for the first ``self.hangs`` calls, then answers."""
 
     async def process(self, x: int) -> int:
