@@ -220,15 +220,24 @@ def _check_request(base: Any, capabilities: Any) -> list[str]:
 
 
 def _node_base() -> type:
-    global _NODE_BASE
-    if _NODE_BASE is None:
-        from onex_compose._nodes import NodeCoreBase  # _nodes imports this module
-
-        _NODE_BASE = NodeCoreBase
     return _NODE_BASE
 
 
-_NODE_BASE: type | None = None
+class _NoNodeBase:
+    """Stands in until the node base registers itself (nothing is a subclass of it)."""
+
+
+# The builder sits below the node base: ``_nodes`` imports this module and hands it its base
+# class (``register_node_base``), so the engine's imports read one way (_build <- _nodes <-
+# _services), and the builder never imports the node modules, not even lazily.
+_NODE_BASE: type = _NoNodeBase
+
+
+def register_node_base(cls: type) -> None:
+    """Make ``cls`` the class every ``compose()`` base must subclass (called by ``_nodes``)."""
+    global _NODE_BASE
+    _NODE_BASE = cls
+    _register_base(cls)
 
 
 def node_type_of(base: type) -> str | None:
@@ -438,18 +447,8 @@ def lookup_composed(qualname: str) -> type:
         for part in head.split("."):
             obj = getattr(obj, part)
         candidates: list[Any] = [obj]
-    else:
+    else:  # every node class registers itself when it is created (the node base included)
         candidates = list(_bases_by_name.get(head, ()))
-    if not candidates:
-        from onex_compose import _nodes
-
-        candidates = [c for c in vars(_nodes).values()
-                      if isinstance(c, type) and c.__qualname__ == head]
-        if not candidates:
-            from onex_compose import _services
-
-            candidates = [c for c in vars(_services).values()
-                          if isinstance(c, type) and c.__qualname__ == head]
     if len(candidates) != 1:
         raise AttributeError(
             f"cannot recompose {qualname!r}: base {head!r} is "

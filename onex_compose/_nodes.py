@@ -27,6 +27,7 @@ from onex_compose._build import (
     _register_base,
     check_class,
     lookup_composed,
+    register_node_base,
 )
 from onex_compose._config import (
     check_contract,
@@ -589,6 +590,8 @@ def _describe_source(source: str, config: Any) -> str:
         parts.append(f"defaults ({', '.join(rest)})")
     return "; ".join(parts)
 
+
+register_node_base(NodeCoreBase)
 
 NodeService = NodeCoreBase
 """Seed 000's name for the base of every node service (``Type[NodeService]``)."""

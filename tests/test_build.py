@@ -655,3 +655,77 @@ def test_concurrent_cold_composes_index_only_the_published_class() -> None:
             assert type(pickle.loads(pickle.dumps(node))) is cls
     finally:
         sys.setswitchinterval(old)
+
+
+# -- the engine's import graph reads one way (issue 9, point 8) -----------------------------------
+
+
+def _package_import_graph() -> dict[str, set[str]]:
+    """Which onex_compose modules each onex_compose module imports, read with ast.
+
+    The rule checked: every import statement counts, at module level or inside a function (a
+    lazy import hides a cycle, it does not remove it), and so does ``importlib.import_module``
+    with a literal module name. ``from onex_compose import name`` counts as importing the
+    submodule ``name`` when there is one, else the package (``onex_compose/__init__.py``).
+    ``onex_compose.capabilities`` (installed from the top-level capabilities/ folder) is
+    outside the graph: capabilities sit on top of the engine.
+    """
+    import ast
+    from pathlib import Path
+
+    root = Path(onex_compose.__file__).parent
+    modules: dict[str, Path] = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(["onex_compose", *parts])] = path
+
+    def target(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            found: list[str] = []
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+                for _ in range(max(node.level - 1, 0)):
+                    package = package.rpartition(".")[0]
+                mod = node.module or ""
+                base = f"{package}.{mod}".rstrip(".") if node.level else mod
+                found = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                         for a in node.names]
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr == "import_module" and node.args
+                  and isinstance(node.args[0], ast.Constant)
+                  and isinstance(node.args[0].value, str)):
+                found = [node.args[0].value]
+            for imported in found:
+                if imported.startswith("onex_compose.capabilities"):
+                    continue
+                dep = target(imported) if imported.startswith("onex_compose") else None
+                if dep is not None and dep != name:
+                    deps.add(dep)
+        graph[name] = deps
+    return graph
+
+
+def test_the_packages_modules_import_each_other_without_cycles() -> None:
+    import graphlib
+
+    graph = _package_import_graph()
+    assert {"onex_compose._build", "onex_compose._nodes", "onex_compose._services"} <= set(graph)
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import cycle among onex_compose's modules: {' -> '.join(exc.args[1])}")
+    # the engine reads one way: the builder below the node base, the services on top
+    assert order.index("onex_compose._build") < order.index("onex_compose._nodes")
+    assert order.index("onex_compose._nodes") < order.index("onex_compose._services")
+    assert "onex_compose._nodes" not in graph["onex_compose._build"]

@@ -334,3 +334,20 @@ def test_a_composed_class_with_a_user_base_unpickles_in_a_fresh_interpreter(tmp_
         print(json.dumps({{"cached": cls is compose(review_user_base.Pricer, ["caching"])}}))
     """, tmp_path)
     assert got == {"cached": True}
+
+
+def test_a_composed_service_class_unpickles_by_name_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """The builder no longer imports the node modules: the service classes (imported lazily by
+    ``onex_compose``) are found when ``onex_compose._composed`` is asked for one by name."""
+    from onex_compose import NodeComputeService
+
+    blob = tmp_path / "cls.pickle"
+    blob.write_bytes(pickle.dumps(compose(NodeComputeService, ["metrics"])))
+    got = _run(f"""
+        import json, pickle, sys
+        with open({str(blob)!r}, "rb") as f:
+            cls = pickle.load(f)
+        print(json.dumps({{"name": cls.__name__, "base": cls.__mro__[1].__name__}}))
+    """)
+    assert got == {"name": "NodeComputeService[metrics,node_service]",
+                   "base": "NodeComputeService"}
