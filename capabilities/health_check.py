@@ -22,7 +22,8 @@ A node registers checks (sync or async callables) and gets:
 
   - by every ``await self.health_check()``;
   - while the node is started (``await node.start()`` runs a first report, then a background
-    task refreshes it every ``interval`` seconds until ``aclose()``);
+    task refreshes it every ``interval`` seconds until ``aclose()``; a check registered on a
+    started node runs at once, whatever ``interval`` is);
   - by ``is_healthy()`` itself: when the last report is older than ``interval`` (or there is
     none yet) and an event loop is running in this thread, it schedules one refresh in the
     background (at most one at a time) and answers from what it knows now.
@@ -30,6 +31,19 @@ A node registers checks (sync or async callables) and gets:
   Before the first report exists the node is assumed healthy (a freshly built node serves
   while its first report runs), so ``is_healthy()`` is ``False`` only once a report has found
   a critical check failing. ``degraded`` counts as healthy.
+* Kubernetes-style probes on the facility, each sync and cheap, never running a check:
+
+  - ``self.health.is_live()`` (liveness: the node still works): ``True`` unless the node is
+    started and its background refresh stopped by itself or its last report is overdue
+    (the loop is stuck). Failing checks never make a node dead, only unready.
+  - ``self.health.is_ready()`` (readiness: send it traffic): started, every registered check
+    has run since it was registered (dependency checks such as :func:`redis_check`
+    included), and the last report is not ``unhealthy``.
+  - ``self.health.is_started()`` (startup: ``start()`` finished its first report, and
+    ``aclose()`` has not run since).
+
+  A node that has not been started is live but not ready (and not started); ``is_healthy()``
+  stays the optimistic "no critical check is known to fail".
 
 Other capabilities contribute their state by registering a check that reads it (the cache
 registers one that says ``{"status": "degraded", "reason": "redis L2 down"}``; a circuit
@@ -220,6 +234,9 @@ class HealthMonitor:
         self._checked_at: float | None = None
         self._running: asyncio.Task[dict[str, Any]] | None = None  # the run in flight
         self._loop_task: asyncio.Task[None] | None = None  # background refresh while started
+        self._generation = 0  # bumped by (un)registration: a run started before is not current
+        self._started = False  # start() finished its first report; close() not called since
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop start() ran on
 
     # -- registration -------------------------------------------------------------------------
 
@@ -255,15 +272,35 @@ class HealthMonitor:
                 "positive number of seconds (or None for the configured check_timeout).")
         self._checks[name] = _Check(func, name, None if timeout is None else float(timeout),
                                     bool(critical))
-        self._checked_at = None  # the new check has not run: refresh at the next chance
+        self._changed()
         return name
 
     def unregister(self, name: str) -> bool:
         """Remove a check; returns whether it existed."""
         found = self._checks.pop(name, None) is not None
         if found:
-            self._checked_at = None
+            self._changed()
         return found
+
+    def _changed(self) -> None:
+        """The set of checks changed: the last report is not current; a started monitor runs
+        the checks again at once (on the loop it was started on), whatever ``interval`` is."""
+        self._generation += 1
+        self._checked_at = None
+        loop = self._loop
+        if not self._started or loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._schedule_refresh()
+        else:  # registered from another thread (or outside the loop): hand it over
+            try:
+                loop.call_soon_threadsafe(self._schedule_refresh)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     @property
     def names(self) -> list[str]:
@@ -284,6 +321,39 @@ class HealthMonitor:
                                          or self.clock() - self._checked_at >= interval):
                 self._schedule_refresh()
         return self._status is not HealthStatus.UNHEALTHY
+
+    # -- probes (Kubernetes liveness, readiness, startup) --------------------------------------
+
+    def is_started(self) -> bool:
+        """Startup probe: ``start()`` has finished (its first report ran) and ``close()`` has
+        not been called since. Never runs a check."""
+        return self._started
+
+    def is_ready(self) -> bool:
+        """Readiness probe: started, every registered check has run since it was registered
+        (dependency checks such as :func:`redis_check` included), and the last report is not
+        ``unhealthy`` (``degraded`` is ready). A node that has not started is not ready.
+        Never runs a check."""
+        return (self._started and self._status is not HealthStatus.UNHEALTHY
+                and (not self._checks or self._checked_at is not None))
+
+    def is_live(self) -> bool:
+        """Liveness probe: the node still works. ``True`` before ``start()`` and after
+        ``close()``; while started, ``False`` once its background refresh has stopped by
+        itself (crashed, or its event loop went away without ``close()``), or the last report
+        is overdue (older than twice ``interval`` plus the longest check timeout: the loop is
+        stuck). Failing checks make a node unready, not dead. Never runs a check."""
+        if not self._started:
+            return True
+        task = self._loop_task
+        if task is not None and task.done():
+            return False
+        interval = self.config.interval
+        if interval is None or not self._checks or self._checked_at is None:
+            return True
+        longest = max((c.timeout or self.config.check_timeout for c in self._checks.values()),
+                      default=self.config.check_timeout)
+        return self.clock() - self._checked_at <= 2 * interval + longest
 
     @property
     def status(self) -> HealthStatus | None:
@@ -318,6 +388,7 @@ class HealthMonitor:
         return copy.deepcopy(report)
 
     async def _run(self) -> dict[str, Any]:
+        generation = self._generation
         checks = list(self._checks.values())
         start = self.clock()
         results = await asyncio.gather(*(self._run_one(c) for c in checks))
@@ -340,7 +411,8 @@ class HealthMonitor:
         }
         self._report = report
         self._status = status
-        self._checked_at = self.clock()
+        # a check (un)registered during the run is not covered by it: still stale
+        self._checked_at = self.clock() if generation == self._generation else None
         self._record(report)
         return report
 
@@ -405,27 +477,49 @@ class HealthMonitor:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Run a first report, then refresh it every ``interval`` seconds in the background."""
+        """Run a first report, then refresh it every ``interval`` seconds in the background.
+
+        From then on :meth:`is_started` is ``True`` and :meth:`is_healthy` / :meth:`is_ready`
+        reflect the checks; a check registered later runs at once.
+        """
         if self._checks:
             await self.check()
+        self._resume()
+
+    def _resume(self) -> None:
+        """Mark the monitor started on the running loop and make sure the refresh runs there."""
+        loop = asyncio.get_running_loop()
         task = self._loop_task
-        if self.config.interval is not None and (task is None or task.done()):
-            self._loop_task = asyncio.get_running_loop().create_task(
+        if self.config.interval is not None and (task is None or task.done()
+                                                 or task.get_loop() is not loop):
+            self._loop_task = loop.create_task(
                 self._refresh_forever(), name=f"onex-health-loop-{self.node_id}")
+        self._loop = loop
+        self._started = True
+        if self._checks and self._checked_at is None:  # not covered by the last report
+            self._schedule_refresh()
 
     async def _refresh_forever(self) -> None:
         interval = self.config.interval
         assert interval is not None
         while True:
             await self.sleep(interval)
-            if self._checks:
+            if not self._checks:
+                continue
+            try:
                 await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep refreshing: one bad run must not stop monitoring
+                logger.opt(exception=exc).warning("health refresh failed: {!r}", exc)
 
     async def close(self) -> None:
         """Stop the background refresh and any run in flight (idempotent)."""
         tasks = [t for t in (self._loop_task, self._running) if t is not None and not t.done()]
         self._loop_task = None
         self._running = None
+        self._started = False
+        self._loop = None
         current = asyncio.get_running_loop()
         for task in tasks:
             _cancel(task)
@@ -447,10 +541,30 @@ class HealthMonitor:
                 _cancel(task)
         self._loop_task = None
         self._running = None
+        self._started = False
+        self._loop = None
 
     def adopt(self, other: HealthMonitor) -> None:
-        """Take over the checks of another monitor (reconfiguration keeps registrations)."""
+        """Take over the checks of another monitor (reconfiguration keeps registrations); a
+        started monitor's successor keeps its last report and is started on the same loop."""
         self._checks.update(other._checks)
+        loop = other._loop
+        if other._started and loop is not None and not loop.is_closed():
+            self._report, self._status = other._report, other._status
+            if self.clock is other.clock:  # same checks, same clock: the report still counts
+                self._checked_at = other._checked_at
+            self._started, self._loop = True, loop
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                self._resume()
+            else:
+                try:
+                    loop.call_soon_threadsafe(self._resume)
+                except RuntimeError:  # the loop closed meanwhile
+                    self._started, self._loop = False, None
 
     def __repr__(self) -> str:
         status = self._status.value if self._status else "unknown"
@@ -633,7 +747,8 @@ class MixinHealthCheck:
 
     Capability ``health_check`` (alias ``health_monitoring``); requires ``metrics``. Configured
     by the node contract's ``health_check`` subcontract (:class:`HealthCheckConfig`). The
-    state lives in the ``self.health`` facility (a :class:`HealthMonitor`).
+    state lives in the ``self.health`` facility (a :class:`HealthMonitor`), which also offers
+    the probes ``self.health.is_live()``, ``is_ready()`` and ``is_started()``.
 
     Example:
         >>> import asyncio
@@ -664,8 +779,8 @@ class MixinHealthCheck:
                                 node_id=getattr(self, "node_id", None))
         old = getattr(self, "health", None)
         if isinstance(old, HealthMonitor):
-            monitor.adopt(old)
             monitor.clock, monitor.sleep = old.clock, old.sleep
+            monitor.adopt(old)
             old._cancel_tasks()
         setattr(self, "health", monitor)  # noqa: B010 - the mixin itself declares no such slot
 

@@ -424,6 +424,150 @@ async def test_start_runs_a_first_report_and_refreshes_until_closed() -> None:
     await node.aclose()  # idempotent
 
 
+async def wait_for(predicate: Any, seconds: float = 15.0) -> bool:
+    """Poll ``predicate`` until it holds or ``seconds`` pass (generous: busy CI machines)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
+
+
+async def test_a_started_node_is_unhealthy_when_its_check_fails_without_any_report_call(
+        ) -> None:
+    node = Service(capability_config={"health_check": {"interval": None}})
+    node.register_health_check(lambda: False, name="db")
+    assert node.is_healthy()  # never started: optimistic, as seed 000's compute() needs
+    async with node:
+        assert not node.is_healthy()
+        assert node.health.status is HealthStatus.UNHEALTHY
+
+
+async def test_a_check_registered_on_a_started_node_runs_at_once() -> None:
+    # interval None: before, nothing ever ran the new check until health_check() was awaited
+    node = Service(capability_config={"health_check": {"interval": None}})
+    async with node:
+        assert node.health.is_ready()
+        node.register_health_check(lambda: "unhealthy", name="late")
+        assert not node.health.is_ready()  # the new check has not run yet
+        assert await wait_for(lambda: node.health.status is HealthStatus.UNHEALTHY)
+        assert not node.is_healthy() and not node.health.is_ready()
+        assert node.health.unregister("late")
+        assert await wait_for(lambda: node.health.status is HealthStatus.HEALTHY)
+        assert node.health.is_ready()
+
+
+async def test_a_check_registered_from_another_thread_runs_on_the_started_loop() -> None:
+    node = Service(capability_config={"health_check": {"interval": None}})
+    async with node:
+        await asyncio.to_thread(node.register_health_check, lambda: False, name="db")
+        assert await wait_for(lambda: node.health.status is HealthStatus.UNHEALTHY)
+
+
+async def test_started_checks_rerun_every_interval_by_themselves() -> None:
+    node = Service(capability_config={"health_check": {"interval": 0.02}})
+    state = {"ok": True}
+    node.register_health_check(lambda: state["ok"], name="dep")
+    async with node:
+        assert node.health.status is HealthStatus.HEALTHY
+        state["ok"] = False
+        # polled through .status, which (unlike is_healthy()) schedules nothing itself
+        assert await wait_for(lambda: node.health.status is HealthStatus.UNHEALTHY)
+        state["ok"] = True
+        assert await wait_for(lambda: node.health.status is HealthStatus.HEALTHY)
+
+
+async def test_the_refresh_loop_survives_a_failing_run() -> None:
+    node = Service(capability_config={"health_check": {"interval": 5}})
+    ticks: asyncio.Queue[float] = asyncio.Queue()
+    proceed = asyncio.Event()
+
+    async def fake_sleep(seconds: float) -> None:
+        await ticks.put(seconds)
+        await proceed.wait()
+        proceed.clear()
+
+    node.health.sleep = fake_sleep
+    node.register_health_check(lambda: True, name="x")
+    async with node:
+        monitor = node.health
+        real_check = monitor.check
+        broken = {"left": 1}
+
+        async def flaky_check() -> dict[str, Any]:
+            if broken["left"]:
+                broken["left"] -= 1
+                raise RuntimeError("report pipeline broke")
+            return await real_check()
+
+        monitor.check = flaky_check  # type: ignore[method-assign]
+        await ticks.get()
+        proceed.set()  # this run raises
+        await ticks.get()  # ... and the loop slept again instead of dying
+        assert monitor.is_live()
+        proceed.set()
+        await ticks.get()
+        assert broken["left"] == 0 and monitor.is_live()
+
+
+async def test_probes_before_start_while_started_and_after_close() -> None:
+    node = Service(capability_config={"health_check": {"interval": 10}})
+    node.register_health_check(lambda: "degraded", name="cache")
+    health = node.health
+    assert (health.is_live(), health.is_ready(), health.is_started()) == (True, False, False)
+    assert node.is_healthy()
+    await node.start()
+    assert (health.is_live(), health.is_ready(), health.is_started()) == (True, True, True)
+    assert health.status is HealthStatus.DEGRADED  # degraded is still ready
+    await node.aclose()
+    assert (health.is_live(), health.is_ready(), health.is_started()) == (True, False, False)
+
+
+async def test_a_failing_check_makes_a_started_node_unready_but_still_live() -> None:
+    node = Service()
+    node.register_health_check(lambda: False, name="db")
+    async with node:
+        assert node.health.is_started() and node.health.is_live()
+        assert not node.health.is_ready() and not node.is_healthy()
+
+
+async def test_liveness_fails_when_the_refresh_stops_or_the_report_is_overdue() -> None:
+    node = Service(capability_config={"health_check": {"interval": 10, "check_timeout": 1}})
+    node.health.clock = clock = ManualClock()
+    node.health.sleep = lambda seconds: asyncio.Event().wait()  # never wakes by itself
+    node.register_health_check(lambda: True, name="x")
+    async with node:
+        health = node.health
+        assert health.is_live()
+        clock.advance(21)  # 2 * interval + the longest check timeout
+        assert health.is_live()
+        clock.advance(0.5)
+        assert not health.is_live()  # the refresh is stuck: restart me
+        await health.check()
+        assert health.is_live()
+        task = health._loop_task
+        assert task is not None
+        task.cancel()  # stopped without close() (the loop went away, a bug)
+        assert await wait_for(task.done)
+        assert not health.is_live() and health.is_started()
+
+
+async def test_reconfiguring_a_started_node_keeps_it_started() -> None:
+    node = Service(capability_config={"health_check": {"interval": 10}})
+    node.register_health_check(lambda: True, name="x")
+    async with node:
+        old = node.health
+        old_task = old._loop_task
+        node.setup_health_check({"interval": 20})
+        new = node.health
+        assert new is not old and new.is_started() and new.is_ready()
+        assert old_task is not None and await wait_for(old_task.done)
+        assert await wait_for(lambda: new._loop_task is not None)
+        assert new.is_live() and new.names == ["x"]
+    assert not node.health.is_started()
+
+
 def test_a_node_works_across_event_loops() -> None:
     node = Service()
     node.register_health_check(lambda: True, name="x")
