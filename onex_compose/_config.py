@@ -8,10 +8,10 @@ sees them, and the source of each value is recorded for ``explain()``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from onex_compose import _redact
 from onex_compose.exceptions import ConfigurationError, did_you_mean
 
 __all__ = ["check_contract", "coerce_config", "contract_capabilities", "contract_config",
@@ -59,10 +59,6 @@ def contract_capabilities(contract: Any) -> list[str] | None:
     return None
 
 
-#: field paths whose invalid values are never echoed back (they may hold a secret)
-_SENSITIVE = re.compile(r"(?i)pass|secret|token|key|url|dsn|auth|cred")
-
-
 def _format_pydantic(exc: Any, model: Any) -> list[str]:
     fields = list(getattr(model, "model_fields", {}))
     lines = []
@@ -73,14 +69,28 @@ def _format_pydantic(exc: Any, model: Any) -> list[str]:
             lines.append(f"{loc}: unknown key{did_you_mean(key, fields)}; known keys: "
                          f"{', '.join(fields)}")
         else:
-            msg = str(err.get("msg", "")).removeprefix("Value error, ")
-            if err.get("type") == "value_error" or _SENSITIVE.search(loc):
-                lines.append(f"{loc}: {msg}")  # the validator's own words; the raw value may hold a secret
+            # the validator's own words, scrubbed in case one quotes what it rejected
+            msg = _redact.scrub_text(str(err.get("msg", "")).removeprefix("Value error, "))
+            if err.get("type") == "value_error" or _redact.sensitive_field(loc):
+                lines.append(f"{loc}: {msg}")  # a value under such a field may hold a secret
             else:
-                shown = repr(err.get("input"))
-                lines.append(f"{loc}: {msg} (got {shown[:80] + '...' if len(shown) > 80 else shown})")
+                lines.append(f"{loc}: {msg} (got {_redact.quote(err.get('input'), limit=80)})")
     return lines
 
+
+
+#: model classes already checked by coerce_config (a set lookup instead of a check per setup)
+_MODELS: set[Any] = set()
+
+
+def _check_model(model: Any, capability: str) -> None:
+    if not (isinstance(model, type) and hasattr(model, "model_validate")):
+        raise ConfigurationError(
+            f"The configuration model of capability {capability!r} must be a Pydantic model "
+            f"class (a BaseModel subclass) or None, got {model!r}. Declare it as "
+            "`class MyConfig(BaseModel): ...` and pass the class itself.",
+            capability=capability)
+    _MODELS.add(model)
 
 
 def coerce_config(model: Any, value: Any, capability: str) -> Any:
@@ -105,6 +115,12 @@ def coerce_config(model: Any, value: Any, capability: str) -> Any:
     """
     if model is None:
         return value
+    try:
+        checked = model in _MODELS
+    except TypeError:  # unhashable: certainly not a model class
+        checked = False
+    if not checked:
+        _check_model(model, capability)
     if value is None:
         return model()
     if isinstance(value, model):

@@ -42,6 +42,7 @@ from pydantic import (
     model_validator,
 )
 
+from onex_compose import _redact
 from onex_compose._loading import ContractProblem, LineIndex, PathPart
 from onex_compose.exceptions import did_you_mean
 
@@ -523,16 +524,21 @@ class ProblemList(ValueError):
         super().__init__("; ".join(p.render() for p in self.problems))
 
 
-def _describe_input(value: Any) -> str:
+def _shown(value: Any, path: Sequence[PathPart]) -> str:
+    """A rejected value as an error quotes it: scrubbed and cut by the one scrubber, and not at
+    all under a field whose name may hold a secret (``*url``, ``*password``, ``*key``...)."""
+    if any(isinstance(p, str) and _redact.sensitive_field(p) for p in path[-1:]):
+        return "(value not shown: the field may hold a secret)"
+    return _redact.quote(value, limit=60)
+
+
+def _describe_input(value: Any, path: Sequence[PathPart] = ()) -> str:
     kind = {str: "the string", int: "the integer", float: "the number", bool: "the boolean",
             list: "a list", dict: "a mapping", type(None): "null"}.get(type(value), type(
                 value).__name__)
     if value is None:
         return "null"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{kind} {text}"
+    return f"{kind} {_shown(value, path)}"
 
 
 def _unwrap(tp: Any) -> list[Any]:
@@ -718,15 +724,16 @@ def problems_from_error(exc: ValidationError, model: type[BaseModel], data: Any,
             message = str(error_obj) if error_obj is not None else str(err.get("msg", ""))
             message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
         elif kind == "literal_error":
-            message = f"{inp!r} not in {_expected_literals(ctx)}"
+            message = f"{_shown(inp, full)} not in {_expected_literals(ctx)}"
         elif kind in _TYPE_WORDS:
-            message = f"expected {_TYPE_WORDS[kind]}, got {_describe_input(inp)}"
+            message = f"expected {_TYPE_WORDS[kind]}, got {_describe_input(inp, full)}"
         elif kind in _BOUNDS:
-            message = f"must be {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}, got {inp!r}"
+            message = (f"must be {_BOUNDS[kind]} {next(iter(ctx.values()), '?')}, got "
+                       f"{_shown(inp, full)}")
         elif kind == "too_short" and isinstance(inp, list | dict) and not inp:
             message = "must not be empty (list at least one entry)"
         else:
-            message = f"{err.get('msg', kind)} (got {_describe_input(inp)})"
+            message = f"{err.get('msg', kind)} (got {_describe_input(inp, full)})"
         line = lines.line_of(full) if lines else None
         out.append(ContractProblem(message, tuple(full), line, file,
                                    _check_of(kind, full, root_kind)))

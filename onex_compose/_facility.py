@@ -59,6 +59,8 @@ class facility(Generic[T]):
             owner.__onex_facilities__ = own  # type: ignore[attr-defined]
         own[name] = self.build
         delattr(owner, name)
+        if "__init_subclass__" not in vars(owner):
+            owner.__init_subclass__ = classmethod(_host_check(owner))  # type: ignore[assignment]
 
     if TYPE_CHECKING:  # for type checkers only: the attribute has the facility's type
         @overload
@@ -68,6 +70,31 @@ class facility(Generic[T]):
         def __get__(self, obj: object, objtype: type | None = None) -> T: ...
 
         def __get__(self, obj: object | None, objtype: type | None = None) -> T | facility[T]: ...
+
+
+def _host_check(owner: type) -> Callable[..., None]:
+    """The ``__init_subclass__`` a mixin with a facility gets: a subclass that is neither a
+    mixin nor a node (``type("Y", (MixinCaching,), {})``) has no facilities and no setup, so
+    it gets a ``__getattr__`` that says so (:class:`~onex_compose.exceptions.NotComposedError`)
+    instead of a bare ``AttributeError``. Nodes and mixins are left as they are (a
+    ``__getattr__`` on a node's class would slow every attribute read)."""
+
+    def __init_subclass__(cls: type, **kwargs: Any) -> None:
+        super(owner, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
+        if ("__onex_capability__" in vars(cls) or getattr(cls, "__composition__", None)
+                is not None or hasattr(cls, "__getattr__")):
+            return
+        cls.__getattr__ = _not_composed  # type: ignore[attr-defined]
+
+    return __init_subclass__
+
+
+def _not_composed(self: Any, name: str) -> Any:
+    from onex_compose.exceptions import NotComposedError
+
+    cls = type(self)
+    mixins = [k for k in cls.__mro__ if "__onex_capability__" in vars(k)]
+    raise NotComposedError(cls, name, mixins)
 
 
 _cache: weakref.WeakKeyDictionary[type, Mapping[str, Callable[[Any], Any]]] = (

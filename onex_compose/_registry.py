@@ -226,8 +226,9 @@ def check_mixin(name: str, mixin: Any) -> None:
     """Check the rules every mixin follows; raise :class:`MixinDefinitionError` if broken.
 
     A mixin defines no ``__init__`` (its state is set up by its setup hook, so no cooperative
-    ``__init__`` chain can be broken), declares ``__slots__ = ()`` or none (any set of mixins
-    can share one instance layout), and brings no metaclass (any set of them can share a class).
+    ``__init__`` chain can be broken), declares ``__slots__ = ()`` in its own class body and in
+    each of its mixin bases (any set of mixins can share one instance layout, and none adds a
+    ``__dict__`` of its own), and brings no metaclass (any set of them can share a class).
     """
     if not isinstance(mixin, type):
         raise RegistrationError(
@@ -253,7 +254,16 @@ def check_mixin(name: str, mixin: Any) -> None:
                 f"(setup_{name}(self, config)), so that a missing super().__init__() can never "
                 "skip another capability. Move the body of __init__ there.",
             )
-        slots = vars(klass).get("__slots__", ())
+        if "__slots__" not in vars(klass):
+            raise MixinDefinitionError(
+                name, mixin, "does not declare __slots__ = ()",
+                f"(in {klass.__qualname__}). Every mixin class declares an empty __slots__ in its "
+                "own class body so that it adds no instance layout; add the line "
+                "'__slots__ = ()' to the class body of "
+                f"{klass.__qualname__} and keep state in instance attributes set by the setup "
+                "hook.",
+            )
+        slots = vars(klass)["__slots__"]
         if isinstance(slots, str):
             slots = (slots,)
         if tuple(slots):
@@ -289,6 +299,7 @@ _STANDARD_PRIVATE = frozenset({
     "__onex_capability__", "__onex_facilities__", "__orig_bases__", "__parameters__",
     "__abstractmethods__", "_abc_impl", "__protocol_attrs__", "__non_callable_proto_members__",
     "_is_protocol", "_is_runtime_protocol", "__subclasshook__", "__init__",
+    "__init_subclass__",  # set by ``facility`` on every mixin that declares one
 })
 _private_names: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 

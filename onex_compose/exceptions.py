@@ -13,6 +13,7 @@ The tree::
     │   └── RegistrationError                 (also ValueError)    a bad or duplicate registration
     ├── ConfigurationError                    (also ValueError)    bad capability configuration
     ├── ContractError                         (also ValueError)    invalid or unsafe contract
+    ├── NotComposedError                      (also AttributeError) a mixin used without a node
     └── ServiceUnavailableError               (also RuntimeError)  the node reports itself unhealthy
 
 ``OnexError`` is the root so that ``except OnexError`` catches everything the library raises on
@@ -40,6 +41,7 @@ __all__ = [
     "MROError",
     "MixinDefinitionError",
     "NotApplicableError",
+    "NotComposedError",
     "OnexError",
     "RegistrationError",
     "ServiceUnavailableError",
@@ -308,6 +310,31 @@ class ContractError(OnexError, ValueError):
             path = f"{p['path']}: " if p.get("path") else ""
             lines.append(f"\n  - {where}{path}{p['message']}")
         super().__init__(message + "".join(lines))
+
+
+class NotComposedError(OnexError, AttributeError):
+    """A capability mixin was used on a class with no node base, so nothing set it up.
+
+    An ``AttributeError`` (``hasattr`` and ``getattr(obj, name, default)`` keep working).
+
+    Attributes:
+        cls: the class that derives from the mixin(s) but from no node base.
+        name: the attribute that was read.
+        mixins: the capability mixins in its MRO.
+    """
+
+    def __init__(self, cls: type, name: str, mixins: Sequence[type]) -> None:
+        self.cls, self.name, self.mixins = cls, name, list(mixins)
+        caps = [str(vars(m).get("__onex_capability__")) for m in self.mixins]
+        which = ", ".join(f"{m.__qualname__} ({c!r})" for m, c in zip(self.mixins, caps,
+                                                                       strict=True))
+        bases = ", ".join(["NodeCompute", *(m.__qualname__ for m in self.mixins)])
+        super().__init__(
+            f"{cls.__qualname__!r} object has no attribute {name!r}: {cls.__qualname__} derives "
+            f"from capability mixin {which or '(none)'} but from no node base, so no capability "
+            f"was set up. Compose it onto a node base: compose(NodeCompute, {caps!r}), or "
+            f"class {cls.__qualname__}({bases}) (any node base: NodeCompute, NodeEffect, "
+            "NodeReducer, NodeOrchestrator).")
 
 
 class ServiceUnavailableError(OnexError, RuntimeError):

@@ -113,3 +113,39 @@ def test_facility_on_a_hand_written_node() -> None:
             return {"n": 1}
 
     assert Host().helper == {"n": 1}
+
+
+def test_a_mixin_used_without_a_node_base_says_to_compose_it() -> None:
+    from onex_compose.capabilities.caching import MixinCaching
+    from onex_compose.exceptions import NotComposedError, OnexError
+
+    stray = type("Y", (MixinCaching,), {})()
+    with pytest.raises(NotComposedError) as info:
+        _ = stray.cache
+    err = info.value
+    assert isinstance(err, AttributeError) and isinstance(err, OnexError)
+    assert (err.cls, err.name, err.mixins) == (type(stray), "cache", [MixinCaching])
+    text = str(err)
+    assert "no node base" in text and "compose(NodeCompute, ['caching'])" in text
+    assert "class Y(NodeCompute, MixinCaching)" in text
+    # still an AttributeError to hasattr/getattr
+    assert not hasattr(stray, "cache") and getattr(stray, "cache", 7) == 7
+
+
+def test_nodes_and_derived_mixins_get_no_getattr_hook() -> None:
+    from onex_compose.capabilities.caching import MixinCaching
+
+    class Host(NodeCompute, MixinCaching):
+        pass
+
+    class MixinMoreCaching(MixinCaching):
+        __onex_capability__ = "more_caching"
+        __slots__ = ()
+
+    # a __getattr__ on a node class would slow every attribute read: none is added
+    for cls in (Host, compose(NodeCompute, ["caching"]), MixinMoreCaching):
+        assert not hasattr(cls, "__getattr__"), cls
+    assert Host().cache is not None
+    with pytest.raises(AttributeError) as info:
+        _ = Host().no_such_thing
+    assert type(info.value) is AttributeError

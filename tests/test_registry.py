@@ -178,11 +178,35 @@ def test_mixin_with_non_empty_slots_is_rejected_with_the_layout_reason(slots: ob
     assert "__slots__ = ()" in str(info.value)
 
 
-def test_mixin_with_empty_or_no_slots_is_accepted() -> None:
+def test_mixin_with_empty_slots_is_accepted() -> None:
     reg = Registry()
     reg.register(plain_mixin("MixinEmpty"), name="empty")
-    reg.register(type("MixinNoSlots", (), {}), name="no_slots")
-    assert len(reg) == 2
+    assert len(reg) == 1
+
+
+def test_mixin_without_slots_is_rejected_naming_the_fix() -> None:
+    # docs/writing-capabilities.md: "__slots__ = () ... required (checked at registration)"
+    with pytest.raises(MixinDefinitionError) as info:
+        Registry().register(type("MixinNoSlots", (), {}), name="no_slots")
+    assert info.value.rule == "does not declare __slots__ = ()"
+    assert "add the line '__slots__ = ()' to the class body of MixinNoSlots" in str(info.value)
+
+
+def test_a_mixin_base_without_slots_is_rejected_too() -> None:
+    base = type("MixinBase", (), {})
+    mixin = type("MixinDerived", (base,), {"__slots__": ()})
+    with pytest.raises(MixinDefinitionError, match=r"\(in MixinBase\)"):
+        Registry().register(mixin, name="derived")
+
+
+def test_every_builtin_and_toy_mixin_declares_empty_slots_in_its_own_body() -> None:
+    from onex_compose import default_registry
+
+    specs = [*default_registry, *make_registry()]
+    assert len(specs) > 10
+    for spec in specs:
+        for klass in spec.mixin.__mro__[:-1]:
+            assert vars(klass).get("__slots__", None) == (), (spec.name, klass)
 
 
 def test_mixin_with_a_metaclass_is_rejected_naming_the_metaclass() -> None:
