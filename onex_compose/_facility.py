@@ -80,7 +80,7 @@ def _host_check(owner: type) -> Callable[..., None]:
     ``__getattr__`` on a node's class would slow every attribute read)."""
 
     def __init_subclass__(cls: type, **kwargs: Any) -> None:
-        super(owner, cls).__init_subclass__(**kwargs)  # type: ignore[misc]
+        super(owner, cls).__init_subclass__(**kwargs)  # type: ignore[arg-type]
         if ("__onex_capability__" in vars(cls) or getattr(cls, "__composition__", None)
                 is not None or hasattr(cls, "__getattr__")):
             return
