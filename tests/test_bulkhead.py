@@ -198,6 +198,30 @@ def test_sync_guard_limits_a_plain_process_without_an_event_loop() -> None:
     off.bulkhead.release()
 
 
+class SyncWork(NodeEffect):
+    def process(self, gate: threading.Event) -> str:
+        gate.wait(30)
+        return "done"
+
+
+def test_a_composed_sync_process_is_limited_by_the_thread_bulkhead() -> None:
+    node = compose(SyncWork, ["bulkhead"])(
+        capability_config={"bulkhead": {"max_concurrent": 1, "name": "sync"}})
+    gate, results = threading.Event(), []
+    worker = threading.Thread(target=lambda: results.append(node.process(gate)))
+    worker.start()
+    deadline = _context.monotonic() + 10
+    while node.bulkhead.active != 1:
+        assert _context.monotonic() < deadline, "the first call never took its slot"
+        threading.Event().wait(0.005)
+    with pytest.raises(BulkheadFullError):
+        node.process(threading.Event())  # called directly: plain sync, rejected at once
+    gate.set()
+    worker.join(10)
+    assert results == ["done"] and node.bulkhead.active == 0
+    assert node.process(gate) == "done"  # a plain value, not a coroutine
+
+
 def test_waiters_are_admitted_first_come_first_served() -> None:
     clock = ManualClock()
     b = Bulkhead({"max_concurrent": 1, "max_wait": 100})

@@ -573,6 +573,23 @@ def test_sync_process_guard_times_every_call_by_outcome_without_an_event_loop() 
     assert off.metrics.snapshot()["histograms"] == {}
 
 
+class SyncDoubler(NodeCompute):
+    def process(self, x: int) -> int:
+        if x < 0:
+            raise ValueError("negative")
+        return x * 2
+
+
+def test_a_composed_sync_process_stays_sync_and_is_timed() -> None:
+    node = compose(SyncDoubler, ["metrics"])()
+    assert node.process(4) == 8  # called directly: no event loop, no coroutine
+    with pytest.raises(ValueError, match="negative"):
+        node.process(-1)
+    hists = node.metrics.snapshot()["histograms"]
+    assert hists['process_duration{outcome="ok"}']["count"] == 1
+    assert hists['process_duration{outcome="error"}']["count"] == 1
+
+
 # -- the contract -------------------------------------------------------------------------------
 
 

@@ -612,6 +612,33 @@ def test_sync_guard_honours_guard_process_and_refuse() -> None:
     assert no_limit._guard_sync_timeout(threading.current_thread)() is threading.current_thread()
 
 
+class SyncHang(NodeCompute):
+    def process(self, gate: threading.Event) -> str:
+        gate.wait(30)
+        return "done"
+
+
+def test_a_composed_sync_process_times_out_in_at_most_max_threads_threads() -> None:
+    node = compose(SyncHang, ["timeout"])(
+        capability_config={"timeout": {"timeout": 0.02, "max_threads": 2}})
+    gate = threading.Event()
+    outcomes = []
+    try:
+        for _ in range(10):
+            try:
+                outcomes.append(node.process(gate))  # plain sync, no event loop
+            except OperationTimeoutError:
+                outcomes.append("timeout")
+            except TimeoutThreadsFullError:
+                outcomes.append("full")
+        assert outcomes == ["timeout"] * 2 + ["full"] * 8
+        assert _pool_threads(node.timeout_policy) == 2
+    finally:
+        gate.set()
+    _wait_until(lambda: node.timeout_policy.sync_threads()["busy"] == 0, "the workers")
+    assert node.process(gate) == "done"
+
+
 def test_run_sync_respects_a_passed_deadline_without_starting() -> None:
     clock = ManualClock(10)
     started = []
