@@ -1148,10 +1148,19 @@ class MixinRetry:
 
         return retried
 
-    def _explain_retry(self) -> str:
-        """One line for ``explain()``: whether ``process()`` is retried, and why."""
-        policy: RetryPolicy = self.retry_policy
-        return f"process() {'retried' if policy.guard else 'not retried'}: {policy.guard_reason}"
+    @classmethod
+    def _explain_retry(cls, node: Any = None) -> str:
+        """One line for ``explain()``: whether ``process()`` is retried, and why.
+
+        For a class (``node`` is ``None``) it tells the default for its node type; for an
+        instance, what its current policy does.
+        """
+        if node is None:
+            guard, why = _guard_decision(None, getattr(cls, "node_type", None))
+        else:
+            policy: RetryPolicy = node.retry_policy
+            guard, why = policy.guard, policy.guard_reason
+        return f"process() {'retried' if guard else 'not retried'}: {why}"
 
 
 def _node_type(node: Any) -> object:

@@ -67,6 +67,10 @@ class Explanation:
             kind = f" ({d['pipeline_kind']} process)" if d.get("pipeline_kind") else ""
             out.append("process() pipeline (outermost first): " + " -> ".join(d["pipeline"])
                        + kind)
+        notes = [f"  {c['name']}: {c['note']}" for c in d["capabilities"] if c.get("note")]
+        if notes:
+            out.append("notes:")
+            out.extend(notes)
         return "\n".join(out)
 
     def __repr__(self) -> str:
@@ -127,6 +131,9 @@ def explain(obj_or_cls: Any) -> Explanation:
         entry: dict[str, Any] = {"name": name, "why": why, "required_by": list(by)}
         if name in sources:
             entry["config_source"] = sources[name]
+        note = getattr(cls, f"_explain_{name}", None)  # a capability's own line, e.g. retry's
+        if note is not None:
+            entry["note"] = note(None if isinstance(obj_or_cls, type) else obj_or_cls)
         caps.append(entry)
     providers = {m: {"capability": c, "overrides": list(comp.overrides.get(m, ()))}
                  for m, c in sorted(comp.providers.items())}
