@@ -121,21 +121,50 @@ class CompositionError(OnexError):
         return CompositionError(message, errors=problems)
 
 
+#: capabilities seed 000 lists (its ``Mixin*`` classes, in snake_case) that no release implements
+#: yet: asking for one says so instead of suggesting an unrelated registered name
+SEED_PLANNED: frozenset[str] = frozenset({
+    "service_protocol", "service_registry", "tracing", "profiling", "message_queue",
+    "notification", "webhook", "database", "serialization", "validation", "encryption",
+    "authentication", "authorization", "audit_log", "secure_storage"})
+_PLANNED_NOTE = "a seed capability that is not available yet (planned)"
+
+
 class UnknownCapabilityError(CompositionError, LookupError):
     """A capability name (or alias/bundle) that nobody registered.
+
+    A name seed 000 lists but no release implements yet (:data:`SEED_PLANNED`, such as
+    ``authentication``) is reported as planned rather than given a look-alike suggestion.
 
     Attributes:
         name: the unknown name.
         known: every name the registry knows.
         suggestion: the closest known name, or ``None``.
+        planned: whether ``name`` is a planned seed capability.
     """
 
     def __init__(self, name: str, known: Iterable[str], *, what: str = "capability") -> None:
         self.name = name
         self.known = sorted(known)
-        close = get_close_matches(name, self.known, n=1, cutoff=0.6)
-        self.suggestion = close[0] if close else None
-        hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
+        about_capabilities = what.startswith("capability")
+        planned = SEED_PLANNED.difference(self.known) if about_capabilities else frozenset()
+        self.planned = name in planned
+        if self.planned:
+            self.suggestion = None
+            super().__init__(
+                f"{name!r} is {_PLANNED_NOTE}: seed 000 lists it, but this version of "
+                f"onex-compose does not provide it. Known names: {', '.join(self.known) or '(none)'}. "
+                "Register your own implementation with registry.register(...) (see "
+                "docs/writing-capabilities.md), or drop it from the request.")
+            return
+        close = get_close_matches(name, [*self.known, *planned], n=1, cutoff=0.6)
+        self.suggestion = close[0] if close and close[0] not in planned else None
+        if self.suggestion:
+            hint = f" Did you mean {self.suggestion!r}?"
+        elif close:
+            hint = f" (Close to {close[0]!r}, {_PLANNED_NOTE}.)"
+        else:
+            hint = ""
         super().__init__(
             f"Unknown {what} {name!r}.{hint} Known names: {', '.join(self.known) or '(none)'}. "
             f"Register it with registry.register(...) or install the package that provides it."

@@ -211,3 +211,37 @@ def test_errors_pickle_with_their_message_and_data(err: Any) -> None:
     for key, value in vars(err).items():
         if key != "errors":
             assert getattr(back, key) == value, key
+
+
+@pytest.mark.parametrize("name", ["authentication", "authorization", "database", "serialization",
+                                  "validation", "encryption", "tracing", "profiling", "audit_log",
+                                  "secure_storage", "message_queue", "webhook", "notification",
+                                  "service_registry", "service_protocol"])
+def test_a_planned_seed_capability_is_named_as_planned_not_given_a_look_alike(name: str) -> None:
+    from onex_compose import NodeCompute, compose
+
+    with pytest.raises(UnknownCapabilityError) as info:
+        compose(NodeCompute, [name])
+    err = info.value
+    assert err.planned and err.suggestion is None
+    assert f"{name!r} is a seed capability that is not available yet (planned)" in str(err)
+    assert "Did you mean" not in str(err)
+
+
+def test_real_typos_keep_their_suggestion_and_a_typo_of_a_planned_name_says_planned() -> None:
+    from onex_compose import NodeCompute, compose
+
+    with pytest.raises(UnknownCapabilityError, match="Did you mean 'caching'") as info:
+        compose(NodeCompute, ["cachng"])
+    assert not info.value.planned
+    with pytest.raises(UnknownCapabilityError) as info:
+        compose(NodeCompute, ["authentcation"])
+    assert info.value.suggestion is None
+    assert "Close to 'authentication', a seed capability that is not available yet" in str(
+        info.value)
+
+
+def test_a_planned_name_registered_by_the_user_is_an_ordinary_name() -> None:
+    err = UnknownCapabilityError("authenticaton", ["authentication", "caching"])
+    assert err.suggestion == "authentication" and "Did you mean 'authentication'" in str(err)
+    assert not UnknownCapabilityError("tracing", ["tracing"]).planned
