@@ -258,7 +258,8 @@ def _cmd_new(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.what != "capability":
         raise _UsageError(f"onex new makes 'capability', got {args.what!r}")
     written = scaffold_capability(args.name, args.target, module=args.module,
-                                  node_types=args.node_types, force=args.force)
+                                  node_types=args.node_types, force=args.force,
+                                  package=args.package)
     for path in written:
         print(f"created {path}", file=out)
     print(f"next: onex validate {written[0]} && python -m pytest {written[-1]}", file=out)
@@ -371,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-types", nargs="+", default=None, metavar="TYPE",
                    help="applicable node types (default: all four)")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--package", action="store_true",
+                   help="the package shape (NAME/__init__.py, one module per backend, the contract "
+                   "beside them) for a capability with several backends or past ~800 lines")
     p.set_defaults(func=_cmd_new)
 
     p = sub.add_parser("demo", help="run the demo")

@@ -120,3 +120,40 @@ def test_scaffold_into_the_builtin_folder_uses_the_package_default(tmp_path, mon
     data = yaml.safe_load(paths[0].read_text())
     assert "module" not in data["composition"]
     assert "from onex_compose.capabilities.sample import SampleConfig" in paths[2].read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_scaffold_package_shape_validates_and_its_tests_pass(tmp_path):
+    target = tmp_path / "plugins"
+    assert main(["new", "capability", "ledger", "--package", "--target", str(target)]) == 0
+    home = target / "ledger"
+    assert sorted(p.name for p in home.iterdir()) == ["__init__.py", "_memory.py",
+                                                      "mixin_ledger.yaml"]
+    data = yaml.safe_load((home / "mixin_ledger.yaml").read_text())
+    assert data["composition"]["module"] == "ledger"  # the package: its __init__ has the mixin
+    assert "class Ledger:" in (home / "_memory.py").read_text()  # the backend module
+    init = (home / "__init__.py").read_text()
+    assert "from ._memory import Ledger" in init and "class MixinLedger:" in init
+    assert "class Ledger:" not in init
+    assert main(["validate", "--strict", str(home)]) == 0
+    proc = _pytest(target, target / "test_ledger.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 passed" in proc.stdout
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated",
+                           str(home)], capture_output=True, text=True, timeout=60, env=env)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_scaffold_package_inside_a_package(tmp_path):
+    package = tmp_path / "myplugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    paths = scaffold_capability("outbox", package, package=True, node_types=["EFFECT"])
+    assert [p.relative_to(package).as_posix() for p in paths] == [
+        "outbox/mixin_outbox.yaml", "outbox/__init__.py", "outbox/_memory.py", "test_outbox.py"]
+    assert yaml.safe_load(paths[0].read_text())["composition"]["module"] == "myplugins.outbox"
+    assert 'Path(__file__).parent / "outbox" / "mixin_outbox.yaml"' in paths[3].read_text()
+    for path in paths[1:]:
+        compile(path.read_text(), str(path), "exec")
