@@ -610,7 +610,7 @@ def test_guard_switched_off() -> None:
 
 def test_retry_does_not_retry_a_full_bulkhead() -> None:
     node = make(["retry", "bulkhead"], bulkhead={"max_concurrent": 1},
-                retry={"sleep": False, "max_attempts": 5})
+                retry={"sleep": False, "max_attempts": 5, "guard_process": True})
     pipeline = node.__onex_pipeline__
     assert pipeline.index("retry") < pipeline.index("bulkhead")
 

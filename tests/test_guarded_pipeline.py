@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import pytest
 
-from onex_compose import NodeEffect, Registry, compose, explain
+from onex_compose import NodeCompute, NodeEffect, Registry, compose, explain
 from onex_compose.capabilities import MANIFEST, _context
 from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.bulkhead import (
@@ -46,7 +46,7 @@ DEFAULT_ORDER = ("logging", "metrics", "caching", "retry", "circuit_breaker", "r
                  "timeout", "bulkhead")
 
 
-class Body(NodeEffect):
+class Body(NodeCompute):  # COMPUTE: retry guards process() by default (EFFECT opts in)
     """``process()`` follows ``self.script``: ``"ok"``, ``"fail"`` (ConnectionError), ``"hang"``
     or a number of seconds to work; the script's last step repeats. Every call is recorded."""
 
@@ -291,7 +291,8 @@ def test_a_nested_with_retry_inside_a_retried_process_does_not_multiply_attempts
             self.inner += 1
             raise ConnectionError("down")
 
-    node = Nested(capability_config={"retry": {"max_attempts": 3, "sleep": False}})
+    node = Nested(capability_config={"retry": {"max_attempts": 3, "sleep": False,
+                                                "guard_process": True}})
     node.inner = 0
     with pytest.raises(ConnectionError):
         asyncio.run(node.process(1))
