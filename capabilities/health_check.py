@@ -84,11 +84,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onex_compose import coerce_config, facility
+from onex_compose import _redact, coerce_config, facility
 from onex_compose.capabilities._context import monotonic
 from onex_compose.capabilities._log import logger
 from onex_compose.exceptions import OnexError
@@ -630,19 +629,10 @@ def _bad_status(value: Any) -> str:
 # -- ready-made checks ----------------------------------------------------------------------
 
 
-def _mask(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for reasons and logs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+def _mask(text: Any) -> str:
+    """``text`` (a URL, or an error about one) with its secrets masked by the project's one
+    scrubber (``onex_compose._redact``: URL passwords, ``?password=``/``token=`` parameters...)."""
+    return _redact.scrub_text(str(text))
 
 
 def _require(module: str, what: str, extra: str) -> None:
@@ -690,7 +680,7 @@ def redis_check(url: str | None = None, *, name: str = "redis") -> Callable[[], 
             await async_client(target).ping()
         except Exception as exc:
             return {"status": "unhealthy",
-                    "reason": f"redis at {_mask(target)} unreachable: {type(exc).__name__}: {exc}"}
+                    "reason": f"redis at {_mask(target)} unreachable: {type(exc).__name__}: {_mask(exc)}"}
         return {"status": "healthy", "reason": f"PING ok at {_mask(target)}",
                 "latency_ms": round((monotonic() - start) * 1000, 3)}
 
@@ -725,7 +715,7 @@ def postgres_check(dsn: str, *, name: str = "postgres",
             conn = await asyncpg.connect(dsn, timeout=connect_timeout)
         except Exception as exc:
             return {"status": "unhealthy",
-                    "reason": f"postgres at {_mask(dsn)} unreachable: {type(exc).__name__}: {exc}"}
+                    "reason": f"postgres at {_mask(dsn)} unreachable: {type(exc).__name__}: {_mask(exc)}"}
         try:
             value = await conn.fetchval("SELECT 1")
         finally:
