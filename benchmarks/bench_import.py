@@ -66,7 +66,7 @@ def measure(body: str, repeats: int) -> tuple[float, float, dict[str, object]]:
 
 def main() -> None:
     args = parse_args()
-    repeats = 2 if args.smoke else args.repeats
+    repeats = 1 if args.smoke else args.repeats  # smoke: one process per row (< 10 s)
     table = Table("bench_import", "fresh interpreter: import and first composed instance")
 
     start_wall, _, _ = measure(BODIES["start"], repeats)
