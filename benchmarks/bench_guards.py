@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"({(t - bare) / ato_added:.2f}x its added cost)")
 
     # -- the three guards on process() ---------------------------------------------------------
-    stack = compose(Body, ["retry", "timeout", "bulkhead"])()
+    stack = compose(Body, ["retry", "timeout", "bulkhead"])(  # EFFECT: retry opts in
+        capability_config={"retry": {"guard_process": True}})
     raw = Body()
     t_raw = ta(lambda: raw.process(1))
     t_stack = ta(lambda: stack.process(1))

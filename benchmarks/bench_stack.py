@@ -36,7 +36,7 @@ async def bare(x: int) -> int:
 
 GUARDS = ["retry", "circuit_breaker", "rate_limiting", "timeout", "bulkhead"]
 CONFIG: dict[str, Any] = {
-    "retry": {"max_attempts": 3},
+    "retry": {"max_attempts": 3, "guard_process": True},  # an EFFECT node opts in
     "rate_limiting": {"limit": 1_000_000_000, "period": 1.0},
     "timeout": {"timeout": 5.0},
     "bulkhead": {"max_concurrent": 100},
