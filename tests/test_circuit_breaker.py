@@ -306,36 +306,99 @@ def test_exception_matcher_matches_bases_and_caches():
     assert not ExceptionMatcher()
 
 
-def test_slow_calls_count_as_failures_in_consecutive_mode():
+def test_slow_calls_are_not_failures_and_a_run_of_them_opens_in_consecutive_mode():
+    # issue 9: slow successful calls used to count as failures (failure_count, last_failure_time)
     clock = ManualClock()
-    breaker = make(clock, failure_threshold=2, slow_call_duration_threshold=1.0)
+    breaker = make(clock, failure_threshold=2, slow_call_duration=1.0)
 
     def slow():
         clock.advance(1.5)
         return "late"
 
-    assert breaker.call(slow) == "late"  # the result is returned, the call counted as failed
-    assert breaker.call(lambda: "fast") == "fast"
-    assert breaker.status().failure_count == 0
-    breaker.call(slow)
+    assert breaker.call(slow) == "late"  # the result is returned, the call counted as slow
+    status = breaker.status()
+    assert status.failure_count == 0 and status.last_failure_time is None
+    assert status.slow_call_count == 1 and status.slow_call_rate == 100.0
+    assert status.last_slow_call_time is not None
+    assert breaker.call(lambda: "fast") == "fast"  # a fast call ends the run
+    assert breaker.status().slow_call_count == 0
+    fail(breaker)  # a fast failure is a failure, not slow
+    assert breaker.status().failure_count == 1 and breaker.status().slow_call_count == 0
+    breaker.call(slow)  # a slow success ends the failure run, starts a slow run
+    assert breaker.status().failure_count == 0 and breaker.state is CLOSED
     breaker.call(slow)
     assert breaker.state is OPEN
 
 
-async def test_slow_async_calls_count_in_rate_mode():
+def test_slow_calls_have_their_own_rate_in_rate_mode():
     clock = ManualClock()
-    breaker = make(clock, mode="rate", window_size=4, minimum_calls=4,
-                   failure_rate_threshold=50, slow_call_duration_threshold=0.5)
+    metrics = Metrics()
+    breaker = CircuitBreaker("svc", BreakerPolicy(
+        mode="rate", window_size=4, minimum_calls=4, failure_rate_threshold=50,
+        slow_call_duration=0.5, slow_call_rate_threshold=75), clock=clock, metrics=metrics)
+    changes: list = []
+    breaker.on_state_change.append(changes.append)
 
-    async def call(seconds):
+    def call(seconds):
         clock.advance(seconds)
         return seconds
 
-    for seconds in (0.1, 0.1, 0.7):
-        await breaker.acall(call, seconds)
+    for seconds in (0.1, 0.7, 0.9):
+        breaker.call(call, seconds)
+    status = breaker.status()
+    assert (status.calls, status.failure_count, status.slow_call_count) == (3, 0, 2)
+    assert breaker.state is CLOSED  # 2 slow of 4 = 50 % would have opened as "failures"
+    breaker.call(call, 0.1)
+    assert breaker.state is CLOSED and breaker.status().slow_call_rate == 50.0
+    breaker.call(call, 0.6)  # window: 0.7 0.9 0.1 0.6 -> 3 slow of 4 = 75 %
+    assert breaker.state is OPEN and changes[-1].reason == "slow_call_rate"
+    snap = metrics.snapshot()["counters"]
+    assert snap['circuit_breaker_slow_calls_total{operation_key="svc"}'] == 3
+    assert 'circuit_breaker_failures_total{operation_key="svc"}' not in snap
+
+
+async def test_slow_async_calls_and_slow_failures_count_in_rate_mode():
+    clock = ManualClock()
+    breaker = make(clock, mode="rate", window_size=4, minimum_calls=4,
+                   failure_rate_threshold=60, slow_call_duration=0.5,
+                   slow_call_rate_threshold=50)
+
+    async def call(seconds, fail=False):
+        clock.advance(seconds)
+        if fail:
+            raise ConnectionError("down")
+        return seconds
+
+    await breaker.acall(call, 0.1)
+    await breaker.acall(call, 0.1)
+    with pytest.raises(ConnectionError):
+        await breaker.acall(call, 0.7, True)  # a slow failure: both
+    status = breaker.status()
+    assert (status.failure_count, status.slow_call_count) == (1, 1)
     assert breaker.state is CLOSED
     await breaker.acall(call, 0.9)  # 2 slow of 4 = 50 %
     assert breaker.state is OPEN
+
+
+def test_a_slow_probe_reopens_the_circuit():
+    clock = ManualClock()
+    breaker = make(clock, failure_threshold=1, reset_timeout=1, slow_call_duration=0.5)
+    fail(breaker)
+    clock.advance(1)
+    changes: list = []
+    breaker.on_state_change.append(changes.append)
+
+    def slow():
+        clock.advance(0.6)
+        return "late"
+
+    assert breaker.call(slow) == "late"
+    assert breaker.state is OPEN and changes[-1].reason == "probe_slow"
+
+
+def test_the_old_slow_call_key_is_a_clear_error():
+    with pytest.raises(ConfigurationError, match="replaced by slow_call_duration"):
+        CircuitBreaker("db", {"slow_call_duration_threshold": 1.0})
 
 
 def test_results_of_calls_admitted_before_a_state_change_are_discarded():
@@ -823,3 +886,62 @@ def test_a_sync_process_is_guarded_by_the_breaker_without_an_event_loop():
     with pytest.raises(ZeroDivisionError):
         hook(0)
     assert node.circuit_breaker("other").state is OPEN
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: a time window restarts in O(1) after a quiet period of at least its size
+
+
+class CountingList(list):
+    """A list that counts item reads and writes (the window's work)."""
+
+    touched = 0
+
+    def __getitem__(self, i):
+        CountingList.touched += 1
+        return super().__getitem__(i)
+
+    def __setitem__(self, i, value):
+        CountingList.touched += 1
+        super().__setitem__(i, value)
+
+
+def count_window_work(window) -> None:
+    for name in ("bcalls", "bfails", "bslow"):
+        setattr(window, name, CountingList(getattr(window, name)))
+    CountingList.touched = 0
+
+
+@pytest.mark.parametrize("gap", [100_000, 100_001, 10**7])
+def test_a_time_window_restarts_in_constant_work_after_a_long_quiet_period(gap: int):
+    clock = ManualClock(50.0)
+    breaker = make(clock, mode="rate", window_type="time", window_size=100_000, minimum_calls=3,
+                   failure_rate_threshold=50)
+    fail(breaker)
+    breaker.call(lambda: "ok")
+    count_window_work(breaker._window)
+    clock.advance(gap)
+    assert breaker.status().calls == 0 and CountingList.touched == 0  # reading: no walk either
+    fail(breaker)  # used to clear every one of the 100,000 buckets
+    assert CountingList.touched < 20
+    status = breaker.status()
+    assert (status.calls, status.failure_count) == (1, 1) and breaker.state is CLOSED
+    breaker.call(lambda: "ok")
+    breaker.call(lambda: "ok")
+    assert breaker.state is CLOSED and breaker.status().failure_rate == pytest.approx(100 / 3)
+
+
+def test_a_time_window_after_a_restart_never_subtracts_stale_buckets():
+    clock = ManualClock(0.0)
+    breaker = make(clock, mode="rate", window_type="time", window_size=10, minimum_calls=100)
+    for _ in range(9):  # seconds 0..8 each hold a failure
+        fail(breaker)
+        clock.advance(1)
+    clock.advance(30)  # quiet: the window restarts at second 39
+    breaker.call(lambda: "ok")
+    for _ in range(12):  # walk over every (stale) bucket, one second at a time
+        clock.advance(1)
+        breaker.call(lambda: "ok")
+        status = breaker.status()
+        assert status.failure_count == 0 and 0 < status.calls <= 10
+    assert breaker.status().calls == 10

@@ -30,28 +30,34 @@ CLOSED, OPEN, HALF_OPEN = CircuitState.CLOSED, CircuitState.OPEN, CircuitState.H
 
 POLICIES = {
     "consecutive": {"failure_threshold": 3, "reset_timeout": 5, "half_open_max_calls": 2,
-                    "half_open_max_wait": 8, "ignore_exceptions": ["KeyError"]},
+                    "half_open_max_wait": 8, "ignore_exceptions": ["KeyError"],
+                    "slow_call_duration": 0.5},
     "rate-count": {"mode": "rate", "window_size": 6, "minimum_calls": 4,
                    "failure_rate_threshold": 50, "reset_timeout": 5, "half_open_max_calls": 3,
-                   "ignore_exceptions": ["KeyError"]},
+                   "ignore_exceptions": ["KeyError"], "slow_call_duration": 0.5,
+                   "slow_call_rate_threshold": 75},
     "rate-time": {"mode": "rate", "window_type": "time", "window_size": 5, "minimum_calls": 3,
                   "failure_rate_threshold": 60, "reset_timeout": 4, "half_open_max_calls": 2,
-                  "slow_call_duration_threshold": 0.5, "ignore_exceptions": ["KeyError"]},
+                  "slow_call_duration": 0.5, "slow_call_rate_threshold": 50,
+                  "ignore_exceptions": ["KeyError"]},
+    "rate-time-idle": {"mode": "rate", "window_type": "time", "window_size": 3,
+                       "minimum_calls": 2, "failure_rate_threshold": 50, "reset_timeout": 2,
+                       "slow_call_duration": 0.5, "slow_call_rate_threshold": 100},
 }
 
-steps = st.lists(st.tuples(st.sampled_from(["ok", "fail", "ignored", "slow"]),
-                           st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 5.0, 7.0])),
+steps = st.lists(st.tuples(st.sampled_from(["ok", "fail", "ignored", "slow", "slowfail"]),
+                           st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 7.0, 12.0])),
                  min_size=1, max_size=40)
 
 
 def run_step(breaker, clock: ManualClock, op: str):
     def body():
-        if op == "fail":
+        if op in ("slow", "slowfail"):
+            clock.advance(0.75)
+        if op in ("fail", "slowfail"):
             raise ConnectionError("down")
         if op == "ignored":
             raise KeyError("neutral")
-        if op == "slow":
-            clock.advance(0.75)
         return "ok"
 
     try:
@@ -65,7 +71,9 @@ def run_step(breaker, clock: ManualClock, op: str):
 def observe(breaker) -> tuple:
     status = breaker.status()
     return (status.state, status.failure_count, status.calls, round(status.failure_rate, 9),
-            round(status.retry_after, 9))
+            round(status.retry_after, 9), status.slow_call_count,
+            round(status.slow_call_rate, 9), status.last_slow_call_time is None,
+            status.last_failure_time is None)
 
 
 @pytest.mark.parametrize("policy_name", sorted(POLICIES))
@@ -291,3 +299,47 @@ async def _aboom():
 
 async def _aok():
     return "ok"
+
+
+def test_a_long_quiet_period_restarts_a_large_time_window_in_constant_work(redis_url,
+                                                                           redis_prefix):
+    # issue 9: the script cleared every expired bucket (HMGET + HDEL each), blocking Redis for
+    # 221 ms at the largest window; now the window restarts at once
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+
+    def bucket_commands() -> int:
+        stats = client.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("hdel", "hmget"))
+
+    clock = ManualClock(1000.0)
+    policy = BreakerPolicy(mode="rate", window_type="time", window_size=100_000, minimum_calls=3,
+                           failure_rate_threshold=50)
+    breaker = RedisCircuitBreaker("idle", policy, url=redis_url, namespace=redis_prefix,
+                                  clock=clock)
+    memory = CircuitBreaker("idle", policy, clock=ManualClock(1000.0))
+    for b in (breaker, memory):
+        with pytest.raises(ConnectionError):
+            b.call(run_fail)
+        b.call(lambda: "ok")
+        b.clock.advance(250_000)  # type: ignore[attr-defined]
+    assert observe(breaker) == observe(memory)
+    before = bucket_commands()
+    with pytest.raises(ConnectionError):
+        breaker.call(run_fail)
+    assert bucket_commands() - before < 1000  # was > 200,000 (two per bucket)
+    with pytest.raises(ConnectionError):
+        memory.call(run_fail)
+    status = breaker.status()
+    assert (status.calls, status.failure_count) == (1, 1)
+    assert observe(breaker) == observe(memory)
+    for b in (breaker, memory):
+        b.call(lambda: "ok")
+        b.call(lambda: "ok")
+    assert breaker.state is CLOSED and observe(breaker) == observe(memory)
+    client.close()
+
+
+def run_fail():
+    raise ConnectionError("down")

@@ -21,8 +21,16 @@ Semantics (resilience4j's, with the Python libraries' default trip rule):
   last ``window_size`` calls, ``time`` = the last ``window_size`` seconds in one-second buckets)
   opens the circuit once at least ``minimum_calls`` calls are recorded and the rate reaches
   ``failure_rate_threshold`` percent.
-* **slow calls**: with ``slow_call_duration_threshold`` set, a call that takes at least that long
-  is recorded as a failure even when it returns (in either mode).
+* **slow calls** (resilience4j's): with ``slow_call_duration`` set, a call that takes at least
+  that long is a *slow call*, counted apart from failures (a slow call that raised is both). In
+  rate mode the circuit opens when the slow-call rate over the window reaches
+  ``slow_call_rate_threshold`` percent (default 100); in consecutive mode ``failure_threshold``
+  slow calls in a row open it. A slow probe re-opens a half-open circuit. Status reports
+  ``slow_call_count``, ``slow_call_rate`` and ``last_slow_call_time``; the
+  ``circuit_breaker_slow_calls_total`` counter counts them.
+* **time windows after a quiet period**: when ``window_size`` seconds or more passed since the
+  last recorded call, the window restarts from zero in O(1) (in process and in the Redis script),
+  instead of clearing each expired one-second bucket.
 * **open -> half-open** after ``reset_timeout`` seconds, lazily on the next call. Half-open admits
   at most ``half_open_max_calls`` probes and rejects everybody else at once with
   :class:`CircuitOpenError`. In consecutive mode one failed probe re-opens the circuit and
@@ -44,6 +52,9 @@ Semantics (resilience4j's, with the Python libraries' default trip rule):
 * State changes go to the ``circuit_breaker_state`` gauge (0 closed, 1 open, 2 half-open,
   seed 002's encoding, label ``operation_key`` = breaker name), to the ``on_state_change``
   listeners, to the node's event bus when one is composed, and to the health report.
+* ``scope: process`` shares each named breaker between every node instance of the process that
+  uses the same configuration (resilience4j's registry); the default ``scope: node`` gives each
+  node its own. The Redis backend shares a breaker across processes either way.
 * ``backend: redis`` keeps one breaker's state in Redis so several processes see one circuit:
   two Lua scripts (admit, record) make every read-modify-write atomic, keys are per breaker
   name inside ``namespace``, reading the state never mutates it, creating a breaker never

@@ -17,6 +17,8 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _HALF_OPEN,
     _NEUTRAL,
     _OPEN,
+    _SLOW,
+    _SLOW_FAILURE,
     _SUCCESS,
     ASYNC_RESULTS,
     BreakerPolicy,
@@ -39,9 +41,12 @@ T = TypeVar("T")
 
 
 class _CountWindow:
-    """The last ``size`` outcomes in a ring buffer, with running totals (O(1) per record)."""
+    """The last ``size`` outcomes in a ring buffer, with running totals (O(1) per record).
 
-    __slots__ = ("calls", "failures", "pos", "ring", "size")
+    Each slot holds an outcome's bits (``_FAILURE`` 1, ``_SLOW`` 2).
+    """
+
+    __slots__ = ("calls", "failures", "pos", "ring", "size", "slow")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -49,72 +54,98 @@ class _CountWindow:
         self.pos = 0
         self.calls = 0
         self.failures = 0
+        self.slow = 0
 
-    def record(self, failed: int, now: float) -> None:
+    def record(self, outcome: int, now: float) -> None:
         if self.calls == self.size:
-            self.failures -= self.ring[self.pos]
+            old = self.ring[self.pos]
+            self.failures -= old & _FAILURE
+            self.slow -= old >> 1
         else:
             self.calls += 1
-        self.ring[self.pos] = failed
-        self.failures += failed
+        self.ring[self.pos] = outcome
+        self.failures += outcome & _FAILURE
+        self.slow += outcome >> 1
         self.pos = (self.pos + 1) % self.size
 
-    def totals(self, now: float) -> tuple[int, int]:
-        return self.calls, self.failures
+    def totals(self, now: float) -> tuple[int, int, int]:
+        """``(calls, failures, slow calls)`` in the window."""
+        return self.calls, self.failures, self.slow
 
 
 class _TimeWindow:
     """The last ``size`` seconds in one-second buckets (resilience4j's TIME_BASED window).
 
-    The window at time ``now`` covers the whole seconds ``(floor(now) - size, floor(now)]``;
-    advancing clears the buckets that fell out, so a record is O(1) amortised.
+    The window at time ``now`` covers the whole seconds ``(floor(now) - size, floor(now)]``.
+    Advancing by less than ``size`` seconds clears the buckets that fell out (O(1) amortised
+    per record); after a quiet period of ``size`` seconds or more every bucket is stale, so the
+    totals restart from zero in O(1): ``floor`` remembers that second, and buckets older than it
+    are cleared without being subtracted when the window next passes over them.
     """
 
-    __slots__ = ("bcalls", "bfails", "calls", "failures", "head", "size")
+    __slots__ = ("bcalls", "bfails", "bslow", "calls", "failures", "floor", "head", "size",
+                 "slow")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.bcalls = [0] * size
         self.bfails = [0] * size
+        self.bslow = [0] * size
         self.calls = 0
         self.failures = 0
+        self.slow = 0
         self.head: int | None = None
+        self.floor = 0  # buckets of seconds before this one are not in the totals
 
     def _advance(self, now: float) -> int:
         sec = int(now // 1)
         head = self.head
-        if head is None:
-            self.head = sec
+        if head is None or sec - head >= self.size:  # first record, or everything expired
+            self.head = self.floor = sec
+            self.calls = self.failures = self.slow = 0
+            i = sec % self.size
+            self.bcalls[i] = self.bfails[i] = self.bslow[i] = 0
             return sec
         if sec <= head:
             return head
-        for s in range(max(head + 1, sec - self.size + 1), sec + 1):
-            i = s % self.size
-            self.calls -= self.bcalls[i]
-            self.failures -= self.bfails[i]
-            self.bcalls[i] = self.bfails[i] = 0
+        size, floor = self.size, self.floor
+        bcalls, bfails, bslow = self.bcalls, self.bfails, self.bslow
+        for s in range(head + 1, sec + 1):
+            i = s % size
+            if s - size >= floor:  # the bucket holds second s - size, counted in the totals
+                self.calls -= bcalls[i]
+                self.failures -= bfails[i]
+                self.slow -= bslow[i]
+            bcalls[i] = bfails[i] = bslow[i] = 0
         self.head = sec
         return sec
 
-    def record(self, failed: int, now: float) -> None:
+    def record(self, outcome: int, now: float) -> None:
         i = self._advance(now) % self.size
+        failed, slow = outcome & _FAILURE, outcome >> 1
         self.bcalls[i] += 1
         self.bfails[i] += failed
+        self.bslow[i] += slow
         self.calls += 1
         self.failures += failed
+        self.slow += slow
 
-    def totals(self, now: float) -> tuple[int, int]:
-        # reading must not mutate: compute what an advance would drop without dropping it
+    def totals(self, now: float) -> tuple[int, int, int]:
+        """``(calls, failures, slow calls)`` at ``now``; reading never mutates the window."""
         head = self.head
         sec = int(now // 1)
         if head is None or sec <= head:
-            return self.calls, self.failures
-        calls, failures = self.calls, self.failures
-        for s in range(max(head + 1, sec - self.size + 1), sec + 1):
-            i = s % self.size
+            return self.calls, self.failures, self.slow
+        size = self.size
+        if sec - head >= size:
+            return 0, 0, 0
+        calls, failures, slow = self.calls, self.failures, self.slow
+        for s in range(max(head + 1, self.floor + size), sec + 1):
+            i = s % size
             calls -= self.bcalls[i]
             failures -= self.bfails[i]
-        return calls, failures
+            slow -= self.bslow[i]
+        return calls, failures, slow
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,7 +257,7 @@ class CircuitBreaker(_BreakerBase):
         self._failures = 0
         self._last_failure: float | None = None
         self._rate = policy.mode == "rate"
-        self._slow = policy.slow_call_duration_threshold
+        self._slow = policy.slow_call_duration
         # the closed-state happy path needs no lock and no clock in this configuration
         self._fast = not self._rate and self._slow is None
         self._window: _CountWindow | _TimeWindow | None = None
@@ -234,8 +265,12 @@ class CircuitBreaker(_BreakerBase):
             self._window = (_CountWindow(policy.window_size) if policy.window_type == "count"
                             else _TimeWindow(policy.window_size))
         self._ha = self._hok = self._hfail = 0  # half-open: admitted, succeeded, failed
+        self._hslow = 0  # half-open: slow probes
+        self._slow_run = 0  # consecutive mode: slow calls in a row
+        self._last_slow: float | None = None
         self._min_calls = policy.minimum_calls
         self._rate_threshold = policy.failure_rate_threshold
+        self._slow_threshold = policy.slow_call_rate_threshold
         self._on_success = (self._success_other if not self._rate
                             else self._success_count if policy.window_type == "count"
                             else self._success_time)
@@ -257,16 +292,20 @@ class CircuitBreaker(_BreakerBase):
             st = self._st
             now = self.clock()
             if self._window is not None:
-                calls, failures = self._window.totals(now)
+                calls, failures, slow = self._window.totals(now)
                 rate = 100.0 * failures / calls if calls else 0.0
+                slow_rate = 100.0 * slow / calls if calls else 0.0
             else:
-                calls = failures = self._failures
+                failures, slow = self._failures, self._slow_run
+                calls = max(failures, slow)
                 rate = 100.0 if failures else 0.0
-            last = self._last_failure
+                slow_rate = 100.0 if slow else 0.0
+            last, last_slow = self._last_failure, self._last_slow
         retry = 0.0
         if st.state is _OPEN:
             retry = max(0.0, st.since + self.policy.reset_timeout - now)
-        return BreakerStatus(self.name, st.state, failures, rate, calls, self._wall(last), retry)
+        return BreakerStatus(self.name, st.state, failures, rate, calls, self._wall(last), retry,
+                             slow, slow_rate, self._wall(last_slow))
 
     async def astatus(self) -> BreakerStatus:
         """:meth:`status`, awaitable (the Redis breaker's must be)."""
@@ -323,13 +362,13 @@ class CircuitBreaker(_BreakerBase):
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record(st, self._classify(exc))
+            self._record(st, self._timed(self._classify(exc), started))
             raise
         if result.__class__ in ASYNC_RESULTS:
             self._record(st, _NEUTRAL)
             raise async_misuse(self.name, fn, result)
         if slow is not None and self.clock() - started >= slow:
-            self._record(st, _FAILURE)
+            self._record(st, _SLOW)
         elif st.state is _CLOSED:
             self._on_success(st)
         else:
@@ -359,15 +398,22 @@ class CircuitBreaker(_BreakerBase):
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            self._record(st, self._classify(exc))
+            self._record(st, self._timed(self._classify(exc), started))
             raise
         if slow is not None and self.clock() - started >= slow:
-            self._record(st, _FAILURE)
+            self._record(st, _SLOW)
         elif st.state is _CLOSED:
             self._on_success(st)
         else:
             self._record(st, _SUCCESS)
         return result
+
+    def _timed(self, outcome: int, started: float) -> int:
+        """A failure that also took at least ``slow_call_duration`` is a slow failure."""
+        slow = self._slow
+        if outcome == _FAILURE and slow is not None and self.clock() - started >= slow:
+            return _SLOW_FAILURE
+        return outcome
 
     def _success_count(self, st: _Epoch) -> None:
         """A closed-state success in a count window: the ring update inlined (hot path)."""
@@ -379,18 +425,23 @@ class CircuitBreaker(_BreakerBase):
             w = cast(_CountWindow, self._window)
             pos = w.pos
             if w.calls == w.size:
-                w.failures -= w.ring[pos]
+                old = w.ring[pos]
+                if old:
+                    w.failures -= old & _FAILURE
+                    w.slow -= old >> 1
             else:
                 w.calls += 1
             w.ring[pos] = 0
             pos += 1
             w.pos = 0 if pos == w.size else pos
             failures, calls = w.failures, w.calls
-            # a success never raises the rate, but it can bring the window to minimum_calls
-            if (not failures or calls < self._min_calls
-                    or failures * 100 < self._rate_threshold * calls):
+            # a success never raises a rate, but it can bring the window to minimum_calls
+            if (not failures and not w.slow) or calls < self._min_calls:
                 return
-            change = self._go(_OPEN, self.clock(), "failure_rate")
+            reason = self._trip_reason(calls, failures, w.slow)
+            if reason is None:
+                return
+            change = self._go(_OPEN, self.clock(), reason)
         finally:
             lock.release()
         self._dispatch.emit(change, self.on_state_change)
@@ -410,17 +461,28 @@ class CircuitBreaker(_BreakerBase):
             w.bcalls[i] += 1
             w.calls += 1
             failures, calls = w.failures, w.calls
-            if (not failures or calls < self._min_calls
-                    or failures * 100 < self._rate_threshold * calls):
+            if (not failures and not w.slow) or calls < self._min_calls:
                 return
-            change = self._go(_OPEN, now, "failure_rate")
+            reason = self._trip_reason(calls, failures, w.slow)
+            if reason is None:
+                return
+            change = self._go(_OPEN, now, reason)
         finally:
             lock.release()
         self._dispatch.emit(change, self.on_state_change)
 
     def _success_other(self, st: _Epoch) -> None:
-        if self._rate or self._failures:  # consecutive mode: nothing to reset, nothing to lock
+        # consecutive mode: nothing to reset, nothing to lock
+        if self._rate or self._failures or self._slow_run:
             self._record(st, _SUCCESS)
+
+    def _trip_reason(self, calls: int, failures: int, slow: int) -> str | None:
+        """Why a window of ``calls`` (at least ``minimum_calls``) opens the circuit, or None."""
+        if failures and failures * 100 >= self._rate_threshold * calls:
+            return "failure_rate"
+        if slow and slow * 100 >= self._slow_threshold * calls:
+            return "slow_call_rate"
+        return None
 
     def record_success(self) -> None:
         """Record an outcome observed elsewhere (for code that cannot wrap the call)."""
@@ -479,48 +541,62 @@ class CircuitBreaker(_BreakerBase):
         return st
 
     def _record(self, st: _Epoch, outcome: int) -> None:
+        """Record one outcome (bits: ``_FAILURE``, ``_SLOW``; or ``_NEUTRAL``) of a call
+        admitted in epoch ``st``."""
         change = None
+        failed, slow = outcome & _FAILURE, outcome & _SLOW
         with self._lock:
             if self._st is not st:
                 return  # admitted before a state change: the result belongs to the past
             state = st.state
-            if outcome == _FAILURE:
+            if failed:
                 self._last_failure = self.clock()
+            if slow:
+                self._last_slow = self.clock()
             if state is _CLOSED:
                 if outcome == _NEUTRAL:
                     return
                 if self._window is None:
-                    if outcome == _SUCCESS:
-                        self._failures = 0
-                        return
-                    self._failures += 1
-                    if self._failures >= self.policy.failure_threshold:
+                    self._failures = self._failures + 1 if failed else 0
+                    self._slow_run = self._slow_run + 1 if slow else 0
+                    threshold = self.policy.failure_threshold
+                    if self._failures >= threshold:
                         change = self._go(_OPEN, self.clock(), "failure_threshold")
+                    elif self._slow_run >= threshold:
+                        change = self._go(_OPEN, self.clock(), "slow_call_threshold")
                 else:
                     now = self.clock()
                     self._window.record(outcome, now)
-                    calls, failures = self._window.totals(now)
+                    calls, failures, slow_calls = self._window.totals(now)
                     self._failures = failures
-                    if (calls >= self._min_calls
-                            and failures * 100 >= self._rate_threshold * calls):
-                        change = self._go(_OPEN, now, "failure_rate")
+                    if calls >= self._min_calls:
+                        reason = self._trip_reason(calls, failures, slow_calls)
+                        if reason is not None:
+                            change = self._go(_OPEN, now, reason)
             elif state is _HALF_OPEN:
                 if outcome == _NEUTRAL:
                     if self._ha > 0:
                         self._ha -= 1  # give the probe slot back
                     return
-                if outcome == _FAILURE:
+                if failed:
                     self._hfail += 1
                 else:
                     self._hok += 1
+                if slow:
+                    self._hslow += 1
                 hmax = self.policy.half_open_max_calls
-                if (self._hfail * 100 >= self.policy.failure_rate_threshold * hmax if self._rate
+                if (self._hfail * 100 >= self._rate_threshold * hmax if self._rate
                         else self._hfail > 0):
                     change = self._go(_OPEN, self.clock(), "probe_failed")
+                elif (self._hslow * 100 >= self._slow_threshold * hmax if self._rate
+                      else self._hslow > 0):
+                    change = self._go(_OPEN, self.clock(), "probe_slow")
                 elif self._hok + self._hfail >= hmax:
                     change = self._go(_CLOSED, self.clock(), "probes_succeeded")
-        if outcome == _FAILURE:
+        if failed:
             self._dispatch.failed(self.name)
+        if slow:
+            self._dispatch.slow(self.name)
         if change is not None:
             self._dispatch.emit(change, self.on_state_change)
 
@@ -532,10 +608,10 @@ class CircuitBreaker(_BreakerBase):
         """
         old = self._st.state
         self._st = _Epoch(to, now)
-        self._ha = self._hok = self._hfail = 0
+        self._ha = self._hok = self._hfail = self._hslow = 0
         if to is _OPEN:
             return CircuitStateChange(self.name, old, to, reason, now)  # keep the evidence
-        self._failures = 0
+        self._failures = self._slow_run = 0
         if self._window is not None:
             self._window = (_CountWindow(self.policy.window_size)
                             if self.policy.window_type == "count"

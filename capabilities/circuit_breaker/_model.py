@@ -163,6 +163,10 @@ class BreakerStatus:
         calls: calls in the window (rate mode) or the current run length (consecutive mode).
         last_failure_time: wall-clock time of the last recorded failure, or ``None``.
         retry_after: seconds until an open circuit admits a probe (0.0 when closed).
+        slow_call_count: slow calls (at least ``slow_call_duration``, failed or not) in the
+            window (rate mode) or in a row (consecutive mode).
+        slow_call_rate: percent, like ``failure_rate`` but for slow calls.
+        last_slow_call_time: wall-clock time of the last slow call, or ``None``.
     """
 
     name: str
@@ -172,6 +176,9 @@ class BreakerStatus:
     calls: int
     last_failure_time: datetime | None
     retry_after: float
+    slow_call_count: int = 0
+    slow_call_rate: float = 0.0
+    last_slow_call_time: datetime | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -202,8 +209,12 @@ class BreakerPolicy(BaseModel):
     """Calls (count window) or seconds (time window)."""
     minimum_calls: int = Field(default=10, ge=1)
     """Calls the window must hold before its failure rate can open the circuit."""
-    slow_call_duration_threshold: float | None = Field(default=None, gt=0)
-    """Seconds; a call at least this slow counts as a failure even if it returns (None: off)."""
+    slow_call_duration: float | None = Field(default=None, gt=0)
+    """Seconds; a call at least this slow is a slow call, counted apart from failures (None: off)."""
+    slow_call_rate_threshold: float = Field(default=100.0, gt=0, le=100)
+    """Percent of slow calls that opens the circuit: over the window (rate mode, at least
+    ``minimum_calls`` calls) or, in consecutive mode, 100% of a run of ``failure_threshold``
+    calls (that many slow calls in a row open it)."""
     reset_timeout: float = Field(default=30.0, gt=0)
     """Seconds the circuit stays open before it admits probes."""
     half_open_max_calls: int = Field(default=1, ge=1)
@@ -214,6 +225,16 @@ class BreakerPolicy(BaseModel):
     """Exception class names counted as neither success nor failure."""
     record_exceptions: list[str] = Field(default_factory=list)
     """If non-empty, only these count as failures; other exceptions count as successes."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "slow_call_duration_threshold" in data:
+            raise ValueError(
+                "slow_call_duration_threshold was replaced by slow_call_duration: slow calls are no "
+                "longer failures, they have their own rate (slow_call_rate_threshold, percent, "
+                "default 100); rename the key")
+        return data
 
     @model_validator(mode="after")
     def _check_window(self) -> BreakerPolicy:
@@ -341,7 +362,9 @@ class ExceptionMatcher:
         return False
 
 
-_SUCCESS, _FAILURE, _NEUTRAL = 0, 1, 2
+# outcomes are bits: a call may be a failure, slow, both or neither; neutral stands alone
+_SUCCESS, _FAILURE, _SLOW, _NEUTRAL = 0, 1, 2, 4
+_SLOW_FAILURE = _FAILURE | _SLOW
 
 
 class _Classifier:
@@ -387,6 +410,11 @@ class _Dispatcher:
     def failed(self, name: str) -> None:
         if self.metrics is not None:
             self.metrics.increment("circuit_breaker_failures_total",
+                                   labels={"operation_key": name})
+
+    def slow(self, name: str) -> None:
+        if self.metrics is not None:
+            self.metrics.increment("circuit_breaker_slow_calls_total",
                                    labels={"operation_key": name})
 
     def created(self, name: str, state: CircuitState) -> None:

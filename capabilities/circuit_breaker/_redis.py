@@ -20,6 +20,8 @@ from onex_compose.capabilities.circuit_breaker._model import (
     _HALF_OPEN,
     _NEUTRAL,
     _OPEN,
+    _SLOW,
+    _SLOW_FAILURE,
     _SUCCESS,
     ASYNC_RESULTS,
     BreakerPolicy,
@@ -72,13 +74,13 @@ if st == 1 then
   if left > 0 then return {0, ep, 1, fmt(left), -1} end
   st = 2; ep = ep + 1; since = now; ha = 0; from = 1
   redis.call('HSET', key, 'st', 2, 'ep', ep, 'since', fmt(now), 'cf', 0, 'ha', 0, 'hok', 0,
-             'hf', 0, 'wf', 0)
-  redis.call('DEL', KEYS[2])
+             'hf', 0, 'wf', 0, 'cs', 0, 'hs', 0, 'ws', 0)
+  redis.call('UNLINK', KEYS[2])
 elseif hwait and now - since >= hwait and inflight > 0 then
   ep = ep + 1
   redis.call('HSET', key, 'st', 1, 'ep', ep, 'since', fmt(now), 'cf', 0, 'ha', 0, 'hok', 0,
-             'hf', 0, 'wf', 0)
-  redis.call('DEL', KEYS[2])
+             'hf', 0, 'wf', 0, 'cs', 0, 'hs', 0, 'ws', 0)
+  redis.call('UNLINK', KEYS[2])
   return {0, ep, 1, fmt(reset), 2}
 end
 if ha < hmax then
@@ -92,11 +94,15 @@ return {0, ep, 2, fmt(ra), from}
 
 # KEYS[1] state hash, KEYS[2] window (list for count windows, hash for time windows).
 # ARGV: now, epoch, probe (0/1), outcome (s/f/n), mode, failure_threshold, rate_threshold,
-# window_type, window_size, minimum_calls, half_open_max_calls.
-# Returns {state, transition_from (-1 none), reason}.
+# window_type, window_size, minimum_calls, half_open_max_calls, slow (0/1),
+# slow_rate_threshold. Returns {state, transition_from (-1 none), reason}.
+# A count window holds one digit per call (failure 1 + slow 2); a time window keeps per-second
+# buckets c<i>/f<i>/s<i> and totals c/f/s, its head second h and floor r: after a quiet period
+# of at least window_size seconds the totals restart at zero in O(1) (r = now); buckets older
+# than r are stale and are cleared, never subtracted, when the window passes over them.
 _LUA_RECORD = _LUA_COMMON + """
 local key, wkey = KEYS[1], KEYS[2]
-local v = redis.call('HMGET', key, 'st', 'ep', 'cf', 'ha', 'hok', 'hf', 'wf')
+local v = redis.call('HMGET', key, 'st', 'ep', 'cf', 'ha', 'hok', 'hf', 'wf', 'cs', 'hs', 'ws')
 local st = tonumber(v[1]) or 0
 local ep = tonumber(v[2]) or 0
 if ep ~= tonumber(ARGV[2]) then return {st, -1, ''} end
@@ -110,14 +116,24 @@ local wtime = ARGV[8] == 'time'
 local wsize = tonumber(ARGV[9])
 local minc = tonumber(ARGV[10])
 local hmax = tonumber(ARGV[11])
+local slow = 0
+if ARGV[12] == '1' and outcome ~= 'n' then slow = 1 end
+local sthr = tonumber(ARGV[13])
 if outcome == 'f' then redis.call('HSET', key, 'lf', fmt(now)) end
+if slow == 1 then redis.call('HSET', key, 'ls', fmt(now)) end
 local function go(to, reason)
-  redis.call('HSET', key, 'st', to, 'ep', ep + 1, 'since', fmt(now), 'ha', 0, 'hok', 0, 'hf', 0)
+  redis.call('HSET', key, 'st', to, 'ep', ep + 1, 'since', fmt(now), 'ha', 0, 'hok', 0, 'hf', 0,
+             'hs', 0)
   if to ~= 1 then
-    redis.call('HSET', key, 'cf', 0, 'wf', 0)
-    redis.call('DEL', wkey)
+    redis.call('HSET', key, 'cf', 0, 'wf', 0, 'cs', 0, 'ws', 0)
+    redis.call('UNLINK', wkey)
   end
   return {to, st, reason}
+end
+local function trip(calls, fails, slows)
+  if fails > 0 and fails * 100 >= rthr * calls then return 'failure_rate' end
+  if slows > 0 and slows * 100 >= sthr * calls then return 'slow_call_rate' end
+  return nil
 end
 if st == 2 then
   if not probe then return {st, -1, ''} end
@@ -128,68 +144,92 @@ if st == 2 then
   end
   local hok = tonumber(v[5]) or 0
   local hf = tonumber(v[6]) or 0
+  local hs = (tonumber(v[9]) or 0) + slow
   if outcome == 'f' then hf = hf + 1 else hok = hok + 1 end
   if (rate and hf * 100 >= rthr * hmax) or ((not rate) and hf > 0) then
     return go(1, 'probe_failed')
   end
+  if (rate and hs * 100 >= sthr * hmax) or ((not rate) and hs > 0) then
+    return go(1, 'probe_slow')
+  end
   if hok + hf >= hmax then return go(0, 'probes_succeeded') end
-  redis.call('HSET', key, 'hok', hok, 'hf', hf)
+  redis.call('HSET', key, 'hok', hok, 'hf', hf, 'hs', hs)
   return {st, -1, ''}
 end
 if st ~= 0 or outcome == 'n' then return {st, -1, ''} end
-if not rate then
-  local cf = tonumber(v[3]) or 0
-  if outcome == 's' then
-    if cf > 0 then redis.call('HSET', key, 'cf', 0) end
-    return {st, -1, ''}
-  end
-  cf = cf + 1
-  redis.call('HSET', key, 'cf', cf)
-  if cf >= threshold then return go(1, 'failure_threshold') end
-  return {st, -1, ''}
-end
 local failed = 0
 if outcome == 'f' then failed = 1 end
-local wc, wf
+if not rate then
+  local cf = tonumber(v[3]) or 0
+  local cs = tonumber(v[8]) or 0
+  if failed == 1 then cf = cf + 1 else cf = 0 end
+  if slow == 1 then cs = cs + 1 else cs = 0 end
+  if cf ~= (tonumber(v[3]) or 0) or cs ~= (tonumber(v[8]) or 0) then
+    redis.call('HSET', key, 'cf', cf, 'cs', cs)
+  end
+  if cf >= threshold then return go(1, 'failure_threshold') end
+  if cs >= threshold then return go(1, 'slow_call_threshold') end
+  return {st, -1, ''}
+end
+local wc, wf, ws
 if wtime then
   local sec = math.floor(now)
-  local w = redis.call('HMGET', wkey, 'h', 'c', 'f')
+  local w = redis.call('HMGET', wkey, 'h', 'c', 'f', 's', 'r')
   local head = tonumber(w[1])
   wc = tonumber(w[2]) or 0
   wf = tonumber(w[3]) or 0
-  if head == nil then
+  ws = tonumber(w[4]) or 0
+  local floor = tonumber(w[5]) or 0
+  if head == nil or sec - head >= wsize then
     head = sec
+    floor = sec
+    wc = 0
+    wf = 0
+    ws = 0
+    local i = sec % wsize
+    redis.call('HDEL', wkey, 'c' .. i, 'f' .. i, 's' .. i)
   elseif sec > head then
-    for s = math.max(head + 1, sec - wsize + 1), sec do
+    for s = head + 1, sec do
       local i = s % wsize
-      local b = redis.call('HMGET', wkey, 'c' .. i, 'f' .. i)
-      wc = wc - (tonumber(b[1]) or 0)
-      wf = wf - (tonumber(b[2]) or 0)
-      redis.call('HDEL', wkey, 'c' .. i, 'f' .. i)
+      if s - wsize >= floor then
+        local b = redis.call('HMGET', wkey, 'c' .. i, 'f' .. i, 's' .. i)
+        wc = wc - (tonumber(b[1]) or 0)
+        wf = wf - (tonumber(b[2]) or 0)
+        ws = ws - (tonumber(b[3]) or 0)
+      end
+      redis.call('HDEL', wkey, 'c' .. i, 'f' .. i, 's' .. i)
     end
     head = sec
   end
   local i = head % wsize
   redis.call('HINCRBY', wkey, 'c' .. i, 1)
   if failed == 1 then redis.call('HINCRBY', wkey, 'f' .. i, 1) end
+  if slow == 1 then redis.call('HINCRBY', wkey, 's' .. i, 1) end
   wc = wc + 1
   wf = wf + failed
-  redis.call('HSET', wkey, 'h', head, 'c', wc, 'f', wf)
-  redis.call('HSET', key, 'wf', wf)
+  ws = ws + slow
+  redis.call('HSET', wkey, 'h', head, 'c', wc, 'f', wf, 's', ws, 'r', floor)
+  redis.call('HSET', key, 'wf', wf, 'ws', ws)
 else
   local n = redis.call('LLEN', wkey)
   wf = tonumber(v[7]) or 0
+  ws = tonumber(v[10]) or 0
   if n >= wsize then
-    local old = redis.call('RPOP', wkey)
-    if old == '1' then wf = wf - 1 end
+    local old = tonumber(redis.call('RPOP', wkey)) or 0
+    wf = wf - old % 2
+    ws = ws - math.floor(old / 2)
     n = n - 1
   end
-  redis.call('LPUSH', wkey, failed)
+  redis.call('LPUSH', wkey, failed + 2 * slow)
   wc = n + 1
   wf = wf + failed
-  redis.call('HSET', key, 'wf', wf)
+  ws = ws + slow
+  redis.call('HSET', key, 'wf', wf, 'ws', ws)
 end
-if wc >= minc and wf * 100 >= rthr * wc then return go(1, 'failure_rate') end
+if wc >= minc then
+  local reason = trip(wc, wf, ws)
+  if reason then return go(1, reason) end
+end
 return {st, -1, ''}
 """
 
@@ -201,33 +241,39 @@ local st = tonumber(v[1]) or 0
 local ep = tonumber(v[2]) or 0
 local now = clock(ARGV[1])
 redis.call('HSET', key, 'st', tonumber(ARGV[2]), 'ep', ep + 1, 'since', fmt(now),
-           'ha', 0, 'hok', 0, 'hf', 0)
+           'ha', 0, 'hok', 0, 'hf', 0, 'hs', 0)
 if tonumber(ARGV[2]) ~= 1 then
-  redis.call('HSET', key, 'cf', 0, 'wf', 0)
-  redis.call('DEL', KEYS[2])
+  redis.call('HSET', key, 'cf', 0, 'wf', 0, 'cs', 0, 'ws', 0)
+  redis.call('UNLINK', KEYS[2])
 end
 return {tonumber(ARGV[2]), st}
 """
 
-_OUTCOME = {_SUCCESS: "s", _FAILURE: "f", _NEUTRAL: "n"}
+_OUTCOME = {_SUCCESS: ("s", "0"), _FAILURE: ("f", "0"), _NEUTRAL: ("n", "0"),
+            _SLOW: ("s", "1"), _SLOW_FAILURE: ("f", "1")}
 
 
 
 
-def _time_window_totals(raw: Mapping[Any, Any], size: int, now: float) -> tuple[int, int]:
-    """Calls and failures of a Redis time window at ``now``, computed as ``_TimeWindow.totals``
-    does (buckets that fell out of the window are excluded without being deleted)."""
+def _time_window_totals(raw: Mapping[Any, Any], size: int, now: float
+                        ) -> tuple[int, int, int]:
+    """Calls, failures and slow calls of a Redis time window at ``now``, computed as
+    ``_TimeWindow.totals`` does (buckets that fell out of the window are excluded without being
+    deleted; after a quiet period of ``size`` seconds or more the window is empty)."""
     data = {text(k): int(text(v)) for k, v in raw.items()}
     head = data.get("h")
-    calls, failures = data.get("c", 0), data.get("f", 0)
+    calls, failures, slow = data.get("c", 0), data.get("f", 0), data.get("s", 0)
     sec = int(now // 1)
     if head is None or sec <= head:
-        return calls, failures
-    for s in range(max(head + 1, sec - size + 1), sec + 1):
+        return calls, failures, slow
+    if sec - head >= size:
+        return 0, 0, 0
+    for s in range(max(head + 1, data.get("r", 0) + size), sec + 1):
         i = s % size
         calls -= data.get(f"c{i}", 0)
         failures -= data.get(f"f{i}", 0)
-    return calls, failures
+        slow -= data.get(f"s{i}", 0)
+    return calls, failures, slow
 
 
 class _Scripts:
@@ -314,6 +360,7 @@ class RedisCircuitBreaker(_BreakerBase):
             policy.mode, str(policy.failure_threshold), repr(policy.failure_rate_threshold),
             policy.window_type, str(policy.window_size), str(policy.minimum_calls),
             str(policy.half_open_max_calls)]
+        self._slow_rate_arg = repr(policy.slow_call_rate_threshold)
         self._admit_args = [repr(policy.reset_timeout), str(policy.half_open_max_calls),
                             "" if policy.half_open_max_wait is None
                             else repr(policy.half_open_max_wait)]
@@ -367,14 +414,17 @@ class RedisCircuitBreaker(_BreakerBase):
                                                    reason, self.clock()), self.on_state_change)
 
     def _record_argv(self, adm: _Admission, outcome: int) -> list[str]:
-        return [self._now_arg(), str(adm.epoch), "1" if adm.probe else "0", _OUTCOME[outcome],
-                *self._record_args]
+        letter, slow = _OUTCOME[outcome]
+        return [self._now_arg(), str(adm.epoch), "1" if adm.probe else "0", letter,
+                *self._record_args, slow, self._slow_rate_arg]
 
-    def _outcome_of(self, started: float) -> int:
-        slow = self.policy.slow_call_duration_threshold
-        if slow is not None and self._duration_clock() - started >= slow:
-            return _FAILURE
-        return _SUCCESS
+    def _outcome_of(self, started: float, outcome: int = _SUCCESS) -> int:
+        """``outcome`` plus the slow bit when the call took at least ``slow_call_duration``."""
+        slow = self.policy.slow_call_duration
+        if (outcome != _NEUTRAL and slow is not None
+                and self._duration_clock() - started >= slow):
+            return outcome | _SLOW
+        return outcome
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -397,7 +447,7 @@ class RedisCircuitBreaker(_BreakerBase):
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self._record_sync(record, adm, self._classify(exc))
+            self._record_sync(record, adm, self._outcome_of(started, self._classify(exc)))
             raise
         if result.__class__ in ASYNC_RESULTS:
             self._record_sync(record, adm, _NEUTRAL)
@@ -406,8 +456,10 @@ class RedisCircuitBreaker(_BreakerBase):
         return result
 
     def _record_sync(self, record: Any, adm: _Admission, outcome: int) -> None:
-        if outcome == _FAILURE:
+        if outcome & _FAILURE:
             self._dispatch.failed(self.name)
+        if outcome & _SLOW:
+            self._dispatch.slow(self.name)
         try:
             self._recorded(record(keys=self.keys, args=self._record_argv(adm, outcome)))
         except self._backend_errors as exc:
@@ -434,14 +486,17 @@ class RedisCircuitBreaker(_BreakerBase):
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            await self._record_async(record, adm, self._classify(exc))
+            await self._record_async(record, adm, self._outcome_of(started,
+                                                                   self._classify(exc)))
             raise
         await self._record_async(record, adm, self._outcome_of(started))
         return result
 
     async def _record_async(self, record: Any, adm: _Admission, outcome: int) -> None:
-        if outcome == _FAILURE:
+        if outcome & _FAILURE:
             self._dispatch.failed(self.name)
+        if outcome & _SLOW:
+            self._dispatch.slow(self.name)
         try:
             reply = await record(keys=self.keys, args=self._record_argv(adm, outcome))
             self._recorded(reply)
@@ -451,31 +506,40 @@ class RedisCircuitBreaker(_BreakerBase):
     # -- status and manual control ---------------------------------------------------------------
 
     def _status_from(self, fields: list[Any], window: Any, now: float) -> BreakerStatus:
-        st, cf, wf, since, lf = fields
+        st, cf, wf, since, lf, cs, ws, ls = fields
         state = CircuitState(int(st or 0))
         self._last_state = state
         policy = self.policy
         if policy.mode == "consecutive":
-            calls = failures = int(cf or 0)
+            failures, slow = int(cf or 0), int(cs or 0)
+            calls = max(failures, slow)
             rate = 100.0 if failures else 0.0
+            slow_rate = 100.0 if slow else 0.0
         else:
             if policy.window_type == "count":
-                calls, failures = int(window or 0), int(wf or 0)
+                calls, failures, slow = int(window or 0), int(wf or 0), int(ws or 0)
             else:
-                calls, failures = _time_window_totals(window or {}, policy.window_size, now)
+                calls, failures, slow = _time_window_totals(window or {}, policy.window_size,
+                                                            now)
             rate = 100.0 * failures / calls if calls else 0.0
+            slow_rate = 100.0 * slow / calls if calls else 0.0
         retry = 0.0
         if state is _OPEN and since is not None:
             retry = max(0.0, float(text(since)) + policy.reset_timeout - now)
-        last = None
-        if lf is not None:
-            at = float(text(lf))
-            last = (datetime.fromtimestamp(at, UTC) if not self._client_time
-                    or self.clock is time.time else self._wall(at))
-        return BreakerStatus(self.name, state, failures, rate, calls, last, retry)
+        return BreakerStatus(self.name, state, failures, rate, calls, self._stamp(lf), retry,
+                             slow, slow_rate, self._stamp(ls))
+
+    def _stamp(self, raw: Any) -> datetime | None:
+        """A time stored by the scripts (server or client clock) as a wall-clock datetime."""
+        if raw is None:
+            return None
+        at = float(text(raw))
+        if not self._client_time or self.clock is time.time:
+            return datetime.fromtimestamp(at, UTC)
+        return self._wall(at)
 
     def _queue_status(self, pipe: Any) -> None:
-        pipe.hmget(self.keys[0], "st", "cf", "wf", "since", "lf")
+        pipe.hmget(self.keys[0], "st", "cf", "wf", "since", "lf", "cs", "ws", "ls")
         if self.policy.window_type == "count":
             pipe.llen(self.keys[1])
         else:
