@@ -5,7 +5,9 @@ an order-sensitive front cache keyed by ``(base, tuple(names))`` answers repeats
 build and one dict lookup; a miss resolves the request (networkx, in :mod:`._resolve`), looks the
 *resolved* set up in the canonical cache keyed by ``(base, frozenset(resolved), options)``, and
 only builds a class with ``type()`` when that misses too. Classes are published with
-``dict.setdefault`` under a lock, so concurrent composes of one request get one class.
+``dict.setdefault`` under a lock, so concurrent composes of one request get one class, and only
+the published class is indexed by name (pickle's lookup). Both caches are stored on the base
+class itself, so they hold bases (and their composed classes) no longer than the base lives.
 
 The front cache is written by hand rather than with ``functools.lru_cache`` because the key must
 be built from a list argument (unhashable) and kwargs, and a hit must cost no more than a dict
@@ -86,8 +88,16 @@ class Composition:
 # ---------------------------------------------------------------------------------------------
 # the cache
 
-_front: dict[Any, type] = {}
-_canon: dict[Any, type] = {}
+# Both caches live on the base class itself, in two dicts of its own (``__onex_front__`` and
+# ``__onex_canon__``, created on its first compose), never in a module-level table: a composed
+# class holds its base strongly (its MRO), so a global table holding composed classes would keep
+# every base alive forever. On the base, base -> cache -> composed class -> base is a cycle the
+# garbage collector frees once nothing else holds the base, while a live base (NodeCompute, a
+# user's node class) keeps its composed classes cached. The front key starts with the base
+# itself, so a subclass that has no dicts yet misses its parent's (inherited) ones.
+_FRONT = "__onex_front__"
+_CANON = "__onex_canon__"
+_cached_bases: weakref.WeakSet[type] = weakref.WeakSet()
 _lock = threading.RLock()
 _stats = {"hits": 0, "misses": 0, "builds": 0}
 _OPTION_NAMES = ("prefer", "exclude", "alias", "registry")
@@ -95,14 +105,35 @@ _bases_by_name: dict[str, weakref.WeakSet[type]] = {}
 _by_qualname: weakref.WeakValueDictionary[str, type] = weakref.WeakValueDictionary()
 
 
+def _caches(base: type) -> tuple[dict[Any, type], dict[Any, type]]:
+    """The base's own front and canonical caches (created on its first compose)."""
+    own = vars(base)
+    front, canon = own.get(_FRONT), own.get(_CANON)
+    if front is None or canon is None:
+        with _lock:
+            own = vars(base)
+            front, canon = own.get(_FRONT), own.get(_CANON)
+            if front is None or canon is None:
+                front, canon = {}, {}
+                type.__setattr__(base, _CANON, canon)
+                type.__setattr__(base, _FRONT, front)
+                _cached_bases.add(base)
+    return front, canon
+
+
+def _all_caches() -> list[tuple[dict[Any, type], dict[Any, type]]]:
+    return [(vars(b)[_FRONT], vars(b)[_CANON]) for b in list(_cached_bases)]
+
+
 def _on_registry_change(changed: frozenset[str]) -> None:
     with _lock:
-        _front.clear()
-        if changed:
-            for key in [k for k in _canon if k[1] & changed]:
-                stale = _canon.pop(key)
-                for q in [q for q, c in _by_qualname.items() if c is stale]:
-                    del _by_qualname[q]
+        for front, canon in _all_caches():
+            front.clear()
+            if changed:
+                for key in [k for k in canon if k[1] & changed]:
+                    stale = canon.pop(key)
+                    for q in [q for q, c in _by_qualname.items() if c is stale]:
+                        del _by_qualname[q]
 
 
 default_registry.on_change(_on_registry_change)
@@ -115,14 +146,17 @@ def cache_info() -> dict[str, int]:
     ``hits`` counts only requests answered by the canonical cache after a front-cache miss; the
     front-cache hit path is kept free of bookkeeping.
     """
-    return {"classes": len(_canon), "front_entries": len(_front), **_stats}
+    caches = _all_caches()
+    return {"classes": sum(len(c) for _f, c in caches),
+            "front_entries": sum(len(f) for f, _c in caches), **_stats}
 
 
 def cache_clear() -> None:
     """Forget every composed class (new requests build new classes)."""
     with _lock:
-        _front.clear()
-        _canon.clear()
+        for front, canon in _all_caches():
+            front.clear()
+            canon.clear()
         _by_qualname.clear()
         for k in _stats:
             _stats[k] = 0
@@ -156,8 +190,8 @@ def compose(base: B, capabilities: Sequence[str], /, **options: Any) -> B:
     if options:
         return cast(B, _compose_with_options(base, capabilities, options))
     try:
-        return cast(B, _front[base, tuple(capabilities)])
-    except KeyError:
+        return cast(B, base.__onex_front__[base, tuple(capabilities)])  # type: ignore[attr-defined]
+    except (KeyError, AttributeError):
         return cast(B, _compose_cold(base, capabilities, Options(), default_registry,
                                      (base, tuple(capabilities))))
     except TypeError:
@@ -170,8 +204,9 @@ _NO_OPTIONS = Options()
 def _compose_with_options(base: type, capabilities: Sequence[str], options: dict[str, Any]) -> type:
     if len(options) == 1 and "registry" in options:  # the common plugin/test spelling: stay warm
         try:
-            return _front[base, tuple(capabilities), _NO_OPTIONS, options["registry"]]
-        except (KeyError, TypeError):
+            return base.__onex_front__[  # type: ignore[attr-defined, no-any-return]
+                base, tuple(capabilities), _NO_OPTIONS, options["registry"]]
+        except (KeyError, TypeError, AttributeError):
             pass
     unknown = [k for k in options if k not in _OPTION_NAMES]
     if unknown:
@@ -193,8 +228,8 @@ def _compose_with_options(base: type, capabilities: Sequence[str], options: dict
     try:
         # the registry object itself, never id(): a collected registry's id can be reused
         key: Any = (base, tuple(capabilities), opts, registry)
-        return _front[key]
-    except KeyError:
+        return base.__onex_front__[key]  # type: ignore[attr-defined, no-any-return]
+    except (KeyError, AttributeError):
         return _compose_cold(base, capabilities, opts, registry, key)
     except TypeError:
         return _compose_cold(base, capabilities, opts, registry, None)
@@ -262,15 +297,16 @@ def _compose_cold(base: type, capabilities: Sequence[str], opts: Options, regist
     if res.excluded != opts.exclude:  # an exclude that changes nothing is not part of the class
         opts = attrs.evolve(opts, exclude=res.excluded)
     canon_key = (base, frozenset(res.names), opts, registry)
+    front, canon = _caches(base)
     with _lock:
-        cls = _canon.get(canon_key)
+        cls = canon.get(canon_key)
         if cls is not None:
             _stats["hits"] += 1
     if cls is None:
         _stats["misses"] += 1
         built = _build(base, res, opts, registry, fixed)
         with _lock:
-            cls = _canon.setdefault(canon_key, built)
+            cls = canon.setdefault(canon_key, built)
             if cls is built:
                 _stats["builds"] += 1
                 # index only the published class: a thread that lost the race built a twin
@@ -278,7 +314,7 @@ def _compose_cold(base: type, capabilities: Sequence[str], opts: Options, regist
                 _by_qualname[cls.__qualname__] = cls
     if front_key is not None:
         with _lock:
-            _front[front_key] = cls
+            front[front_key] = cls
     return cls
 
 

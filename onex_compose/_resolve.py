@@ -23,7 +23,6 @@ Steps, each collecting every problem rather than stopping at the first:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -413,18 +412,17 @@ def _members(spec: CapabilitySpec) -> tuple[str, ...]:
         return members
 
 
-_owners_cache: weakref.WeakKeyDictionary[type, dict[str, type]] = weakref.WeakKeyDictionary()
-
-
 def _base_owners(base: type, skip: type | None) -> dict[str, type]:
     """Each public name of the base (methods and declared instance attributes) -> defining class.
 
     Cached per base for composed classes (``skip`` is ``None``): a base's own names do not change.
+    The cache is stored on the base itself (``__onex_owners__``): the mapping names the base, so
+    a module-level table, even weakly keyed, would keep every base alive forever.
     """
     if skip is None:
-        cached = _owners_cache.get(base)
+        cached = vars(base).get("__onex_owners__")
         if cached is not None:
-            return cached
+            return cached  # type: ignore[no-any-return]
     owners: dict[str, type] = {}
     for klass in reversed(base.__mro__[:-1]):
         if "__onex_capability__" not in vars(klass) and klass is not skip:
@@ -434,7 +432,7 @@ def _base_owners(base: type, skip: type | None) -> dict[str, type]:
             for n in vars(klass).get("__onex_instance_attrs__", ()):
                 owners[n] = klass
     if skip is None:
-        _owners_cache[base] = owners
+        type.__setattr__(base, "__onex_owners__", owners)
     return owners
 
 

@@ -729,3 +729,41 @@ def test_the_packages_modules_import_each_other_without_cycles() -> None:
     assert order.index("onex_compose._build") < order.index("onex_compose._nodes")
     assert order.index("onex_compose._nodes") < order.index("onex_compose._services")
     assert "onex_compose._nodes" not in graph["onex_compose._build"]
+
+
+# -- the class cache holds bases weakly (issue 9, point 6) ----------------------------------------
+
+
+async def _throwaway_process(self: Any, x: Any) -> Any:
+    return x
+
+
+def test_composed_throwaway_bases_are_not_kept_alive_by_the_cache() -> None:
+    reg = make_registry("throwaway")
+    refs: list[weakref.ref[type]] = []
+    for i in range(300):
+        base = type(f"Throwaway{i}", (NodeCompute,), {"process": _throwaway_process,
+                                                        "helper": lambda self: i})
+        composed = compose(base, ["caching", "retry"], registry=reg)
+        assert compose(base, ["retry", "caching"], registry=reg) is composed  # cached
+        composed()  # an instance too (its plan, its facilities)
+        if i % 2:
+            compose(base, ["metrics"])  # the default registry's path as well
+        refs.append(weakref.ref(base))
+        refs.append(weakref.ref(composed))
+        del base, composed
+    gc.collect()
+    alive = [r() for r in refs if r() is not None]
+    assert alive == [], f"{len(alive)} bases/composed classes kept alive, e.g. {alive[:2]}"
+
+
+def test_a_live_bases_composed_class_stays_cached_across_collections() -> None:
+    reg = make_registry("live-base")
+
+    class Kept(NodeCompute):
+        pass
+
+    ref = weakref.ref(compose(Kept, ["caching"], registry=reg))
+    gc.collect()
+    assert ref() is not None  # the cache keeps it as long as its base lives
+    assert compose(Kept, ["caching"], registry=reg) is ref()
