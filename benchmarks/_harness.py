@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+SMOKE_BUDGET = 10.0  # seconds a --smoke run may take (.ci/run allows 60 s, kills it after)
+_STARTED = time.perf_counter()  # the harness is imported first thing by every benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,6 +84,12 @@ class Table:
 
     def finish(self, smoke: bool) -> None:
         print(self.render())
+        if smoke:  # CI keeps the smoke runs short: report, never fail
+            took = time.perf_counter() - _STARTED
+            print(f"\n(smoke run: {took:.1f} s, budget {SMOKE_BUDGET:.0f} s)")
+            if took > SMOKE_BUDGET:
+                print(f"warning: {self.name} --smoke took {took:.1f} s, over its "
+                      f"{SMOKE_BUDGET:.0f} s budget: shrink its smoke sizes", file=sys.stderr)
         RESULTS.mkdir(exist_ok=True)
         out = {"name": self.name, "title": self.title, "smoke": smoke,
                "python": sys.version.split()[0], "machine": platform.machine(), "rows": self.rows}

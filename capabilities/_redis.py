@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from onex_compose.capabilities._codecs import check_serializer, load_codec
 from onex_compose.capabilities._log import logger
 
 __all__ = [
@@ -48,15 +49,6 @@ _sync_clients: dict[Any, Any] = {}
 
 
 _SCHEMES = ("redis", "rediss", "unix")
-
-
-def check_serializer(value: str) -> str:
-    """Validate a ``serializer`` config value: ``pickle``, ``json`` or ``module:object``."""
-    if value in ("pickle", "json") or (":" in value and all(value.split(":", 1))):
-        return value
-    raise ValueError(
-        f"serializer must be 'pickle', 'json' or 'module:object' (an object with dumps() and "
-        f"loads()), got {value!r}")
 
 
 def check_redis_url(value: str | None) -> str | None:
@@ -511,31 +503,6 @@ async def _quiet_close(pubsub: Any, client: Any) -> None:
 def text(value: Any) -> str:
     """A Redis reply value as ``str`` (replies are ``bytes`` with ``protocol=2``)."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def load_codec(spec: str, *, what: str, error: type[Exception]) -> Any:
-    """Import a ``'module:object'`` serializer that has ``dumps(value)`` and ``loads(bytes)``.
-
-    Args:
-        spec: ``'module:object'`` (the object may be a module, a class or an instance).
-        what: the config field, for messages (``"caching.serializer"``).
-        error: the exception class to raise when it cannot be used.
-    """
-    import importlib
-
-    module, _, attr = spec.partition(":")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise error(
-            f"{what} {spec!r} cannot be imported ({exc}); give 'module:object' where the object "
-            "has dumps(value) -> bytes and loads(bytes) -> value") from None
-    if not (callable(getattr(obj, "dumps", None)) and callable(getattr(obj, "loads", None))):
-        raise error(f"{what} {spec!r} has no dumps()/loads(); give an object (or module) with "
-                    "dumps(value) -> bytes and loads(bytes) -> value")
-    return obj
 
 
 def require_client(capability: str) -> None:

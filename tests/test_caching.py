@@ -55,6 +55,8 @@ except ImportError:  # pragma: no cover - the lead's service classes not there y
 
 mock_contract = None
 
+CONTRACT = CONTRACTS_DIR / "caching" / "mixin_caching.yaml"  # a package: its contract inside
+
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
@@ -853,7 +855,7 @@ def test_custom_serializer_that_cannot_be_imported_is_reported() -> None:
 
 
 def test_contract_defaults_equal_the_config_model() -> None:
-    contract = yaml.safe_load((CONTRACTS_DIR / "mixin_caching.yaml").read_text("utf-8"))
+    contract = yaml.safe_load((CONTRACT).read_text("utf-8"))
     assert contract["caching_config"] == CachingConfig().model_dump()
     assert contract["composition"]["guard_rank"] == 40
     names = {d["name"] for d in contract["requires_dependencies"] if not d.get("optional")}
@@ -904,10 +906,21 @@ def test_facility_default_when_setup_never_ran() -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import onex_compose.capabilities.caching as module
+    import importlib
+    import pkgutil
 
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 10 and result.failed == 0
+    import onex_compose.capabilities._codecs as codecs
+    import onex_compose.capabilities.caching as package
+
+    modules = [package, codecs, *(importlib.import_module(f"{package.__name__}.{m.name}")
+                                  for m in pkgutil.iter_modules(package.__path__))]
+    attempted = 0
+    for module in modules:
+        result = doctest.testmod(module,
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, module.__name__
+        attempted += result.attempted
+    assert attempted > 10
 
 
 def test_with_health_check_the_cache_reports_in_the_nodes_health() -> None:
@@ -922,7 +935,7 @@ def test_with_health_check_the_cache_reports_in_the_nodes_health() -> None:
 def test_the_contract_passes_onex_validate(capsys: pytest.CaptureFixture[str]) -> None:
     from onex_compose._cli import main
 
-    assert main(["validate", str(CONTRACTS_DIR / "mixin_caching.yaml")]) == 0
+    assert main(["validate", str(CONTRACT)]) == 0
     assert "✓ Action definitions complete" in capsys.readouterr().out
 
 
@@ -953,8 +966,8 @@ def test_every_metric_the_module_records_is_declared_in_its_contract() -> None:
 
     import onex_compose.capabilities.caching as module
 
-    source = Path(module.__file__).read_text("utf-8")
+    source = "".join(p.read_text("utf-8") for p in Path(module.__file__).parent.glob("*.py"))
     recorded = set(re.findall(r'_inc\(\s*"([a-z_]+)"', source))
-    contract = yaml.safe_load((CONTRACTS_DIR / "mixin_caching.yaml").read_text("utf-8"))
+    contract = yaml.safe_load((CONTRACT).read_text("utf-8"))
     declared = {m["name"] for m in contract["metrics"]}
     assert recorded and recorded <= declared, sorted(recorded - declared)

@@ -26,3 +26,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = "pip install -e '.[test]' && python -m pytest"
     assert test_command in commands
     assert test_command in (ROOT / ".ci" / "run").read_text("utf-8")
+
+
+def test_ci_checks_the_wheel_and_bounds_each_benchmark() -> None:
+    ci = (ROOT / ".ci" / "run").read_text("utf-8")
+    assert "pip wheel" in ci and "onex\" validate --installed" in ci and "onex\" list" in ci
+    assert "timeout 60 python \"$bench\" --smoke" in ci and "timeout 300" not in ci
+    assert "-m \"not slow\"" in README  # how to deselect the slow tests locally
+    pytest_options = (ROOT / "pyproject.toml").read_text("utf-8")
+    assert "--durations=25" in pytest_options and "--strict-markers" in pytest_options
