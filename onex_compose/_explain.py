@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from onex_compose import _redact
 from onex_compose._build import COMPOSED_MODULE, Composition
 
 __all__ = ["Explanation", "explain"]
@@ -133,7 +134,9 @@ def explain(obj_or_cls: Any) -> Explanation:
             entry["config_source"] = sources[name]
         note = getattr(cls, f"_explain_{name}", None)  # a capability's own line, e.g. retry's
         if note is not None:
-            entry["note"] = note(None if isinstance(obj_or_cls, type) else obj_or_cls)
+            # a note may quote configuration (a backend URL...): through the one scrubber
+            entry["note"] = _redact.scrub(note(None if isinstance(obj_or_cls, type)
+                                               else obj_or_cls))
         caps.append(entry)
     providers = {m: {"capability": c, "overrides": list(comp.overrides.get(m, ()))}
                  for m, c in sorted(comp.providers.items())}

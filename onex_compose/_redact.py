@@ -11,7 +11,9 @@ Rules (the same everywhere; only the mask text differs, ``***`` by default):
   parameters with a sensitive key (``?password=...&token=...``), ``Bearer``/``Basic``
   credentials, JWTs, card numbers (Luhn-checked) and the local part of e-mail addresses.
 * **Nested mappings and sequences** (lists, tuples, namedtuples, sets) are walked to a bounded
-  depth; deeper levels become ``[TOO DEEP]`` (so a cycle ends).
+  depth; deeper levels become ``[TOO DEEP]`` (so a cycle ends). A ``(name, value)`` pair (a
+  2-tuple, as header and form-field lists hold them) with a sensitive name is masked like a
+  mapping entry.
 * **Bounded length.** :func:`quote` (what error messages use) cuts the scrubbed text to a limit;
   it scrubs first and cuts after, so a cut never reveals part of a secret.
 
@@ -92,7 +94,7 @@ def _text_pattern(keys: Iterable[str], exact: Iterable[str]) -> re.Pattern[str]:
     if words:
         key_alts.append(f"(?:{words})")
     kv = (
-        rf"|(?P<kv>(?<![A-Za-z0-9_.-])(?i:{'|'.join(key_alts)})['\"]?\s*[=:]\s*"
+        rf"|(?P<kv>(?<![A-Za-z0-9_.-])(?i:{'|'.join(key_alts)})(?:['\"]?\s*[=:]|['\"]\s*,)\s*"
         r"(?:(?i:bearer|basic|token)\s+)?)"
         r"(?:(?P<q>['\"])(?:(?!(?P=q)).)*(?P=q)|[^\s,;&'\"}\])]+)"
     ) if key_alts else ""
@@ -179,6 +181,9 @@ class Redactor:
                 changed = changed or new is not v
                 out[k] = new
             return out if changed else value
+        if (type(value) is tuple and len(value) == 2 and isinstance(value[0], str)
+                and self.sensitive(value[0])):
+            return (value[0], self.mask)  # a (name, value) pair: headers, form fields
         if isinstance(value, list | tuple | set | frozenset):
             items = [self.value(v, depth + 1) for v in value]
             if all(a is b for a, b in zip(items, value, strict=True)):

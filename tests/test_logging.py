@@ -217,7 +217,7 @@ def test_sensitive_keys_are_scrubbed_recursively(records: list[dict[str, Any]]) 
     assert extra["count"] == 3
     assert extra["payload"] == {
         "user": "ann", "db_password": REDACTED, "nested": {"X-Api-Key": REDACTED, "ok": [1, 2]},
-        "items": [{"token": REDACTED}, ("Authorization", "x")]}
+        "items": [{"token": REDACTED}, ("Authorization", REDACTED)]}
     # the caller's objects are untouched
     assert payload["db_password"] == "pw" and payload["items"][0] == {"token": "t"}
 
