@@ -11,7 +11,12 @@ What it gives a node (seed 000's ``MixinRetry``):
 * ``self.retry_policy``: the :class:`RetryPolicy` facility (delays, classification, ``wrap()``
   decorator, injectable clock/sleep/random, health signal).
 * ``_guard_retry``: wraps the node's ``process()`` (guard rank 50: outside the circuit breaker,
-  rate limiter, per-attempt timeout and bulkhead, as resilience4j orders them).
+  rate limiter, per-attempt timeout and bulkhead, as resilience4j orders them);
+  ``_guard_sync_retry`` does the same for a plain ``def process`` with :meth:`RetryPolicy.run_sync`.
+  Whether ``process()`` is retried depends on the node type unless ``guard_process`` is set:
+  on for COMPUTE and REDUCER, off for EFFECT and ORCHESTRATOR, whose ``process()`` may have
+  side effects (a payment that timed out after charging must not be charged again);
+  resilience4j and Polly likewise retry only what you wrap. ``explain()`` says which and why.
 
 Semantics (``reference/capabilities.md`` A.1 and Part C):
 
@@ -20,11 +25,20 @@ Semantics (``reference/capabilities.md`` A.1 and Part C):
   ``equal`` or ``none`` on request.
 * Only listed errors are retried. An exception's class and its bases are walked most specific
   first; the first class that is named in ``fatal_error_types`` (not retried), in
-  ``retriable_error_types`` (retried), or that defines ``onex_retriable`` decides. An
+  ``retriable_error_types`` (retried), or that defines ``onex_retriable`` decides. A bare name
+  (``"TimeoutError"``) matches any class of that name; a dotted path
+  (``"httpx.TransportError"``) is imported when the policy is built and matches that class
+  exactly (a ``ConfigurationError`` says when it cannot be imported or is no exception class),
+  like stamina's ``on=`` and tenacity's ``retry_if_exception_type``. An
   ``onex_retriable`` attribute set on the instance decides before all of that. Seed 002's lists
   are the defaults, so ``TimeoutError`` (and our ``OperationTimeoutError``) and
   ``ConnectionError`` are retried, an open circuit or a full bulkhead (``onex_retriable =
   False``) is not, unless its class name is listed in ``retriable_error_types``.
+* ``retry_if(exc) -> bool`` (config or per call) decides alone instead of the lists (tenacity's
+  ``retry=``, stamina's ``on=`` callable); ``retry_if_result(result) -> bool`` retries a
+  returned value (the last one is returned when attempts run out, as Polly does);
+  ``before_sleep`` and ``after_attempt`` receive a :class:`RetryAttempt`. Unset, they cost
+  nothing: the plain loop runs.
 * Cancellation is never retried: only ``Exception`` is caught, so ``asyncio.CancelledError``,
   ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` pass straight through (tenacity
   issue #529 retries cancellation).
@@ -37,7 +51,10 @@ Semantics (``reference/capabilities.md`` A.1 and Part C):
 * The final error is the original exception, re-raised with its traceback, with a note
   (``add_note``) saying how many attempts were made and why the loop stopped.
 * A ``with_retry`` running inside an active retry loop (``_context.retry_scope``), for example
-  inside a retried ``process()``, makes a single attempt: attempts never multiply.
+  inside a retried ``process()``, makes a single attempt: attempts never multiply. The mark
+  belongs to the task (or thread) running the loop: a task started inside it
+  (``create_task``, a ``TaskGroup``) or a thread (``to_thread``) copies the context but runs
+  its own full loop, during and after the outer one.
 * Metrics: ``retry_attempts_total{operation, outcome}`` counts every retry (``outcome="retry"``)
   and how loops that retried ended (``recovered``, ``exhausted``, ``deadline``,
   ``not_retriable``). A first-attempt success is not a retry and costs nothing.
