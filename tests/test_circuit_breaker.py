@@ -945,3 +945,66 @@ def test_a_time_window_after_a_restart_never_subtracts_stale_buckets():
         status = breaker.status()
         assert status.failure_count == 0 and 0 < status.calls <= 10
     assert breaker.status().calls == 10
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 9: scope: process shares a breaker by name across the node instances of the process
+
+
+async def test_scope_process_shares_a_breaker_by_name_across_node_instances():
+    Node = compose(NodeEffect, ["circuit_breaker"])
+    cfg = {"circuit_breaker": {"scope": "process", "failure_threshold": 2,
+                               "breakers": {"shared-db": {"reset_timeout": 7}}}}
+    metrics_seen = []
+    a, b = Node(capability_config=cfg), Node(capability_config=cfg)
+    heard: list[list] = [[], []]
+    a.circuit_breaker.on_state_change.append(heard[0].append)
+    b.circuit_breaker.on_state_change.append(heard[1].append)
+    db = a.circuit_breaker("shared-db")
+    assert b.circuit_breaker("shared-db") is db and db.policy.reset_timeout == 7
+    fail(db)
+    with pytest.raises(ConnectionError):
+        b.circuit_breaker("shared-db").call(boom)  # b's failure adds to a's
+    assert db.state is OPEN
+    with pytest.raises(CircuitOpenError):
+        b.circuit_breaker("shared-db").call(lambda: "x")
+    assert [c.new for c in heard[0]] == [OPEN] and [c.new for c in heard[1]] == [OPEN]
+    for node in (a, b):  # every sharing node reports the shared breaker's state
+        gauges = node.metrics.snapshot()["gauges"]
+        metrics_seen.append(gauges['circuit_breaker_state{operation_key="shared-db"}'])
+    assert metrics_seen == [1, 1]
+    await a.circuit_breaker.drain()
+    # the default scope keeps one breaker per node
+    c, d = Node(), Node()
+    assert c.circuit_breaker("shared-db") is not d.circuit_breaker("shared-db")
+    assert c.circuit_breaker("shared-db") is not db
+
+
+def test_scope_process_refuses_a_different_policy_for_a_shared_name():
+    Node = compose(NodeEffect, ["circuit_breaker"])
+    a = Node(capability_config={"circuit_breaker": {"scope": "process",
+                                                    "breakers": {"pay": {"failure_threshold": 3}}}})
+    b = Node(capability_config={"circuit_breaker": {"scope": "process",
+                                                    "breakers": {"pay": {"failure_threshold": 4}}}})
+    breaker = a.circuit_breaker("pay")
+    with pytest.raises(ConfigurationError, match=r"'pay' is shared .*failure_threshold"):
+        b.circuit_breaker("pay")
+    assert breaker.policy.failure_threshold == 3
+
+
+def test_a_process_scope_breaker_lives_while_a_node_uses_it():
+    import gc
+    import weakref
+
+    Node = compose(NodeEffect, ["circuit_breaker"])
+    cfg = {"circuit_breaker": {"scope": "process"}}
+    node = Node(capability_config=cfg)
+    ref = weakref.ref(node.circuit_breaker("ephemeral"))
+    fail(node.circuit_breaker("ephemeral"))
+    other = Node(capability_config=cfg)
+    assert other.circuit_breaker("ephemeral").status().failure_count == 1
+    del node, other
+    gc.collect()
+    assert ref() is None  # no node holds it: the registry forgets it
+    fresh = Node(capability_config=cfg)
+    assert fresh.circuit_breaker("ephemeral").status().failure_count == 0

@@ -260,6 +260,11 @@ class CircuitBreakerConfig(BreakerPolicy):
     """The ``circuit_breaker`` subcontract: the default policy plus store and reporting options.
 
     Attributes:
+        scope: ``node`` (default: each node instance has its own breakers) or ``process``
+            (one breaker per name for every node of the process with this scope, as
+            resilience4j's registry; nodes sharing a name must give it the same policy; the
+            ``process`` breaker is shared too, so name it per node type with
+            ``process_breaker`` when they should trip apart).
         backend: ``memory`` (per process) or ``redis`` (one state shared by every process
             using the same ``namespace`` and breaker name).
         redis_url: ``None`` uses ``ONEX_REDIS_URL``, else ``redis://127.0.0.1:6379/0``.
@@ -279,6 +284,7 @@ class CircuitBreakerConfig(BreakerPolicy):
         breakers: per-name policy overrides, e.g. ``{"payments": {"failure_threshold": 3}}``.
     """
 
+    scope: Literal["node", "process"] = "node"
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     namespace: str = "onex"

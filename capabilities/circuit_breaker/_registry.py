@@ -1,22 +1,92 @@
-"""The facility: a node's named breakers, created on first use from the config."""
+"""The facility: a node's named breakers, created on first use from the config, and the
+process-wide registry of breakers shared by name (``scope: process``)."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 from onex_compose import coerce_config
+from onex_compose.capabilities import _redis as redis_support
 from onex_compose.capabilities._context import monotonic
 from onex_compose.capabilities._redis import require_client
 from onex_compose.capabilities.circuit_breaker._breaker import CircuitBreaker
-from onex_compose.capabilities.circuit_breaker._model import CircuitBreakerConfig, Clock, _Dispatcher
+from onex_compose.capabilities.circuit_breaker._model import (
+    BreakerPolicy,
+    CircuitBreakerConfig,
+    CircuitStateChange,
+    Clock,
+    Listener,
+    _Dispatcher,
+)
 from onex_compose.capabilities.circuit_breaker._redis import AnyBreaker, RedisCircuitBreaker
+from onex_compose.exceptions import ConfigurationError
 
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------------
 # the facility: named breakers
+
+
+class _FanoutMetrics:
+    """The metrics of a process-scope breaker: every sharing node's metrics facility."""
+
+    __slots__ = ("targets",)
+
+    def __init__(self, targets: weakref.WeakSet[_Dispatcher]) -> None:
+        self.targets = targets
+
+    def increment(self, name: str, *args: Any, **kwargs: Any) -> None:
+        for target in list(self.targets):
+            if target.metrics is not None:
+                target.metrics.increment(name, *args, **kwargs)
+
+    def gauge(self, name: str, *args: Any, **kwargs: Any) -> None:
+        for target in list(self.targets):
+            if target.metrics is not None:
+                target.metrics.gauge(name, *args, **kwargs)
+
+
+class _Fanout(_Dispatcher):
+    """The dispatcher of a process-scope breaker: its state changes and counters reach every
+    node that shares it (their metrics and ``on_state_change`` listeners); logged once."""
+
+    def __init__(self) -> None:
+        self.targets: weakref.WeakSet[_Dispatcher] = weakref.WeakSet()
+        super().__init__(_FanoutMetrics(self.targets))
+
+    def emit(self, change: CircuitStateChange, own: list[Listener]) -> None:
+        shared = [listener for target in list(self.targets) for listener in target.listeners]
+        super().emit(change, [*own, *shared])
+
+
+_shared: weakref.WeakValueDictionary[tuple[str, ...], AnyBreaker] = \
+    weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def _join_shared(key: tuple[str, ...], policy: BreakerPolicy, dispatch: _Dispatcher,
+                 build: Callable[[_Dispatcher], AnyBreaker]) -> AnyBreaker:
+    """The process-wide breaker under ``key`` (built on first use); ``dispatch`` (one node's)
+    starts hearing it. A different policy for the same name is a configuration error."""
+    with _shared_lock:
+        breaker = _shared.get(key)
+        if breaker is None:
+            breaker = _shared[key] = build(_Fanout())
+        elif breaker.policy != policy:
+            differ = sorted(k for k in BreakerPolicy.model_fields
+                            if getattr(breaker.policy, k) != getattr(policy, k))
+            raise ConfigurationError(
+                f"circuit breaker {key[-1]!r} is shared by every node of this process "
+                f"(scope: process) and already exists with a different policy ({', '.join(differ)} "
+                "differ); give the nodes the same policy for it, or use scope: node (one breaker "
+                "per node)", capability="circuit_breaker")
+        fanout = cast(_Fanout, breaker._dispatch)
+        fanout.targets.add(dispatch)
+    dispatch.created(breaker.name, breaker.state)
+    return breaker
 
 
 class CircuitBreakers:
@@ -82,12 +152,21 @@ class CircuitBreakers:
         policy = cfg.policy(name)
         if cfg.backend == "redis":
             require_client("circuit_breaker")
-            return RedisCircuitBreaker(
-                name, policy, url=cfg.redis_url, namespace=cfg.namespace, clock=self._clock,
-                redis_clock=cfg.redis_clock, on_backend_error=cfg.on_backend_error,
-                backend_retry_interval=cfg.backend_retry_interval, _dispatcher=self._dispatch)
-        return CircuitBreaker(name, policy, clock=self._clock or monotonic,
-                              _dispatcher=self._dispatch)
+
+        def build(dispatch: _Dispatcher) -> AnyBreaker:
+            if cfg.backend == "redis":
+                return RedisCircuitBreaker(
+                    name, policy, url=cfg.redis_url, namespace=cfg.namespace, clock=self._clock,
+                    redis_clock=cfg.redis_clock, on_backend_error=cfg.on_backend_error,
+                    backend_retry_interval=cfg.backend_retry_interval, _dispatcher=dispatch)
+            return CircuitBreaker(name, policy, clock=self._clock or monotonic,
+                                  _dispatcher=dispatch)
+
+        if cfg.scope == "node":
+            return build(self._dispatch)
+        key = ((cfg.backend, redis_support.redis_url(cfg.redis_url), cfg.namespace, name)
+               if cfg.backend == "redis" else ("memory", name))
+        return _join_shared(key, policy, self._dispatch, build)
 
     @property
     def default(self) -> AnyBreaker:
@@ -137,3 +216,6 @@ class CircuitBreakers:
     async def drain(self) -> None:
         """Wait for pending async listeners (state-change events) of the running loop."""
         await self._dispatch.drain()
+        for breaker in list(self._breakers.values()):
+            if breaker._dispatch is not self._dispatch:  # process scope: the shared dispatcher
+                await breaker._dispatch.drain()
