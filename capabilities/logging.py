@@ -68,7 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import _redact, coerce_config, facility, has_capability
 from onex_compose.capabilities._context import correlation_id
-from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._log import base_logger, logger
 
 __all__ = [
     "DEFAULT_SCRUB_KEYS",
@@ -322,7 +322,7 @@ def _node_type(node: Any) -> str | None:
 
 
 def _make_logger(node: Any, scrubber: Scrubber, capability: str | None) -> Any:
-    return logger.patch(scrubber).bind(
+    return base_logger.patch(scrubber).bind(
         node_id=getattr(node, "node_id", None), node_type=_node_type(node), capability=capability)
 
 

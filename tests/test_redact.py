@@ -211,3 +211,23 @@ def test_explain_notes_go_through_the_scrubber() -> None:
         "_explain_noted": lambda node: f"backend redis://:{SECRET}@cache/0"}), name="noted")
     text = str(explain(compose(NodeCompute, ["noted"], registry=reg)))
     assert SECRET not in text and "redis://:***@cache/0" in text
+
+
+def test_the_librarys_own_records_never_contain_a_planted_secret(
+        records: list[dict[str, Any]]) -> None:
+    # capabilities log outages with the client's error text, which may quote a URL
+    err = ConnectionError(f"Error connecting to redis://:{SECRET}@cache:6379/0")
+    logger.warning("caching: Redis unreachable ({}: {})", type(err).__name__, err)
+    logger.bind(password=SECRET, target=f"redis://u:{SECRET}@h").info("plain")
+    assert len(records) == 2
+    for r in records:
+        assert SECRET not in r["message"] + repr(r["extra"])
+    assert "redis://:[REDACTED]@cache:6379/0" in records[0]["message"]
+
+
+def test_node_loggers_keep_their_own_scrub_keys(records: list[dict[str, Any]]) -> None:
+    # the library scrubber is not stacked on a node's logger: its configured keys decide
+    node = compose(NodeCompute, ["logging"])(capability_config={"logging": {"scrub_keys": ["ssn"]}})
+    node.log.info("x", ssn="123", password="visible-now")
+    assert records[0]["extra"]["ssn"] == "[REDACTED]"
+    assert records[0]["extra"]["password"] == "visible-now"
