@@ -25,6 +25,7 @@ Run: ``python benchmarks/bench_breaker.py`` (``--smoke`` for a quick check that 
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 from pathlib import Path
@@ -79,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     rate = CircuitBreaker("bench-rate", BreakerPolicy(mode="rate", window_size=100))
     rate_time = CircuitBreaker("bench-time", BreakerPolicy(mode="rate", window_type="time",
                                                            window_size=60))
-    slow = CircuitBreaker("bench-slow", BreakerPolicy(slow_call_duration_threshold=1.0))
+    slow = CircuitBreaker("bench-slow", BreakerPolicy(slow_call_duration=1.0))
+    # every clock reading is an hour later: each call finds the whole window expired (the O(1)
+    # restart; it used to clear all 3,600 buckets one by one)
+    hours = itertools.count(0.0, 3600.0)
+    idle = CircuitBreaker("bench-idle", BreakerPolicy(mode="rate", window_type="time",
+                                                      window_size=3600),
+                          clock=lambda: next(hours))
     pyb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)
     pyb_deco = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=60)(f)
     purg_sync = purgatory.SyncCircuitBreakerFactory()("bench")(f)
@@ -104,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
          ts(lambda: rate_time.call(f, 1)), "<= 1000 ns added"),
         ("ours: breaker.call(f, x), consecutive + slow-call timing",
          ts(lambda: slow.call(f, 1)), ""),
+        ("ours: breaker.call(f, x), 3600 s time window, each call after an idle hour",
+         ts(lambda: idle.call(f, 1)), ""),
         ("pybreaker: CircuitBreaker.call(f, x)", ts(lambda: pyb.call(f, 1)), ""),
         ("pybreaker: @CircuitBreaker decorator", ts(lambda: pyb_deco(1)), ""),
         ("purgatory: SyncCircuitBreakerFactory decorator", ts(lambda: purg_sync(1)), ""),
