@@ -31,7 +31,7 @@ def check_contract(contract: Any, owner: str, node_type: str | None) -> None:
                 "load_contract(path) and pass the result.") if isinstance(contract, str) else ""
         raise ConfigurationError(
             f"{owner} takes a node contract (a ModelContract*, a mapping with 'subcontracts', or "
-            f"an object with a 'subcontracts' attribute), got {contract!r}.{hint}")
+            f"an object with a 'subcontracts' attribute), got {_redact.quote(contract)}.{hint}")
     declared = (contract.get("node_type") if isinstance(contract, Mapping)
                 else getattr(contract, "node_type", None))
     if node_type is not None and declared is not None:
@@ -159,7 +159,8 @@ def contract_config(contract: Any, name: str, key: str) -> tuple[Any, str] | Non
         if not (isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], str)):
             raise ConfigurationError(
                 f"{type(contract).__name__}.capability_config_for({name!r}, {key!r}) must return "
-                f"(config, source) or None, got {found!r}; the node contract is not usable.",
+                f"(config, source) or None, got {_redact.quote(found)}; the node contract is "
+                "not usable.",
                 capability=name)
         return found[0], found[1]
     if isinstance(contract, Mapping):

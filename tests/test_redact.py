@@ -231,3 +231,10 @@ def test_node_loggers_keep_their_own_scrub_keys(records: list[dict[str, Any]]) -
     node.log.info("x", ssn="123", password="visible-now")
     assert records[0]["extra"]["ssn"] == "[REDACTED]"
     assert records[0]["extra"]["password"] == "visible-now"
+
+
+def test_a_dsn_passed_as_the_contract_is_not_echoed() -> None:
+    cls = compose(NodeCompute, ["retry"])
+    with pytest.raises(ConfigurationError) as info:
+        cls(f"postgresql://app:{SECRET}@db/prod")
+    assert SECRET not in str(info.value) and "postgresql://app:***@db/prod" in str(info.value)
