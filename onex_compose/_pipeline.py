@@ -21,7 +21,8 @@ For each class the engine:
 * keeps the kind of ``process``: an ``async def`` is guarded by the ``_guard_*`` hooks, a plain
   ``def`` by the ``_guard_sync_*`` hooks and stays sync (a guard without a sync path is a
   :class:`~onex_compose.exceptions.CompositionError` naming it). A ``def process`` that returns
-  an awaitable is sync to the engine: write it as ``async def`` to be guarded as async.
+  a coroutine is refused when it does (a ``CompositionError`` saying to write ``async def``):
+  its sync guards would have wrapped the call but none of the work.
 
 The order is shown by :func:`onex_compose.explain` (``pipeline``, with ``pipeline_kind``) and
 stored on the class as ``__onex_pipeline__`` (and ``__onex_pipeline_kind__``: ``"sync"``,
@@ -36,6 +37,7 @@ from asyncio import current_task
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from threading import get_ident
+from types import CoroutineType
 from typing import Any
 
 from onex_compose.exceptions import CompositionError
@@ -141,9 +143,12 @@ def _install_sync(cls: type, raw: Callable[..., Any], guards: tuple[str, ...]) -
         def body(*args: Any, **kwargs: Any) -> Any:
             token = _inside.set((self, get_ident()))
             try:
-                return raw(self, *args, **kwargs)
+                result = raw(self, *args, **kwargs)
             finally:
                 _inside.reset(token)
+            if type(result) is CoroutineType:  # the guards would wrap only the call, not the work
+                _refuse_coroutine(cls, result)
+            return result
 
         call: Callable[..., Any] = body
         for hook in reversed(hooks):
@@ -160,6 +165,14 @@ def _install_sync(cls: type, raw: Callable[..., Any], guards: tuple[str, ...]) -
         return call(*args, **kwargs)
 
     _publish(cls, process, raw, guards)
+
+
+def _refuse_coroutine(cls: type, result: CoroutineType[Any, Any, Any]) -> None:
+    result.close()  # never awaited: close it rather than leave a warning behind
+    raise CompositionError(
+        f"{cls.__qualname__}.process is a plain `def` that returned a coroutine, so its sync "
+        "guards wrapped only the call and none of the work. Write it as "
+        "`async def process(...)` (and await the coroutine inside) to be guarded as async.")
 
 
 def _publish(cls: type, process: Callable[..., Any], raw: Callable[..., Any],

@@ -243,3 +243,16 @@ def test_sync_guarded_calls_from_many_threads_each_run_the_guards() -> None:
         results = list(pool.map(node.process, range(64)))
     assert results == [3 * i for i in range(64)]
     assert calls.count("outer>") == calls.count("<outer") == calls.count("body") == 64
+
+
+def test_a_sync_process_returning_a_coroutine_is_refused_not_silently_unguarded() -> None:
+    class Sneaky(NodeCompute):
+        def process(self, x: int) -> Any:  # type: ignore[override]
+            return self.work(x)
+
+        async def work(self, x: int) -> int:
+            return x
+
+    node = compose(Sneaky, ["outer"], registry=REG)()
+    with pytest.raises(CompositionError, match="async def process"):
+        node.process(1)
