@@ -19,6 +19,7 @@ from onex_compose.capabilities._context import ManualClock
 from onex_compose.capabilities.circuit_breaker import (
     BreakerPolicy,
     CircuitBreaker,
+    CircuitBreakerUsageError,
     CircuitOpenError,
     CircuitState,
     RedisCircuitBreaker,
@@ -305,8 +306,6 @@ def test_a_long_quiet_period_restarts_a_large_time_window_in_constant_work(redis
                                                                            redis_prefix):
     # issue 9: the script cleared every expired bucket (HMGET + HDEL each), blocking Redis for
     # 221 ms at the largest window; now the window restarts at once
-    import redis
-
     client = redis.Redis.from_url(redis_url)
 
     def bucket_commands() -> int:
@@ -343,3 +342,33 @@ def test_a_long_quiet_period_restarts_a_large_time_window_in_constant_work(redis
 
 def run_fail():
     raise ConnectionError("down")
+
+
+def test_slow_calls_are_reported_apart_from_failures_on_redis(redis_url, redis_prefix):
+    clock = ManualClock(1000.0)
+    breaker = RedisCircuitBreaker("slow", {"failure_threshold": 2, "slow_call_duration": 1.0},
+                                  url=redis_url, namespace=redis_prefix, clock=clock)
+
+    def slow():
+        clock.advance(1.5)
+        return "late"
+
+    assert breaker.call(slow) == "late"
+    status = breaker.status()
+    assert (status.failure_count, status.last_failure_time) == (0, None)  # was 1 and a time
+    assert status.slow_call_count == 1 and status.last_slow_call_time is not None
+    breaker.call(slow)
+    assert breaker.status().state is OPEN
+
+
+def test_redis_call_with_an_async_function_is_a_clear_error(redis_url, redis_prefix):
+    breaker = RedisCircuitBreaker("misuse", {"failure_threshold": 1, "mode": "rate",
+                                             "minimum_calls": 1, "window_size": 5},
+                                  url=redis_url, namespace=redis_prefix)
+
+    async def fetch():
+        return 1
+
+    with pytest.raises(CircuitBreakerUsageError, match="acall"):
+        breaker.call(fetch)
+    assert breaker.status().calls == 0
