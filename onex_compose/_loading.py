@@ -411,7 +411,7 @@ _YAML_TEXT_HINT = (
 
 
 def looks_like_yaml_text(path: object) -> bool:
-    """Whether a string given as a file path is really YAML text (it has a line break, or is a
+    r"""Whether a string given as a file path is really YAML text (it has a line break, or is a
     ``key: value`` / ``{...}`` document, and names no existing file).
 
     Example:

@@ -432,7 +432,10 @@ def _base_owners(base: type, skip: type | None) -> dict[str, type]:
             for n in vars(klass).get("__onex_instance_attrs__", ()):
                 owners[n] = klass
     if skip is None:
-        type.__setattr__(base, "__onex_owners__", owners)
+        try:
+            type.__setattr__(base, "__onex_owners__", owners)
+        except TypeError:  # a built-in base (seed 000's resolver passes ``object``): no cache
+            pass
     return owners
 
 
