@@ -461,3 +461,59 @@ async def test_another_process_resubscribes_by_itself_after_an_outage(private_re
         await asyncio.to_thread(other.close)
         await a.aclose()
         check.close()
+
+
+# -- loads in flight, serializer default ---------------------------------------------------------
+
+
+async def test_a_delete_in_another_cache_during_a_load_wins_in_both_levels(
+        cfg: dict[str, Any], raw: Any) -> None:
+    a, b = Cache(cfg), Cache(cfg)
+    await a.set("k", "older")
+    await b.get("k")
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def loader() -> str:
+        started.set()
+        await release.wait()
+        return "loaded-before-the-delete"
+
+    await a.delete("k")                           # a miss in a from here on
+    task = asyncio.create_task(a.get_or_set("k", loader, ttl=60))
+    await asyncio.wait_for(started.wait(), 10)
+    before = a.health()["invalidations_received"]
+    await b.delete("k")                           # another instance deletes meanwhile
+    assert await eventually(lambda: a.health()["invalidations_received"] > before, 10)
+    release.set()
+    assert await asyncio.wait_for(task, 10) == "loaded-before-the-delete"
+    assert "k" not in a._data                      # not in L1 ...
+    assert raw.exists(f"{cfg['namespace']}:cache:k") == 0  # ... nor in Redis for every process
+    assert await Cache(cfg).get("k", MISSING) is MISSING
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_the_l2_serializer_defaults_to_json(cfg: dict[str, Any], raw: Any) -> None:
+    a = Cache(cfg)
+    await a.set("k", {"a": 1})
+    assert raw.get(f"{cfg['namespace']}:cache:k") == b'{"a":1}'
+    with pytest.raises(CacheSerializationError, match="json"):
+        await a.set("set", {1, 2})                # pickle is opt-in now
+    p = Cache({**cfg, "serializer": "pickle"})
+    await p.set("set", {1, 2})
+    assert await Cache({**cfg, "serializer": "pickle"}).get("set") == {1, 2}
+    await a.aclose()
+    await p.aclose()
+
+
+async def test_an_entry_pickled_by_an_older_version_reads_as_a_miss(
+        cfg: dict[str, Any], raw: Any, logs: list[str]) -> None:
+    raw.set(f"{cfg['namespace']}:cache:old", pickle.dumps({"v": 1}, protocol=5))
+    raw.set(f"{cfg['namespace']}:cache:old2", pickle.dumps([1], protocol=4))
+    node = compose(NodeCompute, ["caching"])(capability_config={"caching": cfg})
+    assert await node.cache.get("old", MISSING) is MISSING   # a miss, never an error
+    assert await node.cache.get("old2", "dflt") == "dflt"
+    assert await node.cache.get_or_set("old", lambda: {"v": 2}) == {"v": 2}  # rewritten
+    assert raw.get(f"{cfg['namespace']}:cache:old") == b'{"v":2}'
+    assert sum("written with pickle" in line for line in logs) == 1
+    await node.aclose()

@@ -240,3 +240,21 @@ class MixinCaching:
             return await cache.get_or_set(key, lambda: call(*args, **kwargs))
 
         return guarded
+
+    def _guard_sync_caching(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        """Wrap a sync ``def process``: with ``wrap_process: true``, serve repeated inputs from
+        the L1 (``default_ttl``, fail-safe); otherwise call straight through. ``process`` stays
+        a plain function; with a Redis L2 the sync path uses L1 only (see
+        :meth:`Cache._memoise_sync`)."""
+        node: Any = self
+        prefix = f"process:{type(self).__module__}.{type(self).__qualname__}:"
+
+        @functools.wraps(call)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            cache: Cache = node.cache
+            if not cache.config.wrap_process:
+                return call(*args, **kwargs)
+            return cache._memoise_sync(prefix + _call_key(args, kwargs),
+                                       lambda: call(*args, **kwargs))
+
+        return guarded

@@ -85,6 +85,12 @@ class Cache(_RedisLevel):
         self._loads = 0
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._generation = 0
+        self._loading: dict[str, int] = {}   # loads in flight: invalidations seen meanwhile
+        self._epoch = 0                      # bumped by clear() and by missed invalidations
+        self._fail_safe = cfg.fail_safe_ttl
+        self._stale: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+        self._fail_safe_served = 0
+        self._fail_safe_logged: set[str] = set()
         # L2
         self._l2 = cfg.backend == "redis" and cfg.enabled
         if self._l2:
@@ -104,6 +110,7 @@ class Cache(_RedisLevel):
         self._l2_errors = 0
         self._l2_skipped = 0
         self._invalidations = 0
+        self._legacy_logged = False
 
     def __repr__(self) -> str:
         level = "L1+redis" if self._l2 else "L1"
@@ -148,7 +155,7 @@ class Cache(_RedisLevel):
                 self._hits[0] += 1
                 self._inc("cache_lookups_total", 1, _L1_HIT)
                 return entry[0]
-            self._data.pop(key, None)
+            self._expire(key, entry)
         if not self._enabled:
             return default
         if not isinstance(key, str):
@@ -205,6 +212,11 @@ class Cache(_RedisLevel):
         if ttl is not None and ttl <= 0:
             await self.delete(key)
             return
+        if self._loading or self._stale:
+            self._invalidate_key(key)  # a newer value: a load in flight must not replace it
+        await self._store(key, value, ttl)
+
+    async def _store(self, key: str, value: Any, ttl: float | None) -> None:
         if self._l2:
             payload = self._dumps(key, value)
             ready = await self._l2_ready()  # listening for invalidations before L1 holds it
@@ -220,6 +232,7 @@ class Cache(_RedisLevel):
         if not self._enabled:
             return False
         self._generation += 1
+        self._invalidate_key(key)
         found = self._data.pop(key, None) is not None
         if self._l2:
             found = await self._l2_delete(key) or found
@@ -230,6 +243,7 @@ class Cache(_RedisLevel):
         if not self._enabled:
             return False
         self._generation += 1
+        self._invalidate_all()
         self._data.clear()
         if self._l2:
             await self._l2_clear()
@@ -284,11 +298,27 @@ class Cache(_RedisLevel):
         if value is not MISSING:
             return value
         fut = self._inflight[key] = loop.create_future()
+        token = self._begin_load(key)
         try:
             self._loads += 1
             self._inc("cache_loads_total", 1, None)
-            value = await _call(loader)
-            await self.set(key, value, ttl)
+            try:
+                value = await _call(loader)
+            except Exception as exc:
+                self._loading.pop(key, None)
+                stale = self._stale_value(key)
+                if stale is MISSING:
+                    raise
+                value = self._serve_stale(key, stale, exc)
+            else:
+                if self._may_store(key, token):  # an invalidation during the load wins
+                    self._loaded(key)
+                    if ttl is None:
+                        ttl = self._default_ttl
+                    if ttl is None or ttl > 0:
+                        await self._store(key, value, ttl)
+                    else:
+                        await self.delete(key)
         except asyncio.CancelledError:
             fut.set_exception(_LeaderCancelled())
             fut.exception()
@@ -303,6 +333,55 @@ class Cache(_RedisLevel):
         finally:
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
+            self._loading.pop(key, None)
+
+    def _memoise_sync(self, key: str, call: Callable[[], Any]) -> Any:
+        """The sync ``process()`` guard's path: L1 only, no event loop, no Redis.
+
+        A hit is served from L1; a miss runs ``call()`` in the calling thread and stores the
+        result in L1 with ``default_ttl`` (capped by ``l1_ttl`` when an L2 is configured). An
+        invalidation during the call wins (nothing stored), a raising call serves the
+        fail-safe value when there is one. There is no single-flight across threads: two
+        threads missing one key at once both run the body.
+
+        With ``backend: redis`` the sync path neither reads nor writes Redis (a sync call
+        cannot wait for it without blocking the thread on network I/O): L1 entries are still
+        dropped by the invalidations the listener receives while it runs on an event loop, and
+        ``l1_ttl`` bounds how long a sync memo can be stale otherwise.
+        """
+        if not self._enabled:
+            return call()
+        entry = self._data.get(key)
+        if entry is not None:
+            exp = entry[1]
+            if exp is None or exp > self.clock():
+                try:
+                    self._data.move_to_end(key)
+                except KeyError:  # removed meanwhile by another thread: still a hit
+                    pass
+                self._hits[0] += 1
+                self._inc("cache_lookups_total", 1, _L1_HIT)
+                return entry[0]
+            self._expire(key, entry)
+        self._misses[0] += 1
+        self._inc("cache_lookups_total", 1, _L1_MISS)
+        token = self._begin_load(key)
+        self._loads += 1
+        self._inc("cache_loads_total", 1, None)
+        try:
+            value = call()
+        except Exception as exc:
+            self._loading.pop(key, None)
+            stale = self._stale_value(key)
+            if stale is MISSING:
+                raise
+            return self._serve_stale(key, stale, exc)
+        if self._may_store(key, token):
+            self._loaded(key)
+            ttl = self._default_ttl
+            if ttl is None or ttl > 0:
+                self._l1_store(key, value, ttl)
+        return value
 
     def cached(self, ttl: float | None = None, *,
                key: Callable[..., str] | None = None) -> Callable[[Callable[..., Awaitable[T]]],
@@ -366,6 +445,7 @@ class Cache(_RedisLevel):
             "misses": {"l1": self._misses[0], "l2": self._misses[1]},
             "evictions": self._evictions,
             "loads": self._loads,
+            "fail_safe": {"served": self._fail_safe_served, "stale_entries": len(self._stale)},
         }
         if self._l2:
             out["l2"] = self.health()

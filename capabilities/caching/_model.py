@@ -9,7 +9,7 @@ from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from onex_compose.capabilities._codecs import check_serializer
+from onex_compose.capabilities._codecs import PICKLE_WARNING, check_serializer
 from onex_compose.capabilities._redis import check_redis_url
 from onex_compose.exceptions import OnexError
 
@@ -73,13 +73,16 @@ class CachingConfig(BaseModel):
         default=None, gt=0,
         description="cap on an L1 entry's lifetime when an L2 is configured (bounded staleness)")
     serializer: str = Field(
-        default="pickle",
-        description="L2 value encoding: 'pickle', 'json', or 'module:object' with dumps/loads. "
-                    "pickle runs code from the data it loads: use it only with a Redis that only "
-                    "trusted processes can write to, else choose 'json'")
+        default="json",
+        description="L2 value encoding: 'json' (the default), 'pickle' (opt-in), or "
+                    "'module:object' with dumps/loads. " + PICKLE_WARNING)
     redis_timeout: float = Field(default=1.0, gt=0, description="Redis connect/command timeout")
     retry_interval: float = Field(
         default=1.0, ge=0, description="after an L2 failure, seconds to serve from L1 only")
+    fail_safe_ttl: float | None = Field(
+        default=None, gt=0,
+        description="seconds an expired L1 entry is kept as a fallback: when a loader raises, "
+                    "the stale value is served instead of the error; None: off")
     wrap_process: bool = Field(
         default=False, description="memoise process() results (off: an EFFECT node's side "
                                    "effects must not be skipped by accident)")

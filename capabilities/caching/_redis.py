@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from onex_compose.capabilities._codecs import Codec
+from onex_compose.capabilities._codecs import Codec, looks_pickled
 from onex_compose.capabilities._log import logger
 from onex_compose.capabilities.caching._memory import _MemoryLevel
 from onex_compose.capabilities.caching._model import (
@@ -53,6 +53,7 @@ class _RedisLevel(_MemoryLevel):
     _l2_errors: int
     _l2_skipped: int
     _invalidations: int
+    _legacy_logged: bool
     _inc: Callable[..., Any]
 
     def _dumps(self, key: str, value: Any) -> bytes | str:
@@ -169,8 +170,17 @@ class _RedisLevel(_MemoryLevel):
         except Exception as exc:
             self._l2_errors += 1
             self._inc("cache_l2_errors_total", 1, {"kind": "decode"})
-            logger.warning("cache[{}]: cannot decode L2 value of {!r} ({!r}); treating it as a "
-                           "miss", self.config.namespace, key, exc)
+            if self.config.serializer != "pickle" and looks_pickled(raw):
+                if not self._legacy_logged:  # once per cache: an upgrade rewrites them all
+                    self._legacy_logged = True
+                    logger.warning(
+                        "cache[{}]: L2 value of {!r} was written with pickle (the serializer "
+                        "default of older versions); it reads as a miss and is replaced at the "
+                        "next set (set serializer: 'pickle' to keep reading such entries)",
+                        self.config.namespace, key)
+            else:
+                logger.warning("cache[{}]: cannot decode L2 value of {!r} ({!r}); treating it "
+                               "as a miss", self.config.namespace, key, exc)
             self._misses[1] += 1
             self._inc("cache_lookups_total", 1, _L2_MISS)
             return default
@@ -242,9 +252,11 @@ class _RedisLevel(_MemoryLevel):
         self._generation += 1
         self._invalidations += 1
         if msg.get("c"):
+            self._invalidate_all()
             self._data.clear()
             return
         for k in msg.get("k") or ():
+            self._invalidate_key(k)
             self._data.pop(k, None)
 
     def _on_listener_lost(self) -> None:
@@ -255,6 +267,7 @@ class _RedisLevel(_MemoryLevel):
         # invalidations may have been missed: nothing in L1 can be trusted any more
         self._live_loop = None
         self._generation += 1
+        self._invalidate_all()
         self._data.clear()
 
     def _failed(self, exc: BaseException) -> None:
