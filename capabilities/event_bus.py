@@ -65,8 +65,6 @@ import asyncio
 import copy
 import functools
 import inspect
-import json
-import pickle
 import re
 import threading
 import time
@@ -80,8 +78,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
+from onex_compose.capabilities._codecs import Codec as _Codec
+from onex_compose.capabilities._codecs import check_serializer, codec
 from onex_compose.capabilities._log import logger
-from onex_compose.capabilities._redis import check_redis_url, check_serializer, load_codec, require_client
+from onex_compose.capabilities._redis import check_redis_url, require_client
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -505,39 +505,8 @@ def _walk(value: Any) -> Any:
 # -- serializers -----------------------------------------------------------------------------
 
 
-class _Codec(Protocol):
-    def dumps(self, value: Any) -> bytes | str: ...
-
-    def loads(self, data: bytes) -> Any: ...
-
-
-class _JsonCodec:
-    @staticmethod
-    def dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
-
-
-class _PickleCodec:
-    @staticmethod
-    def dumps(value: Any) -> bytes:
-        return pickle.dumps(value, protocol=5)
-
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return pickle.loads(data)  # only for a Redis that only trusted publishers can reach
-
-
 def _codec(spec: str) -> _Codec:
-    if spec == "json":
-        return _JsonCodec()
-    if spec == "pickle":
-        return _PickleCodec()
-    return load_codec(spec, what="event_bus.serializer",  # type: ignore[no-any-return]
-                      error=EventBusError)
+    return codec(spec, what="event_bus.serializer", error=EventBusError)
 
 
 def _no_metric(name: str, value: float = 1, labels: Mapping[str, str] | None = None) -> None:
