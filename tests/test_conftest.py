@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CONFTEST = Path(__file__).with_name("conftest.py")
 INI = """\
 [pytest]
@@ -60,6 +62,7 @@ def _run(tmp_path: Path, *args: str, require: bool = False) -> subprocess.Comple
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow  # each runs pytest in a subprocess
 def test_a_marked_test_skips_when_its_server_is_unreachable(tmp_path: Path) -> None:
     proc = _run(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -70,6 +73,7 @@ def test_a_marked_test_skips_when_its_server_is_unreachable(tmp_path: Path) -> N
     assert "hunter2" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_required_services_turn_the_skips_into_failures(tmp_path: Path) -> None:
     proc = _run(tmp_path, require=True)
     assert proc.returncode == 1
@@ -77,6 +81,7 @@ def test_required_services_turn_the_skips_into_failures(tmp_path: Path) -> None:
     assert "ONEX_REQUIRE_SERVICES=1 makes this a failure" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_fixture_adds_its_server_marker(tmp_path: Path) -> None:
     proc = _run(tmp_path, "-m", "not redis and not amqp")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -32,6 +32,7 @@ def test_demo_on_embedded_defaults(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 def test_demo_two_processes_share_cache_events_and_invalidations(redis_url: str,
                                                                  redis_prefix: str) -> None:
     cmd = [sys.executable, "-m", "onex_compose._cli", "demo", "--json", "--redis", redis_url,

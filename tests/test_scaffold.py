@@ -25,6 +25,7 @@ def _pytest(folder: Path, test_file: Path) -> subprocess.CompletedProcess[str]:
         cwd=folder, capture_output=True, text=True, timeout=120, check=False, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_scaffold_validates_and_its_tests_pass(tmp_path):
     target = tmp_path / "audit"
@@ -38,6 +39,7 @@ def test_scaffold_validates_and_its_tests_pass(tmp_path):
     assert "6 passed" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_scaffold_inside_a_package_and_for_effect_nodes(tmp_path):
     package = tmp_path / "myplugins"
@@ -53,6 +55,7 @@ def test_scaffold_inside_a_package_and_for_effect_nodes(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_scaffold_with_a_stdlib_name_does_not_shadow_it(tmp_path):
     paths = scaffold_capability("json", tmp_path / "x")

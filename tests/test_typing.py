@@ -66,12 +66,14 @@ def test_there_are_typing_tests() -> None:
     assert PASS_FILES and FAIL_FILES
 
 
+@pytest.mark.slow  # runs mypy (about 10 s, once per module)
 @pytest.mark.parametrize("path", PASS_FILES, ids=lambda p: p.name)
 def test_pass_file_type_checks_cleanly(path: Path,
                                        mypy_errors: dict[str, list[tuple[int, str]]]) -> None:
     assert mypy_errors.get(path.name, []) == []
 
 
+@pytest.mark.slow  # runs mypy
 @pytest.mark.parametrize("path", FAIL_FILES, ids=lambda p: p.name)
 def test_fail_file_reports_exactly_the_marked_errors(
         path: Path, mypy_errors: dict[str, list[tuple[int, str]]]) -> None:
