@@ -144,6 +144,15 @@ def test_property_scrub_accepts_any_data_and_is_idempotent(value: Any) -> None:
     assert isinstance(quote(value), str)
 
 
+@pytest.mark.parametrize("mask", [MASK, "[REDACTED]"])
+@given(pw=_passwords, which=st.integers(0, len(_plantings) - 1))
+def test_property_scrubbing_twice_changes_nothing(mask: str, pw: str, which: int) -> None:
+    r = Redactor(mask=mask)
+    text = str(_plantings[which](pw))
+    assert r.text(r.text(text)) == r.text(text)
+    assert r.text("Authorization: Bearer abc") == f"Authorization: Bearer {mask}"
+
+
 # -- every place that quotes a value ------------------------------------------------------------
 
 
