@@ -297,13 +297,13 @@ class Subscription:
     __slots__ = ("__weakref__", "_bus", "_loop", "_queue", "_regex", "_task", "active",
                  "channel", "handler", "pattern", "topic")
 
-    def __init__(self, bus: EventBus, topic: str, handler: Handler,
-                 regex: re.Pattern[str] | None = None) -> None:
+    def __init__(self, bus: EventBus, topic: str, handler: Handler) -> None:
+        regex = _check_topic(topic, wildcard=True)  # cached: subscribe() validated it already
         self._bus = bus
         self.topic = topic
         self.handler = handler
         self.active = True
-        self._regex = regex  # the token matcher of a wildcard topic (from _check_topic)
+        self._regex = regex  # the token matcher of a wildcard topic
         prefix = f"{bus.config.namespace}:events:"
         # Redis side: an exact channel, or a glob pattern for wildcard topics (a superset of
         # the token rules: Redis '*' crosses dots; _on_message filters by the token rules)
@@ -632,10 +632,10 @@ class EventBus:
         Raises:
             EventBusError: a bad topic or a handler that is not callable.
         """
-        regex = _check_topic(topic, wildcard=True)
+        _check_topic(topic, wildcard=True)
         if not callable(handler):
             raise EventBusError(f"handler must be callable, got {handler!r}")
-        sub = Subscription(self, topic, handler, regex)
+        sub = Subscription(self, topic, handler)
         self._subs.add(sub)
         self._router.add(sub)
         if self._redis:
