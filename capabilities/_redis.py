@@ -74,8 +74,9 @@ def check_redis_url(value: str | None) -> str | None:
         parts = urlsplit(value)
         ok = parts.scheme in _SCHEMES and bool(parts.netloc or parts.path)
         _ = parts.port  # raises ValueError for a port out of range
-        shown = value if parts.password is None else value.replace(
-            f":{parts.password}@", ":***@", 1)
+        from onex_compose._redact import scrub_text  # the one scrubber (also ?password=...)
+
+        shown = scrub_text(value)
     except ValueError:  # e.g. an invalid port or bracketed host
         ok, shown = False, value.split("@")[-1]
     if not ok:
