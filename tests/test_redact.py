@@ -247,3 +247,11 @@ def test_a_dsn_passed_as_the_contract_is_not_echoed() -> None:
     with pytest.raises(ConfigurationError) as info:
         cls(f"postgresql://app:{SECRET}@db/prod")
     assert SECRET not in str(info.value) and "postgresql://app:***@db/prod" in str(info.value)
+
+
+def test_the_redis_url_validator_masks_the_rejected_url() -> None:
+    from onex_compose.capabilities._redis import check_redis_url
+
+    with pytest.raises(ValueError, match="got 'http://u:\\*\\*\\*@h/0\\?password=\\*\\*\\*'") as info:
+        check_redis_url(f"http://u:{SECRET}@h/0?password={SECRET}")
+    assert SECRET not in str(info.value)
