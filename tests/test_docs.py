@@ -39,6 +39,21 @@ MODULES = [
 ]
 
 
+
+def _capability_modules() -> list[str]:
+    """Every module of the capabilities (package submodules included), found, not listed:
+    a capability that becomes a package keeps its examples tested."""
+    import pkgutil
+
+    import onex_compose.capabilities as caps
+
+    return [m.name for m in pkgutil.walk_packages(caps.__path__, f"{caps.__name__}.")
+            if m.name not in MODULES and m.name != "onex_compose.capabilities.logging"]
+
+
+MODULES += _capability_modules()
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
     module = importlib.import_module(name)
