@@ -12,9 +12,10 @@ creates, and never leak between concurrent calls:
   nested inside a retried ``process()`` makes a single attempt instead of multiplying attempts.
   It also carries the attempt number and the loop's own total budget (retry's ``max_elapsed``,
   timeout's ``total_timeout``), which :func:`current_deadline` folds in. A task or thread
-  started inside the loop copies the variable, so the scope records the task (or thread) that
-  owns the loop (:func:`scope_key`) and whether the loop still runs: only the owner's nested
-  calls are single attempts, and a finished loop's budget binds nobody.
+  started inside the loop copies the variable, so the scope records the thread that runs the
+  loop and whether the loop still runs (retry tells its own task apart from the others of that
+  thread): only the owner's nested calls are single attempts, and a finished loop's budget
+  binds nobody.
 
 All timing logic takes an injectable clock (a zero-argument callable returning seconds);
 :class:`ManualClock` is the test double. :meth:`ManualClock.run` runs a coroutine on an event
@@ -29,10 +30,8 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from asyncio import _get_running_loop
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
-from threading import get_ident
 from typing import Any, TypeVar
 
 __all__ = [
@@ -42,10 +41,8 @@ __all__ = [
     "current_deadline",
     "deadline",
     "monotonic",
-    "owned_scope",
     "remaining",
     "retry_scope",
-    "scope_key",
 ]
 
 T = TypeVar("T")
@@ -66,8 +63,8 @@ class RetryScope:
         deadline: the loop's own budget end (absolute, on the loop's clock), or ``None``. Retry's
             ``max_elapsed`` sets it when the loop starts; the timeout capability's
             ``total_timeout`` lowers it on the first attempt.
-        key: the task (or, outside a task, the thread id) running the loop (:func:`scope_key`);
-            a copy of the context in another task or thread does not own the scope.
+        key: the id of the thread running the loop (``threading.get_ident()``), or ``None``;
+            a copy of the context in another thread does not own the scope.
         active: ``True`` while the loop runs; the loop clears it when it ends, so a context
             copied into a task that outlives the loop carries an inactive scope.
 
@@ -106,39 +103,6 @@ def current_deadline() -> float | None:
         if s is not None and (d is None or s < d):
             return float(s)
     return d
-
-
-def scope_key() -> object:
-    """Who runs the current code: the running asyncio task, else the thread id.
-
-    A retry loop stores it in its :class:`RetryScope`; a nested call compares it with its own,
-    so a task (``create_task``, a ``TaskGroup``) or a thread (``to_thread``) started inside the
-    loop, which copies the context, is not mistaken for the loop's own code.
-
-    Example:
-        >>> import threading
-        >>> scope_key() == threading.get_ident()  # no event loop here
-        True
-    """
-    loop = _get_running_loop()
-    if loop is not None:
-        task = asyncio.current_task(loop)
-        if task is not None:
-            return task
-    return get_ident()
-
-
-def owned_scope() -> RetryScope | None:
-    """The active retry loop run by the current task or thread, or ``None``.
-
-    Example:
-        >>> owned_scope() is None
-        True
-    """
-    scope = retry_scope.get()
-    if scope is not None and scope.active and scope.key == scope_key():
-        return scope  # type: ignore[no-any-return]
-    return None
 
 
 def remaining(clock: Callable[[], float] = monotonic) -> float | None:

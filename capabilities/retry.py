@@ -85,6 +85,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from threading import get_ident
 from types import CoroutineType, GeneratorType
 from typing import (
     Any,
@@ -102,7 +103,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities import _context
-from onex_compose.capabilities._context import RetryScope, current_deadline, scope_key
+from onex_compose.capabilities._context import RetryScope, current_deadline
 from onex_compose.capabilities._log import logger
 from onex_compose.exceptions import ConfigurationError
 
@@ -720,8 +721,7 @@ class RetryPolicy:
             ValueError: ``max_attempts`` is not a positive integer.
         """
         scope = _retry_scope.get()
-        if scope is not None and scope.active and scope.key == scope_key():
-            # nested in a retry loop of this task: one attempt
+        if scope is not None and _owns(scope):  # nested in a retry loop of this task: one attempt
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType or _awaitable(result):
                 result = await result
@@ -731,15 +731,20 @@ class RetryPolicy:
         if hooks is not None:
             return await self._run_hooked(fn, args, kwargs, n, hooks)
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        scope = _Scope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         try:
             while True:
                 try:
                     result = fn(*args, **kwargs) if kwargs else fn(*args)
-                    if result.__class__ is CoroutineType or _awaitable(result):
+                    if result.__class__ is CoroutineType:
+                        scope.running = result
+                        result = await result
+                    elif _awaitable(result):
+                        scope.running = None
                         result = await result
                 except Exception as exc:
+                    scope.running = None
                     wait = self._decide(exc, scope, n, fn)
                     if wait.__class__ is str:
                         raise
@@ -750,6 +755,7 @@ class RetryPolicy:
                 if wait:
                     await self.sleep(wait)  # type: ignore[arg-type]
                 scope.attempt += 1
+                scope.running = True
         finally:
             scope.active = False
             _retry_scope.reset(token)
@@ -758,7 +764,7 @@ class RetryPolicy:
                           kwargs: Mapping[str, Any] | None, n: int, hooks: RetryHooks) -> Any:
         """:meth:`run`'s loop with predicates and callbacks (kept apart from the fast loop)."""
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        scope = _Scope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         retry_if, if_result = hooks.retry_if, hooks.retry_if_result
         try:
@@ -766,10 +772,16 @@ class RetryPolicy:
                 exc: Exception | None = None
                 result: Any = None
                 try:
+                    scope.running = True
                     result = fn(*args, **kwargs) if kwargs else fn(*args)
-                    if result.__class__ is CoroutineType or _awaitable(result):
+                    scope.running = None
+                    if result.__class__ is CoroutineType:
+                        scope.running = result
+                        result = await result
+                    elif _awaitable(result):
                         result = await result
                 except Exception as error:
+                    scope.running = None
                     exc = error
                     verdict = None
                     if retry_if is not None and error.__class__ is not _AsyncInSync:
@@ -811,7 +823,7 @@ class RetryPolicy:
                 ``await run(...)`` for async functions).
         """
         scope = _retry_scope.get()
-        if scope is not None and scope.active and scope.key == scope_key():
+        if scope is not None and _owns(scope):
             result = fn(*args, **kwargs) if kwargs else fn(*args)
             if result.__class__ is CoroutineType:
                 _refuse_coroutine(fn, result)
@@ -821,7 +833,7 @@ class RetryPolicy:
         if hooks is not None:
             return cast(T, self._run_sync_hooked(fn, args, kwargs, n, hooks))
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        scope = _Scope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         try:
             while True:
@@ -848,7 +860,7 @@ class RetryPolicy:
                          kwargs: Mapping[str, Any] | None, n: int, hooks: RetryHooks) -> Any:
         """:meth:`run_sync`'s loop with predicates and callbacks."""
         budget = self._max_elapsed
-        scope = RetryScope(self, None if budget is None else self.clock() + budget, scope_key())
+        scope = _Scope(self, None if budget is None else self.clock() + budget)
         token = _retry_scope.set(scope)
         retry_if, if_result = hooks.retry_if, hooks.retry_if_result
         try:
@@ -945,6 +957,38 @@ class RetryPolicy:
             report["reason"] = (f"{recent} retried calls gave up in the last "
                                 f"{cfg.health_window:g} s")
         return report
+
+
+class _Scope(RetryScope):
+    """A retry loop's scope, with what tells the loop's own code from other tasks' code.
+
+    ``key`` is the loop's thread. ``running`` says what of the loop's own code may run now:
+    ``True`` while ``fn`` is being called (a sync loop keeps it), the coroutine being awaited
+    (the loop's code runs exactly when ``coro.cr_running``), or ``None`` while the loop waits
+    on anything else. While that coroutine is suspended, the code running in the thread belongs
+    to another task (one created inside the loop with ``create_task`` or a ``TaskGroup`` copies
+    the context, scope included), and a thread (``to_thread``) has another ``key``. Reading
+    these is cheaper than ``asyncio.current_task()``, which makes a ``getpid`` system call per
+    call on Python 3.11.
+    """
+
+    __slots__ = ("running",)
+
+    def __init__(self, owner: RetryPolicy, deadline: float | None) -> None:
+        self.owner = owner
+        self.attempt = 1
+        self.deadline = deadline
+        self.key = get_ident()
+        self.active = True
+        self.running: Any = True
+
+
+def _owns(scope: Any) -> bool:
+    """Whether the current code runs inside the retry loop of ``scope`` (a nested call)."""
+    if not scope.active or scope.key != get_ident():
+        return False
+    running = getattr(scope, "running", True)  # a plain RetryScope: its thread owns it
+    return running is True or (running is not None and bool(running.cr_running))
 
 
 def _not_callable(fn: Any) -> NoReturn:
