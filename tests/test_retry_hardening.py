@@ -121,6 +121,40 @@ async def test_same_task_nested_calls_still_make_one_attempt() -> None:
     assert inner_async.calls == 3 and inner_sync.calls == 3  # one per outer attempt
 
 
+async def test_sync_function_in_an_async_loop_nests_its_blocking_retry() -> None:
+    policy = quick(max_attempts=3)
+    inner = Flaky(100)
+
+    def outer() -> Any:  # a plain function, awaited through run(): its code is the loop's own
+        return policy.run_sync(inner, max_attempts=5)
+
+    with pytest.raises(ConnectionError):
+        await policy.run(outer)
+    assert inner.calls == 3
+
+
+def test_a_task_running_during_the_owners_back_off_is_not_nested() -> None:
+    clock = ManualClock()
+    policy = RetryPolicy({"max_attempts": 2, "jitter": "none", "initial_delay": 1.0})
+    policy.use_clock(clock)
+    policy.sleep = asyncio.sleep  # the ManualClock loop's own (virtual) time
+    inner = Flaky(2)
+    box: dict[str, Any] = {}
+
+    async def outer() -> str:
+        if "task" not in box:  # attempt 1 starts a task, then fails: the task runs in the back-off
+            box["task"] = asyncio.create_task(policy.run(inner.acall, max_attempts=5))
+            raise ConnectionError("first")
+        return "outer"
+
+    async def main() -> tuple[str, Any]:
+        result = await policy.run(outer)
+        return result, await box["task"]
+
+    assert clock.run(main()) == ("outer", "ok")
+    assert inner.calls == 3
+
+
 def test_sync_loop_thread_started_inside_runs_its_own_loop() -> None:
     policy = quick()
     inner = Flaky(2)
