@@ -81,8 +81,8 @@ def _host_check(owner: type) -> Callable[..., None]:
 
     def __init_subclass__(cls: type, **kwargs: Any) -> None:
         super(owner, cls).__init_subclass__(**kwargs)  # type: ignore[arg-type]
-        if ("__onex_capability__" in vars(cls) or getattr(cls, "__composition__", None)
-                is not None or hasattr(cls, "__getattr__")):
+        if (getattr(cls, "__composition__", None) is not None  # a node: the common case first
+                or "__onex_capability__" in vars(cls) or hasattr(cls, "__getattr__")):
             return
         cls.__getattr__ = _not_composed  # type: ignore[attr-defined]
 
