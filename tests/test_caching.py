@@ -905,7 +905,6 @@ def test_facility_default_when_setup_never_ran() -> None:
 
 def test_docstring_examples_run() -> None:
     import doctest
-
     import importlib
     import pkgutil
 

@@ -12,8 +12,10 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
   ``<= 0`` stores nothing (and removes the key, since a value that should already have expired
   must not be served). An expired entry reads as a miss and is removed on that read.
 * **L2** (``backend: redis``) stores serialised values under ``<namespace>:cache:<key>`` with
-  the same TTL. A read goes L1 → L2 and promotes an L2 hit into L1 with L2's remaining TTL (an
-  L1 hit never touches Redis). Writes, deletes and clears go to both levels and publish an
+  the same TTL, as JSON by default (``serializer: pickle`` is opt-in, for a Redis that only
+  trusted processes can write to; an entry pickled by an older version reads as a miss). A
+  read goes L1 → L2 and promotes an L2 hit into L1 with L2's remaining TTL (an L1 hit never
+  touches Redis). Writes, deletes and clears go to both levels and publish an
   invalidation on ``<namespace>:invalidate``; every other process drops those keys from its L1.
   The invalidation listener is subscribed (confirmed by the server) before the first L2
   operation goes on. An L1 hit is served only while that subscription is live on the running
@@ -24,14 +26,23 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
 * **Redis down**: every operation keeps working on L1. The failure is counted
   (``cache_l2_errors_total``), logged once per outage, reported by :meth:`Cache.health`
   (``degraded``), and Redis is not tried again for ``retry_interval`` seconds (so a dead server
-  costs nothing per call). Values written during the outage are served from L1. The first
-  successful reconnection afterwards ends the outage; L1 is dropped then, because
-  invalidations were missed.
+  costs nothing per call). Values written during the outage are served from L1. A supervisor
+  task resubscribes the invalidation listener by itself, without any cache call (first after
+  50 ms, then doubling up to ``retry_interval``), and a command the cache saw fail makes the
+  next use replace the listener's connection rather than trust it. The first successful
+  reconnection ends the outage; L1 is dropped then, because invalidations were missed.
 * **A stored ``None``** is a value: ``get(key)`` returns ``None`` for both, so ask
   ``get(key, MISSING)`` (``MISSING`` is exported, and is ``cache.MISSING``) or ``contains(key)``.
   ``get_or_set`` and ``cached`` cache ``None`` results.
 * **Single-flight**: concurrent ``get_or_set``/``cached`` misses of one key in one process run
   the loader once; the others wait for its result (or its exception, which is not cached).
+* **An invalidation during a load wins**: a ``delete``, ``set`` or ``clear`` of the key (here,
+  or from another process through the invalidation channel) while its loader runs means the
+  loaded value is returned to the callers but stored in no level.
+* **Fail-safe** (``fail_safe_ttl``, off by default): an L1 entry that expires is kept aside for
+  that many seconds more; when a loader raises, that stale value is served instead of the
+  error, counted (``cache_fail_safe_total``) and logged once per key until a load succeeds.
+  An invalidation removes the fallback too.
 * ``enabled: false``: ``get`` always misses, ``set``/``delete``/``clear`` do nothing, and
   loaders always run.
 * **Decorators**: ``@cached(ttl=...)`` (this module) memoises an ``async def`` *method* of a
@@ -40,11 +51,14 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
   arguments (or ``key=callable``).
 * **process()**: with ``wrap_process: true`` the guard hook ``_guard_caching`` (rank 40, outside
   retry and the other flow-control guards) memoises ``process()`` by its input. Off by default:
-  memoising an EFFECT node would skip its side effects.
+  memoising an EFFECT node would skip its side effects. A sync ``def process`` stays sync:
+  ``_guard_sync_caching`` memoises it in L1 only (no event loop, no Redis; with a Redis L2,
+  ``l1_ttl`` bounds how stale a sync memo can get).
 * **Metrics** (into the node's metrics): ``cache_lookups_total{level=l1|l2, result=hit|miss}``
   (one metric, because seed 000's own ``compute()`` counts ``cache_hits``, whose Prometheus
   series a ``cache_hits_total`` metric would take), ``cache_evictions_total``,
-  ``cache_loads_total``, ``cache_l2_errors_total{kind=unavailable|decode}``. ``stats()`` has
+  ``cache_loads_total``, ``cache_l2_errors_total{kind=unavailable|decode}``,
+  ``cache_fail_safe_total``. ``stats()`` has
   the same counts per level without the metrics capability.
 * **Health**: when the node has ``health_check``, ``cache.health()`` is registered as the
   ``cache`` check (found through the node's composition, never by probing with ``hasattr``).

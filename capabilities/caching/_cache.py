@@ -214,12 +214,20 @@ class Cache(_RedisLevel):
             return
         if self._loading or self._stale:
             self._invalidate_key(key)  # a newer value: a load in flight must not replace it
-        await self._store(key, value, ttl)
-
-    async def _store(self, key: str, value: Any, ttl: float | None) -> None:
         if self._l2:
             payload = self._dumps(key, value)
             ready = await self._l2_ready()  # listening for invalidations before L1 holds it
+            self._l1_store(key, value, ttl)
+            if ready:
+                await self._l2_set(key, payload, ttl)
+            return
+        self._l1_store(key, value, ttl)
+
+    async def _store(self, key: str, value: Any, ttl: float | None) -> None:
+        """Store a loaded value (``ttl`` resolved, ``> 0`` or ``None``) in every level."""
+        if self._l2:
+            payload = self._dumps(key, value)
+            ready = await self._l2_ready()
             self._l1_store(key, value, ttl)
             if ready:
                 await self._l2_set(key, payload, ttl)
