@@ -372,3 +372,24 @@ def test_redis_call_with_an_async_function_is_a_clear_error(redis_url, redis_pre
     with pytest.raises(CircuitBreakerUsageError, match="acall"):
         breaker.call(fetch)
     assert breaker.status().calls == 0
+
+
+class SyncNode(NodeCompute):
+    def process(self, x: int) -> int:  # type: ignore[override]
+        if x < 0:
+            raise ConnectionError("down")
+        return x * 10
+
+
+def test_a_sync_process_is_guarded_by_the_shared_redis_breaker(redis_url, redis_prefix):
+    Node = compose(SyncNode, ["circuit_breaker"])
+    cfg = {"circuit_breaker": {"backend": "redis", "redis_url": redis_url,
+                               "namespace": redis_prefix, "failure_threshold": 2}}
+    a, b = Node(capability_config=cfg), Node(capability_config=cfg)
+    assert a.process(1) == 10  # a plain value, no event loop
+    with pytest.raises(ConnectionError):
+        a.process(-1)
+    with pytest.raises(ConnectionError):
+        b.process(-1)  # another node, same shared circuit
+    with pytest.raises(CircuitOpenError):
+        a.process(1)

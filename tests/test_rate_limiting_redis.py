@@ -175,3 +175,18 @@ async def test_a_non_string_key_is_the_same_clear_error_as_in_process(redis_url,
         with pytest.raises(TypeError, match="rate limiter keys are strings, got 7"):
             await acall(7)
     assert shared.hit("7")
+
+
+class SyncNode(NodeCompute):
+    def process(self, x: int) -> int:  # type: ignore[override]
+        return x * 10
+
+
+def test_a_sync_process_shares_the_redis_limit_without_an_event_loop(redis_url, redis_prefix):
+    Node = compose(SyncNode, ["rate_limiting"])
+    cfg = {"rate_limiting": {"backend": "redis", "redis_url": redis_url,
+                             "namespace": redis_prefix, "limit": 2, "period": 60.0}}
+    a, b = Node(capability_config=cfg), Node(capability_config=cfg)
+    assert a.process(1) == 10 and b.process(2) == 20  # plain values; one shared budget
+    with pytest.raises(RateLimitExceededError):
+        a.process(3)
