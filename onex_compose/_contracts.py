@@ -723,6 +723,7 @@ def problems_from_error(exc: ValidationError, model: type[BaseModel], data: Any,
         if kind in ("value_error", "assertion_error"):
             message = str(error_obj) if error_obj is not None else str(err.get("msg", ""))
             message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            message = _redact.scrub_text(message)  # a validator may quote what it rejected
         elif kind == "literal_error":
             message = f"{_shown(inp, full)} not in {_expected_literals(ctx)}"
         elif kind in _TYPE_WORDS:

@@ -255,3 +255,10 @@ def test_the_redis_url_validator_masks_the_rejected_url() -> None:
     with pytest.raises(ValueError, match="got 'http://u:\\*\\*\\*@h/0\\?password=\\*\\*\\*'") as info:
         check_redis_url(f"http://u:{SECRET}@h/0?password={SECRET}")
     assert SECRET not in str(info.value)
+
+
+def test_a_validators_own_message_is_scrubbed_in_contract_errors() -> None:
+    # check_node_type quotes the rejected node type: a pasted DSN must not come back whole
+    with pytest.raises(ContractError) as info:
+        load_contract({"node_type": f"postgresql://app:{SECRET}@db/prod", "capabilities": []})
+    assert SECRET not in str(info.value) and "node_type" in str(info.value)
