@@ -400,6 +400,7 @@ async def test_a_redis_outage_shows_as_degraded_in_the_nodes_health(private_redi
     await node.aclose()
 
 
+@pytest.mark.slow
 async def test_the_listener_resubscribes_by_itself_after_an_outage(private_redis: Any) -> None:
     """No cache call after the restart: the cache resubscribes on its own (with back-off), drops
     the L1 that may have missed invalidations, and hears the next invalidation."""
@@ -425,6 +426,7 @@ async def test_the_listener_resubscribes_by_itself_after_an_outage(private_redis
     assert await no_tasks_left()
 
 
+@pytest.mark.slow
 async def test_another_process_resubscribes_by_itself_after_an_outage(private_redis: Any) -> None:
     """Two processes: the helper's cache is not touched between the restart and the
     invalidation; its listener comes back by itself and drops its stale L1."""
@@ -517,3 +519,17 @@ async def test_an_entry_pickled_by_an_older_version_reads_as_a_miss(
     assert raw.get(f"{cfg['namespace']}:cache:old") == b'{"v":2}'
     assert sum("written with pickle" in line for line in logs) == 1
     await node.aclose()
+
+
+def test_a_sync_process_on_a_redis_cache_is_memoised_in_l1_only(cfg: dict[str, Any],
+                                                                raw: Any) -> None:
+    class Double(NodeCompute):
+        def process(self, x: int) -> int:
+            return x * 2
+
+    node = compose(Double, ["caching"])(capability_config={"caching": {
+        **cfg, "wrap_process": True, "l1_ttl": 30}})
+    assert node.process(4) == 8 and node.process(4) == 8   # sync, no event loop
+    assert node.cache.stats()["hits"]["l1"] == 1
+    assert list(raw.scan_iter(match=f"{cfg['namespace']}:cache:*")) == []  # Redis untouched
+    assert node.cache._listener is None
