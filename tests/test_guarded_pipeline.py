@@ -461,8 +461,8 @@ def test_logging_gives_each_sync_call_a_correlation_id() -> None:
     assert off.seen == [None]
 
 
-SYNC_GUARDS = ["bulkhead", "timeout", "rate_limiting", "circuit_breaker", "retry", "metrics",
-               "logging", "node_service"]
+SYNC_GUARDS = ["bulkhead", "timeout", "rate_limiting", "circuit_breaker", "retry", "caching",
+               "metrics", "logging", "node_service"]
 
 
 class SyncFlaky(NodeCompute):
@@ -481,13 +481,15 @@ def test_end_to_end_a_sync_process_under_every_guard_with_a_sync_path() -> None:
     assert cls.__onex_pipeline_kind__ == "sync"
     assert explain(cls).to_dict()["pipeline_kind"] == "sync"
     node = cls(capability_config={"retry": {"max_attempts": 3, "initial_delay": 0.001,
-                                            "max_delay": 0.002, "jitter": False}})
+                                            "max_delay": 0.002, "jitter": False},
+                                  "caching": {"wrap_process": True}})
     node.calls, node.failures = [], 2
     assert node.process(21) == 42  # sync, no event loop: two failures retried
     assert len(node.calls) == 3
     assert len(set(node.calls)) == 1 and node.calls[0] is not None  # one correlation id
     assert node.bulkhead.active == 0 and node.bulkhead.peak == 1  # one slot per attempt
     assert node.service.in_flight == 0
+    assert node.process(21) == 42 and len(node.calls) == 3  # served by the cache
     assert node.process(5) == 10 and len(node.calls) == 4  # the bound chain, again sync
 
     async def inside_a_loop() -> Any:
