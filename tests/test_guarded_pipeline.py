@@ -496,3 +496,17 @@ def test_end_to_end_a_sync_process_under_every_guard_with_a_sync_path() -> None:
         return node.process(1)  # a sync call from a coroutine: still a plain value
 
     assert asyncio.run(inside_a_loop()) == 2
+
+
+def test_every_registered_guard_has_a_sync_path() -> None:
+    """The sync-guard protocol is complete on the built-in capabilities: a sync process can be
+    composed with any of them (a new guard without ``_guard_sync_<name>`` shows up here)."""
+    from onex_compose import default_registry
+
+    guards = [s for s in default_registry if s.guard_rank is not None]
+    assert {"retry", "circuit_breaker", "rate_limiting", "timeout", "bulkhead", "caching",
+            "metrics", "logging", "node_service"} <= {s.name for s in guards}
+    missing = [s.name for s in guards if not callable(getattr(s.mixin, f"_guard_sync_{s.name}", None))]
+    assert missing == []
+    cls = compose(SyncFlaky, [s.name for s in guards])
+    assert cls.__onex_pipeline_kind__ == "sync"
