@@ -987,7 +987,7 @@ def _owns(scope: Any) -> bool:
     """Whether the current code runs inside the retry loop of ``scope`` (a nested call)."""
     if not scope.active or scope.key != get_ident():
         return False
-    running = getattr(scope, "running", True)  # a plain RetryScope: its thread owns it
+    running = getattr(scope, "running", True)  # a plain RetryScope given this thread's id
     return running is True or (running is not None and bool(running.cr_running))
 
 
