@@ -9,6 +9,9 @@ ours                                            peers
 ``timeout_policy.run(af)`` / ``with_timeout``   ``async with asyncio.timeout(10)``,
 ``_guard_timeout`` (per-attempt, on process())  ``asyncio.wait_for(af(), 10)``, hyx ``@timeout(10)``
 ``node.process`` with retry+timeout+bulkhead    the bare ``process`` body
+``_guard_sync_bulkhead`` (a sync ``process``)   ``with threading.BoundedSemaphore(25)``
+``run_sync`` / ``_guard_sync_timeout``          ``ThreadPoolExecutor(32).submit(f).result(10)``,
+                                                a new thread per call (what run_sync did before)
 ==============================================  ================================================
 
 Every case is called through a zero-argument lambda and awaited in one event loop. The ratio
@@ -25,6 +28,7 @@ import asyncio
 import sys
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     t = ts(with_sync_bulkhead)
     table.add("ours: with bulkhead: pass (threads)", t, baseline=t_bsem,
               note=f"vs BoundedSemaphore; +{(t - sync_bare) * 1e9:,.0f} ns")
+    sguard = guarded_node._guard_sync_bulkhead(abs)
+    t = ts(lambda: sguard(1))
+    table.add("ours: _guard_sync_bulkhead(f)(x) (sync process() hook)", t, baseline=t_bsem,
+              note=f"vs BoundedSemaphore; +{(t - sync_bare) * 1e9:,.0f} ns")
 
     # -- timeout -------------------------------------------------------------------------------
     async def with_asyncio_timeout() -> int:
@@ -161,6 +169,33 @@ def main(argv: list[str] | None = None) -> int:
                   target="added <= asyncio.timeout's" if "guard" in label else "",
                   note=f"vs asyncio.timeout; +{(t - bare) * 1e9:,.0f} ns "
                        f"({(t - bare) / ato_added:.2f}x its added cost)")
+
+    # -- timeout: plain functions in worker threads ---------------------------------------------
+    def ts_threads(fn: Any) -> float:  # a thread handoff costs tens of µs: fewer iterations
+        return time_sync(fn, number=max(200, number // 20), repeats=repeats)
+
+    executor = ThreadPoolExecutor(32)
+
+    def new_thread() -> None:
+        box: list[int] = []
+        thread = threading.Thread(target=lambda: box.append(abs(1)), daemon=True)
+        thread.start()
+        thread.join(10)
+
+    sguard_timeout = tnode._guard_sync_timeout(abs)
+    t_pool = ts_threads(lambda: executor.submit(abs, 1).result(10))
+    table.add("ThreadPoolExecutor(32): submit(f, x).result(10)", t_pool, baseline=t_pool,
+              note="the bar for a thread handoff (unbounded queue, joined at exit)")
+    t = ts_threads(new_thread)
+    table.add("a new daemon thread per call (run_sync before)", t, baseline=t_pool,
+              note="vs ThreadPoolExecutor")
+    t = ts_threads(lambda: policy.run_sync(abs, (1,)))
+    table.add("ours: timeout_policy.run_sync(f, (x,)) (bounded workers)", t, baseline=t_pool,
+              note="vs ThreadPoolExecutor")
+    t = ts_threads(lambda: sguard_timeout(1))
+    table.add("ours: _guard_sync_timeout(f)(x) (sync process() hook)", t, baseline=t_pool,
+              note="vs ThreadPoolExecutor")
+    executor.shutdown()
 
     # -- the three guards on process() ---------------------------------------------------------
     stack = compose(Body, ["retry", "timeout", "bulkhead"])(  # EFFECT: retry opts in
