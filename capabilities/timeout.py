@@ -373,7 +373,16 @@ class _SyncThreads:
         idle = _Idle()
         lock = self._lock
         while True:
-            job.fn()  # never raises: the job hands its outcome to its caller
+            try:
+                job.fn()  # hands its outcome to its caller; raising is a bug in the job
+            except BaseException:
+                with lock:  # this worker dies: give its place back
+                    job.done = True
+                    if job.abandoned:
+                        self.abandoned -= 1
+                    self.busy -= 1
+                    self.threads -= 1
+                raise
             with lock:
                 job.done = True
                 if job.abandoned:

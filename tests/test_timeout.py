@@ -831,3 +831,21 @@ def test_a_non_callable_is_named() -> None:
         p.run(5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="run_sync needs a plain callable .* got 'x'"):
         p.run_sync("x")  # type: ignore[arg-type]
+
+
+def test_a_worker_whose_job_raises_gives_its_place_back() -> None:
+    pool = timeout_module._SyncThreads(1, "broken-job")
+    done = threading.Event()
+
+    def bad() -> None:
+        done.set()
+        raise RuntimeError("a bug in the job")
+
+    with mock.patch("threading.excepthook"):  # the dying worker reports it; keep the log quiet
+        pool.submit(bad, "bad")
+        assert done.wait(10)
+        _wait_until(lambda: pool.snapshot()["threads"] == 0, "the worker to exit")
+    assert pool.snapshot() == {"max_threads": 1, "threads": 0, "busy": 0, "abandoned": 0}
+    ran = threading.Event()
+    pool.submit(ran.set, "ok")  # its place is free again
+    assert ran.wait(10)
