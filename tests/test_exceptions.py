@@ -245,3 +245,16 @@ def test_a_planned_name_registered_by_the_user_is_an_ordinary_name() -> None:
     err = UnknownCapabilityError("authenticaton", ["authentication", "caching"])
     assert err.suggestion == "authentication" and "Did you mean 'authentication'" in str(err)
     assert not UnknownCapabilityError("tracing", ["tracing"]).planned
+
+
+@pytest.mark.parametrize("model", [int, 3, {"a": 1}, type(None)])
+@pytest.mark.parametrize("value", [{}, None])
+def test_coerce_config_with_something_that_is_not_a_model_class_is_a_configuration_error(
+        model: object, value: object) -> None:
+    from onex_compose import ConfigurationError
+    from onex_compose._config import coerce_config
+
+    with pytest.raises(ConfigurationError, match=r"configuration model of capability 'x' must be "
+                       r"a Pydantic model class \(a BaseModel subclass\) or None") as info:
+        coerce_config(model, value, "x")
+    assert info.value.capability == "x"
