@@ -374,10 +374,19 @@ class RetryProtocol(Protocol):
     """What the retry capability adds to a node."""
 
     def with_retry(self, fn: Callable[..., Any], /, *args: Any, max_attempts: int | None = None,
+                   retry_if: Callable[[Exception], Any] | None = None,
+                   retry_if_result: Callable[[Any], Any] | None = None,
+                   before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                   after_attempt: Callable[[RetryAttempt], Any] | None = None,
                    **kwargs: Any) -> Awaitable[Any]: ...
 
     def with_retry_sync(self, fn: Callable[..., T], /, *args: Any,
-                        max_attempts: int | None = None, **kwargs: Any) -> T: ...
+                        max_attempts: int | None = None,
+                        retry_if: Callable[[Exception], Any] | None = None,
+                        retry_if_result: Callable[[Any], Any] | None = None,
+                        before_sleep: Callable[[RetryAttempt], Any] | None = None,
+                        after_attempt: Callable[[RetryAttempt], Any] | None = None,
+                        **kwargs: Any) -> T: ...
 
 
 # -- the global test switch -----------------------------------------------------------------
