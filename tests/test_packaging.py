@@ -8,6 +8,7 @@ with the tree (``.ci/run`` also installs it in a fresh venv and runs ``onex list
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -30,18 +31,28 @@ def _expected() -> set[str]:
     return wanted
 
 
+# build artefacts and caches: setuptools reuses ./build/lib, so a file deleted from the tree
+# would still reach a wheel built in place (.ci/run builds from a clean copy too)
+IGNORE = shutil.ignore_patterns("build", "dist", ".git", "*.egg-info", "__pycache__", ".venv",
+                                ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_ships_every_capability_package_and_contract(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=IGNORE)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+         "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=280, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (wheel,) = tmp_path.glob("onex_compose-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("onex_compose-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = _expected() - names
     assert not missing, f"the wheel lacks {sorted(missing)}"
+    stale = {n for n in names if n.startswith("onex_compose/capabilities/")} - _expected()
+    assert not stale, f"the wheel holds files the tree does not have: {sorted(stale)}"
     assert "onex_compose/py.typed" in names
     assert not any(n.startswith("capabilities/") for n in names)  # never a top-level package
     for package in {Path(n).parent for n in names if n.endswith("/__init__.py")}:
