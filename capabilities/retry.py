@@ -127,6 +127,7 @@ DEFAULT_RETRIABLE: tuple[str, ...] = ("TimeoutError", "ConnectionError", "Tempor
 DEFAULT_FATAL: tuple[str, ...] = ("AuthenticationError", "ValidationError", "ConfigurationError")
 
 _retry_scope = _context.retry_scope
+_new_scope = object.__new__
 _MISSING = object()
 
 
@@ -740,7 +741,12 @@ class RetryPolicy:
         if hooks is not None:
             return await self._run_hooked(fn, args, kwargs, n, hooks)
         budget = self._max_elapsed
-        scope = _Scope(self, None if budget is None else self.clock() + budget)
+        scope = _new_scope(_Scope)  # _Scope's fields stored inline: a constructor call costs more
+        scope.owner = self
+        scope.attempt = 1
+        scope.key = get_ident()
+        scope.active = scope.running = True
+        scope.deadline = None if budget is None else self.clock() + budget
         token = _retry_scope.set(scope)
         try:
             while True:
@@ -842,7 +848,12 @@ class RetryPolicy:
         if hooks is not None:
             return cast(T, self._run_sync_hooked(fn, args, kwargs, n, hooks))
         budget = self._max_elapsed
-        scope = _Scope(self, None if budget is None else self.clock() + budget)
+        scope = _new_scope(_Scope)  # as in run(): the fields inline
+        scope.owner = self
+        scope.attempt = 1
+        scope.key = get_ident()
+        scope.active = scope.running = True
+        scope.deadline = None if budget is None else self.clock() + budget
         token = _retry_scope.set(scope)
         try:
             while True:
