@@ -43,6 +43,7 @@ from onex_compose._loading import (
     LineIndex,
     load_yaml,
     load_yaml_text,
+    looks_like_yaml_text,
     raise_problems,
 )
 from onex_compose._node_contracts import (
@@ -554,7 +555,7 @@ def validate_file(path: str | os.PathLike[str], *, kind: str | None = None,
         skip_non_contracts: return a skipped report for YAML that is not a contract (folder
             scans) instead of an error.
     """
-    source = str(path)
+    source = "<YAML text passed as a path>" if looks_like_yaml_text(path) else str(path)
     try:
         loaded = load_yaml(path, source=source)
     except ContractError as exc:

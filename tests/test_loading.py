@@ -322,6 +322,8 @@ def test_load_contract_given_yaml_text_says_it_is_text_and_how_to_load_it(text: 
     assert "file not found" not in message
     assert "looks like YAML text, not a file path" in message
     assert "load_contract(yaml.safe_load(text))" in message
+    # the text is not echoed as if it were a file name in the summary line
+    assert message.splitlines()[0].startswith("Invalid contract <YAML text passed as a path>")
     # the advice works
     assert load_contract(yaml.safe_load("node_type: COMPUTE\n")).node_type.value == "COMPUTE"
 
