@@ -253,6 +253,9 @@ class _Plain:
         except RecursionError:
             raise self.fail(path, "nesting too deep to serialize") from None
 
+    def _finite(self, obj: Any, path: str) -> None:
+        _finite_floats(self, obj, path)
+
     def _int(self, obj: int, path: str) -> int:
         if self.mode == "canonical":
             if -_JS_SAFE <= obj <= _JS_SAFE:
@@ -347,6 +350,8 @@ class _Plain:
         if isinstance(obj, BaseModel):
             from pydantic_core import to_jsonable_python
 
+            # a model's own config writes NaN as null: refuse it first, with its path
+            self._finite(obj.model_dump(mode="python", round_trip=True), path)
             try:
                 data = to_jsonable_python(obj, inf_nan_mode="constants")
             except Exception as exc:  # a field its own config cannot serialize
@@ -358,6 +363,17 @@ class _Plain:
         if self.mode == "pickle":  # pickle carries any picklable object
             return obj
         raise self.fail(path, f"cannot serialize a {_type_name(obj)}")
+
+
+def _finite_floats(plain: _Plain, obj: Any, path: str) -> None:
+    if isinstance(obj, float):
+        plain._float(obj, path)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _finite_floats(plain, value, _key_path(path, key))
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for i, value in enumerate(obj):
+            _finite_floats(plain, value, f"{path}[{i}]")
 
 
 def _sorted_items(items: list[Any], *, canonical: bool) -> list[Any]:
@@ -781,8 +797,8 @@ class Serializer:
     def _yaml_dumps(self, obj: Any) -> bytes:
         import yaml
 
-        text = yaml.safe_dump(self._plain["yaml"].convert(obj), allow_unicode=True,
-                              sort_keys=False, default_flow_style=False)
+        text = yaml.dump(self._plain["yaml"].convert(obj), Dumper=_yaml_dumper(),
+                         allow_unicode=True, sort_keys=False, default_flow_style=False)
         return text.encode("utf-8")
 
     def _pickle_dumps(self, obj: Any) -> bytes:
@@ -985,6 +1001,29 @@ class Serializer:
         from onex_compose.capabilities._output_models import output_model
 
         return output_model(capability, model_name, registry=self.registry)
+
+
+_YAML_DUMPER: Any = None
+_YAML_PLAIN_OK = re.compile(r"[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd]*")
+
+
+def _yaml_dumper() -> Any:
+    """``SafeDumper`` whose strings with line breaks or non-printable characters are written
+    double-quoted (escaped): PyYAML folds NEL, U+2028 and U+2029 in other styles."""
+    global _YAML_DUMPER
+    if _YAML_DUMPER is None:
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            pass
+
+        def represent_str(dumper: Any, data: str) -> Any:
+            style = None if _YAML_PLAIN_OK.fullmatch(data) else '"'
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        Dumper.add_representer(str, represent_str)
+        _YAML_DUMPER = Dumper
+    return _YAML_DUMPER
 
 
 def _describe(title: str) -> str:
