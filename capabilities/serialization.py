@@ -112,7 +112,7 @@ class SerializationError(OnexError, ValueError):
     onex_retriable = False
     onex_breaker_neutral = True
 
-    def __init__(self, message: str, *, format: str | None = None, path: str | None = None,
+    def __init__(self, message: str, *, format: str | None = None, path: Any | None = None,
                  kind: str = "encode") -> None:
         self.format = format
         self.path = path
@@ -135,7 +135,7 @@ class DeserializationError(SerializationError):
     def __init__(self, message: str, *, format: str | None = None, kind: str = "decode",
                  position: int | None = None, line: int | None = None,
                  column: int | None = None, errors: list[dict[str, Any]] | None = None,
-                 path: str | None = None) -> None:
+                 path: Any | None = None) -> None:
         self.position = position
         self.line = line
         self.column = column
@@ -196,10 +196,18 @@ class SerializationConfig(BaseModel):
 # paths, excerpts
 
 
-def _key_path(path: str, key: Any) -> str:
-    if isinstance(key, str) and key.isidentifier():
-        return f"{path}.{key}"
-    return f"{path}[{key!r}]"
+def _render_path(path: Any) -> str:
+    """``"$.items[3].conn"`` from the walk's lazy path: ``"$"`` or ``(parent, key, is_index)``."""
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        path, key, is_index = path
+        if is_index:
+            parts.append(f"[{key}]")
+        elif isinstance(key, str) and key.isidentifier():
+            parts.append(f".{key}")
+        else:
+            parts.append(f"[{key!r}]")
+    return str(path) + "".join(reversed(parts))
 
 
 def _excerpt(data: bytes | str, position: int | None) -> str:
@@ -244,19 +252,20 @@ class _Plain:
         self.naive_utc = naive_utc
         self.decimal_as = decimal_as
 
-    def fail(self, path: str, what: str) -> SerializationError:
-        return SerializationError(f"{path}: {what}", format=self.fmt, path=path)
+    def fail(self, path: Any, what: str) -> SerializationError:
+        text = _render_path(path)
+        return SerializationError(f"{text}: {what}", format=self.fmt, path=text)
 
-    def convert(self, obj: Any, path: str = "$") -> Any:
+    def convert(self, obj: Any, path: Any = "$") -> Any:
         try:
             return self._value(obj, path)
         except RecursionError:
             raise self.fail(path, "nesting too deep to serialize") from None
 
-    def _finite(self, obj: Any, path: str) -> None:
+    def _finite(self, obj: Any, path: Any) -> None:
         _finite_floats(self, obj, path)
 
-    def _int(self, obj: int, path: str) -> int:
+    def _int(self, obj: int, path: Any) -> int:
         if self.mode == "canonical":
             if -_JS_SAFE <= obj <= _JS_SAFE:
                 return int(obj)
@@ -267,13 +276,15 @@ class _Plain:
         raise self.fail(path, f"integer {obj} is outside the signed 64-bit range; send it as "
                               "a string (or a Decimal)")
 
-    def _float(self, obj: float, path: str) -> float:
+    def _float(self, obj: float, path: Any) -> float:
         if math.isfinite(obj):
             return float(obj)
         raise self.fail(path, f"cannot serialize {obj!r}: NaN and infinities do not round-trip "
                               "(JSON has no literal for them)")
 
-    def _key(self, key: Any, path: str) -> str:
+    def _key(self, key: Any, path: Any) -> str:
+        if type(key) is str:
+            return key  # type: ignore[no-any-return]
         if isinstance(key, str):
             return str(key)
         if isinstance(key, enum.Enum):
@@ -290,7 +301,7 @@ class _Plain:
         raise self.fail(path, f"cannot use a {_type_name(key)} as a mapping key (keys are "
                               "strings, numbers, booleans or None)")
 
-    def _value(self, obj: Any, path: str) -> Any:  # noqa: C901 - one dispatch over the types
+    def _value(self, obj: Any, path: Any) -> Any:
         cls = type(obj)
         if cls is str or obj is None or cls is bool:
             return obj
@@ -299,9 +310,9 @@ class _Plain:
         if cls is float:
             return self._float(obj, path)
         if cls is dict:
-            return {self._key(k, path): self._value(v, _key_path(path, k)) for k, v in obj.items()}
+            return {self._key(k, path): self._value(v, (path, k, False)) for k, v in obj.items()}
         if cls is list or cls is tuple:
-            return [self._value(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+            return [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
         if isinstance(obj, enum.Enum):
             return self._value(obj.value, path)
         if isinstance(obj, bool):
@@ -341,11 +352,11 @@ class _Plain:
                 return self._float(float(obj), path)
             return str(obj)
         if isinstance(obj, Mapping):
-            return {self._key(k, path): self._value(v, _key_path(path, k)) for k, v in obj.items()}
+            return {self._key(k, path): self._value(v, (path, k, False)) for k, v in obj.items()}
         if isinstance(obj, list | tuple):
-            return [self._value(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+            return [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
         if isinstance(obj, set | frozenset):
-            items = [self._value(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+            items = [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
             return _sorted_items(items, canonical=self.mode == "canonical")
         if isinstance(obj, BaseModel):
             from pydantic_core import to_jsonable_python
@@ -358,22 +369,22 @@ class _Plain:
                 raise self.fail(path, f"cannot serialize {_type_name(obj)}: {exc}") from None
             return self._value(data, path)
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {f.name: self._value(getattr(obj, f.name), _key_path(path, f.name))
+            return {f.name: self._value(getattr(obj, f.name), (path, f.name, False))
                     for f in dataclasses.fields(obj)}
         if self.mode == "pickle":  # pickle carries any picklable object
             return obj
         raise self.fail(path, f"cannot serialize a {_type_name(obj)}")
 
 
-def _finite_floats(plain: _Plain, obj: Any, path: str) -> None:
+def _finite_floats(plain: _Plain, obj: Any, path: Any) -> None:
     if isinstance(obj, float):
         plain._float(obj, path)
     elif isinstance(obj, dict):
         for key, value in obj.items():
-            _finite_floats(plain, value, _key_path(path, key))
+            _finite_floats(plain, value, (path, key, False))
     elif isinstance(obj, list | tuple | set | frozenset):
         for i, value in enumerate(obj):
-            _finite_floats(plain, value, f"{path}[{i}]")
+            _finite_floats(plain, value, (path, i, True))
 
 
 def _sorted_items(items: list[Any], *, canonical: bool) -> list[Any]:
@@ -722,9 +733,10 @@ class Serializer:
         if self.json_library == "orjson":
             import orjson
 
-            option = orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME | \
-                orjson.OPT_NON_STR_KEYS
-            loose = orjson.OPT_NON_STR_KEYS
+            # strict integers: past 2**53 orjson raises and the walk decides (64-bit range);
+            # datetimes through default(): a naive one is refused or made UTC
+            option = orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
+            loose = 0
             encode = orjson.dumps
             value = plain._value
 
@@ -732,6 +744,14 @@ class Serializer:
                 return value(obj, "$")
 
             def dumps(obj: Any) -> bytes:
+                if isinstance(obj, BaseModel):  # the model's own serializer, as model_dump_json
+                    try:
+                        out = obj.__pydantic_serializer__.to_json(obj)
+                    except Exception:
+                        out = encode(plain.convert(obj), option=loose)
+                    if b"null" in out:
+                        plain.convert(obj)
+                    return out
                 try:
                     out = encode(obj, default=default, option=option)
                 except TypeError:  # orjson.JSONEncodeError: find what and where, with a path
@@ -1081,9 +1101,10 @@ def _pick_msgpack(choice: str) -> str:
         return "missing"
     if (choice == "msgspec" and has_msgspec) or (choice == "msgpack" and has_msgpack):
         return choice
+    extra = " or: pip install msgpack" if choice == "msgpack" else ""
     raise ConfigurationError(
         f"serialization: msgpack_library {choice!r} is not installed. Install it with: "
-        f"pip install 'onex-compose[serialization]' (msgspec){' or pip install msgpack' if choice == 'msgpack' else ''}.",
+        f"pip install 'onex-compose[serialization]' (msgspec){extra}.",
         capability="serialization")
 
 
