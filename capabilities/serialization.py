@@ -11,8 +11,8 @@
   the same warning as caching's ``serializer: pickle``). ``register_format(name, dumps, loads)``
   adds a format.
 * With ``type_`` (anything pydantic's ``TypeAdapter`` takes), the decoded data is validated into
-  it, so values round-trip exactly: aware ``datetime`` (ISO 8601 with its offset), ``date``,
-  ``time``, ``timedelta`` (ISO 8601 duration), ``UUID``, ``Decimal`` (a string, exact), ``Enum``
+  it, so values round-trip exactly: aware ``datetime`` (ISO 8601 with its offset; in msgpack
+  its Timestamp extension, the same instant in UTC), ``date``, ``time``, ``timedelta`` (ISO 8601 duration), ``UUID``, ``Decimal`` (a string, exact), ``Enum``
   (its value), ``bytes`` (URL-safe base64 in the text formats, native bin in msgpack), sets and
   tuples (lists), Pydantic models (``model_dump(mode="json")`` / validation: a model's own config
   governs its fields, e.g. ``ser_json_bytes``), dataclasses, TypedDicts and ``list[Model]``.
@@ -335,6 +335,8 @@ class _Plain:
                                           "give it a tzinfo, or set serialization."
                                           "naive_datetimes: utc")
                 obj = obj.replace(tzinfo=_dt.UTC)
+            if self.mode == "binary":  # msgpack's Timestamp extension (the instant, in UTC)
+                return obj
             return obj.isoformat()
         if isinstance(obj, _dt.date | _dt.time):
             return obj.isoformat()
@@ -489,6 +491,13 @@ def _canonical_bytes(plain: Any) -> bytes:
 # ------------------------------------------------------------------------------------------------
 # depth checks
 
+
+# msgpack output msgspec may have written for values the other formats refuse: a float64
+# NaN/infinity (0xcb, exponent all ones) and a naive datetime (a 19- or 26-character string
+# "YYYY-MM-DDTHH:MM:SS[.ffffff]"); a match only means "walk the value to be sure"
+_MSGPACK_SUSPECT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
+_MSGPACK_NAIVE_19 = re.compile(rb"\xb3\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").search
+_MSGPACK_NAIVE_26 = re.compile(rb"\xba\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.").search
 
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
@@ -791,25 +800,67 @@ class Serializer:
         if self.msgpack_library == "msgspec":
             import msgspec
 
-            encoder = msgspec.msgpack.Encoder()
+            value = plain._value
+
+            def hook(obj: Any) -> Any:  # what msgspec does not know (models, ...)
+                return value(obj, "$")
+
+            decimal_format = "number" if self.config.decimal_as == "float" else "string"
+            encode = msgspec.msgpack.Encoder(enc_hook=hook, decimal_format=decimal_format).encode
+            plain_encode = msgspec.msgpack.Encoder().encode
             decoder = msgspec.msgpack.Decoder()
-            encode = encoder.encode
             decode: Callable[[Any], Any] = decoder.decode
             errors: tuple[type[Exception], ...] = (msgspec.DecodeError,)
-        else:
-            import msgpack
+            as_json = msgspec.json.encode
 
-            def encode(obj: Any) -> bytes:
-                return cast(bytes, msgpack.packb(obj, use_bin_type=True))
+            def fast_dumps(obj: Any) -> bytes:
+                # msgspec writes every type itself; the output is scanned for what it lets
+                # through (NaN/infinity, integers past 2**63, naive datetimes, Decimal NaN) and
+                # only then is the value walked (it raises with the path, or re-encodes)
+                try:
+                    out = encode(obj)
+                except Exception as exc:
+                    converted = plain.convert(obj)
+                    try:
+                        return plain_encode(converted)
+                    except Exception:
+                        raise SerializationError(f"msgpack: cannot serialize: {exc}",
+                                                 format="msgpack") from None
+                if _MSGPACK_SUSPECT(out) is not None or b"\xcf" in out or \
+                        _MSGPACK_NAIVE_19(out) is not None or \
+                        _MSGPACK_NAIVE_26(out) is not None or b"NaN" in out or b"Infinity" in out:
+                    return plain_encode(plain.convert(obj))
+                return out
 
-            def decode(data: Any) -> Any:
-                return msgpack.unpackb(data, raw=False, strict_map_key=False)
+            def depth_exceeds(obj: Any, limit: int) -> bool:
+                try:  # an upper bound at C speed: brackets of its JSON form
+                    text = as_json(obj)
+                except Exception:
+                    return _deeper_than(obj, limit)
+                if text.count(b"[") + text.count(b"{") <= limit:
+                    return False
+                return _deeper_than(obj, limit)
 
-            errors = (ValueError, msgpack.UnpackException, msgpack.ExtraData)
+            self._msgpack_depth = depth_exceeds
+            self._msgpack_decode = decode
+            self._msgpack_errors = errors
+            self._formats["msgpack"] = _Format("msgpack", fast_dumps, self._msgpack_loads,
+                                               "msgpack")
+            return
+        import msgpack
+
+        def encode(obj: Any) -> bytes:
+            return cast(bytes, msgpack.packb(obj, use_bin_type=True, datetime=True))
+
+        def decode(data: Any) -> Any:
+            return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
+
+        errors = (ValueError, msgpack.UnpackException, msgpack.ExtraData)
 
         def dumps(obj: Any) -> bytes:
             return encode(plain.convert(obj))
 
+        self._msgpack_depth = _deeper_than
         self._msgpack_decode = decode
         self._msgpack_errors = errors
         self._formats["msgpack"] = _Format("msgpack", dumps, self._msgpack_loads, "msgpack")
@@ -923,7 +974,7 @@ class Serializer:
                                        None) from None
         except RecursionError:
             raise self._too_deep("msgpack", data, None) from None
-        if len(data) > self._max_depth and _deeper_than(obj, self._max_depth):
+        if len(data) > self._max_depth and self._msgpack_depth(obj, self._max_depth):
             raise self._too_deep("msgpack", data, None)
         return obj
 
