@@ -23,7 +23,6 @@ from typing_extensions import TypedDict
 
 from onex_compose import NodeCompute, NodeEffect, compose
 from onex_compose.capabilities import CONTRACTS_DIR
-from onex_compose.capabilities import serialization as ser_mod
 from onex_compose.capabilities.serialization import (
     DeserializationError,
     PayloadTooLargeError,
@@ -31,7 +30,9 @@ from onex_compose.capabilities.serialization import (
     SerializationError,
     SerializationProtocol,
     Serializer,
+    _walk,
 )
+from onex_compose.capabilities.serialization import _serializer as ser_mod
 from onex_compose.exceptions import ConfigurationError, OnexError
 
 FORMATS = ["json", "msgpack", "yaml"]
@@ -94,7 +95,7 @@ def test_setup_reconfigures_and_keeps_custom_formats() -> None:
 
 
 def test_contract_config_section_matches_the_model() -> None:
-    data = yaml.safe_load((CONTRACTS_DIR / "mixin_serialization.yaml").read_text())
+    data = yaml.safe_load((CONTRACTS_DIR / "serialization" / "mixin_serialization.yaml").read_text())
     assert data["serialization_config"] == SerializationConfig().model_dump()
     assert data["composition"]["rank"] == 110
     assert "guard_rank" not in data["composition"]
@@ -103,7 +104,7 @@ def test_contract_config_section_matches_the_model() -> None:
 
 
 def test_every_metric_the_code_records_is_declared() -> None:
-    data = yaml.safe_load((CONTRACTS_DIR / "mixin_serialization.yaml").read_text())
+    data = yaml.safe_load((CONTRACTS_DIR / "serialization" / "mixin_serialization.yaml").read_text())
     declared = {m["name"]: m["labels"] for m in data["metrics"]}
     node = compose(NodeCompute, ["serialization"])()
     sz = node.serializer
@@ -513,7 +514,7 @@ def test_canonical_bytes_are_identical_without_orjson(monkeypatch: pytest.Monkey
             "d": Decimal("1.10")}
     with_orjson = Serializer().canonical(data)
     monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson now raises ImportError
-    assert ser_mod._string_encoder() is ser_mod._stdlib_string
+    assert _walk._string_encoder() is _walk._stdlib_string
     without = Serializer({"json_library": "auto"})
     assert without.json_library == "orjson" or True
     assert without.canonical(data) == with_orjson

@@ -1,492 +1,39 @@
-"""serialization: one API for JSON, MessagePack and YAML, typed round trips, canonical JSON.
-
-``node.serializer`` turns data into bytes and back:
-
-* ``dumps(obj, format=None) -> bytes`` and ``loads(data, type_=None, format=None)`` for the
-  formats ``json`` (orjson when installed, else the standard library; ``json_library``),
-  ``msgpack`` (msgspec, else msgpack; ``msgpack_library``), ``yaml`` (safe: written with
-  ``yaml.safe_dump``, read through the engine's hardened loader in ``onex_compose._loading``
-  with its alias, node and depth caps; never ``yaml.load``) and, only when ``allow_pickle`` is
-  true, ``pickle`` (it runs code from the data it loads: only for data from trusted processes,
-  the same warning as caching's ``serializer: pickle``). ``register_format(name, dumps, loads)``
-  adds a format.
-* With ``type_`` (anything pydantic's ``TypeAdapter`` takes), the decoded data is validated into
-  it, so values round-trip exactly: aware ``datetime`` (ISO 8601 with its offset; in msgpack
-  its Timestamp extension, the same instant in UTC), ``date``, ``time``, ``timedelta`` (ISO 8601 duration), ``UUID``, ``Decimal`` (a string, exact), ``Enum``
-  (its value), ``bytes`` (URL-safe base64 in the text formats, native bin in msgpack), sets and
-  tuples (lists), Pydantic models (``model_dump(mode="json")`` / validation: a model's own config
-  governs its fields, e.g. ``ser_json_bytes``), dataclasses, TypedDicts and ``list[Model]``.
-  The ``TypeAdapter`` is built once per type and cached. Without ``type_``, plain data comes back.
-* ``canonical(obj) -> bytes`` is RFC 8785 (JCS) canonical JSON, for hashes and signatures
-  (audit_log, webhook): UTF-8, object keys sorted by their UTF-16 code units (RFC 8785 section
-  3.2.3; the same as code-point order except above U+FFFF), no whitespace, numbers in
-  ECMAScript's shortest round-trip form (``1e21`` -> ``1e+21``, ``-0`` -> ``0``). NaN,
-  infinities and integers beyond +-2**53 are refused. The bytes are the same whichever JSON
-  library is installed: the structure and the numbers are written here and both libraries
-  escape strings identically (RFC 8785's rules).
-* ``output_model(capability, name)`` builds a Pydantic model from a contract's seed 002
-  ``output_models`` entry (:mod:`onex_compose.capabilities._output_models`).
-
-Limits, the same in every format: ``max_size`` bytes on what ``dumps`` produces and on what
-``loads`` accepts (:class:`PayloadTooLargeError`); ``max_depth`` levels of nesting on ``loads``
-(JSON is measured before it is parsed, so 10,000 nested ``[`` is refused by the limit, never a
-``RecursionError``). ``dumps`` refuses NaN and infinities (orjson would write ``null``, the
-standard library ``NaN``: neither round-trips), integers outside the signed 64-bit range (never
-silently a float) and naive datetimes (``naive_datetimes: utc`` treats them as UTC instead),
-each error naming the path of the value (``$.items[3].conn: cannot serialize a socket.socket``).
-
-Cost: the JSON path calls orjson once and only walks the data itself when orjson could not
-(an unsupported type, an integer past 2**53, a ``null`` in the output that might be a NaN);
-``benchmarks/bench_serialization.py`` compares every path with the library underneath.
-
-Example:
-    >>> s = Serializer()
-    >>> s.dumps({"b": 1, "a": [True, None]})
-    b'{"b":1,"a":[true,null]}'
-    >>> s.canonical({"b": 1, "a": [1e21, -0.0, 333333333.33333329]})
-    b'{"a":[1e+21,0,333333333.3333333],"b":1}'
-    >>> from datetime import datetime, timezone
-    >>> s.loads(s.dumps(datetime(2026, 1, 2, tzinfo=timezone.utc), format="msgpack"),
-    ...         type_=datetime, format="msgpack")
-    datetime.datetime(2026, 1, 2, 0, 0, tzinfo=TzInfo(0))
-"""
+"""The :class:`Serializer` facility: formats, limits, typed loads, metrics."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import datetime as _dt
-import enum
 import importlib.util
 import json
-import math
 import pickle
 import re
 import threading
-import uuid
 from collections.abc import Callable, Mapping
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from onex_compose import coerce_config, facility
-from onex_compose.exceptions import ConfigurationError, OnexError, did_you_mean
+from onex_compose import coerce_config
+from onex_compose.capabilities.serialization._model import (
+    DeserializationError,
+    PayloadTooLargeError,
+    SerializationConfig,
+    SerializationError,
+)
+from onex_compose.capabilities.serialization._walk import (
+    _canonical_bytes,
+    _excerpt,
+    _Plain,
+    _type_name,
+)
+from onex_compose.exceptions import ConfigurationError, did_you_mean
 
 if TYPE_CHECKING:
     from onex_compose._registry import Registry
 
-__all__ = [
-    "DeserializationError",
-    "MixinSerialization",
-    "PayloadTooLargeError",
-    "SerializationConfig",
-    "SerializationError",
-    "SerializationProtocol",
-    "Serializer",
-]
+__all__ = ["PICKLE_WARNING", "SerializationProtocol", "Serializer"]
 
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-_JS_SAFE = 2**53
-_EXCERPT = 40
 PICKLE_WARNING = ("pickle runs code from the data it loads: use the 'pickle' format only for data "
                   "that only trusted processes can write, else keep json/msgpack/yaml")
-
-
-# ------------------------------------------------------------------------------------------------
-# errors
-
-
-class SerializationError(OnexError, ValueError):
-    """A value could not be serialized (or deserialized: see the subclasses).
-
-    Not retriable (the same input fails the same way) and neutral for a circuit breaker (no
-    dependency was called).
-
-    Attributes:
-        format: the format concerned (``"json"``, ``"msgpack"``, ...).
-        path: where in the value the problem is (``"$.items[3].conn"``), or ``None``.
-        kind: ``encode``, ``decode``, ``too_large`` or ``depth`` (the metric's label).
-    """
-
-    onex_retriable = False
-    onex_breaker_neutral = True
-
-    def __init__(self, message: str, *, format: str | None = None, path: Any | None = None,
-                 kind: str = "encode") -> None:
-        self.format = format
-        self.path = path
-        self.kind = kind
-        super().__init__(message)
-
-
-class DeserializationError(SerializationError):
-    """Input that could not be decoded: malformed, too deeply nested, or not of ``type_``.
-
-    The message gives the format, the position (byte offset, line and column when known) and
-    at most 40 escaped characters of the input around it.
-
-    Attributes:
-        position: byte offset of the problem in the input, or ``None``.
-        line, column: 1-based, when known.
-        errors: for a ``type_`` mismatch, pydantic's ``{loc, msg, type}`` list.
-    """
-
-    def __init__(self, message: str, *, format: str | None = None, kind: str = "decode",
-                 position: int | None = None, line: int | None = None,
-                 column: int | None = None, errors: list[dict[str, Any]] | None = None,
-                 path: Any | None = None) -> None:
-        self.position = position
-        self.line = line
-        self.column = column
-        self.errors = errors or []
-        super().__init__(message, format=format, path=path, kind=kind)
-
-
-class PayloadTooLargeError(SerializationError):
-    """Output of ``dumps`` or input of ``loads`` larger than ``max_size``.
-
-    Attributes:
-        size: the size in bytes.
-        limit: ``max_size``.
-        direction: ``out`` (dumps) or ``in`` (loads).
-    """
-
-    def __init__(self, size: int, limit: int, *, format: str, direction: str) -> None:
-        self.size = size
-        self.limit = limit
-        self.direction = direction
-        what = "serialized output" if direction == "out" else "input"
-        super().__init__(
-            f"{format} {what} is {size} bytes, more than max_size={limit}; raise "
-            "serialization.max_size or send less data", format=format, kind="too_large")
-
-
-# ------------------------------------------------------------------------------------------------
-# config
-
-
-class SerializationConfig(BaseModel):
-    """The ``serialization`` subcontract (every key of ``serialization_config``).
-
-    Attributes:
-        default_format: format of ``dumps``/``loads`` when none is given.
-        json_library: ``auto`` (orjson if importable), ``orjson`` or ``stdlib``.
-        msgpack_library: ``auto`` (msgspec, else msgpack), ``msgspec`` or ``msgpack``.
-        max_size: bytes, enforced on what ``dumps`` writes and what ``loads`` reads.
-        max_depth: nesting limit on ``loads`` (JSON, YAML, msgpack).
-        naive_datetimes: ``reject`` (an error naming the path) or ``utc`` (treated as UTC).
-        decimal_as: ``string`` (exact) or ``float``.
-        allow_pickle: register the ``pickle`` format (trusted data only).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    default_format: Literal["json", "msgpack", "yaml"] = "json"
-    json_library: Literal["auto", "orjson", "stdlib"] = "auto"
-    msgpack_library: Literal["auto", "msgspec", "msgpack"] = "auto"
-    max_size: int = Field(default=16_777_216, ge=1)
-    max_depth: int = Field(default=64, ge=1, le=10_000)
-    naive_datetimes: Literal["reject", "utc"] = "reject"
-    decimal_as: Literal["string", "float"] = "string"
-    allow_pickle: bool = False
-
-
-# ------------------------------------------------------------------------------------------------
-# paths, excerpts
-
-
-def _render_path(path: Any) -> str:
-    """``"$.items[3].conn"`` from the walk's lazy path: ``"$"`` or ``(parent, key, is_index)``."""
-    parts: list[str] = []
-    while isinstance(path, tuple):
-        path, key, is_index = path
-        if is_index:
-            parts.append(f"[{key}]")
-        elif isinstance(key, str) and key.isidentifier():
-            parts.append(f".{key}")
-        else:
-            parts.append(f"[{key!r}]")
-    return str(path) + "".join(reversed(parts))
-
-
-def _excerpt(data: bytes | str, position: int | None) -> str:
-    """At most 40 characters of the input around ``position``, escaped (never raw bytes)."""
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogatepass")
-    start = 0 if position is None else max(0, min(position, len(data)) - _EXCERPT // 2)
-    chunk = bytes(data[start:start + _EXCERPT])
-    text = chunk.decode("utf-8", "backslashreplace")
-    text = text.encode("unicode_escape").decode("ascii")
-    if len(text) > _EXCERPT:
-        text = text[:_EXCERPT]
-    return text
-
-
-def _type_name(obj: Any) -> str:
-    cls = type(obj)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-# ------------------------------------------------------------------------------------------------
-# the value walk: plain data with paths (the slow path, and the one YAML/msgpack/canonical use)
-
-
-_NATIVE = (str, int, float, bool, type(None))
-
-
-class _Plain:
-    """Converts a value to plain data for one mode, raising with the path of a bad value.
-
-    Modes: ``text`` (JSON, YAML: bytes become base64), ``binary`` (msgpack: bytes stay),
-    ``canonical`` (text, and integers limited to +-2**53, sets sorted), ``pickle`` (checks
-    only: any other object passes through).
-    """
-
-    __slots__ = ("decimal_as", "fmt", "mode", "naive_utc")
-
-    def __init__(self, mode: str, fmt: str, *, naive_utc: bool, decimal_as: str) -> None:
-        self.mode = mode
-        self.fmt = fmt
-        self.naive_utc = naive_utc
-        self.decimal_as = decimal_as
-
-    def fail(self, path: Any, what: str) -> SerializationError:
-        text = _render_path(path)
-        return SerializationError(f"{text}: {what}", format=self.fmt, path=text)
-
-    def convert(self, obj: Any, path: Any = "$") -> Any:
-        try:
-            return self._value(obj, path)
-        except RecursionError:
-            raise self.fail(path, "nesting too deep to serialize") from None
-
-    def _finite(self, obj: Any, path: Any) -> None:
-        _finite_floats(self, obj, path)
-
-    def _int(self, obj: int, path: Any) -> int:
-        if self.mode == "canonical":
-            if -_JS_SAFE <= obj <= _JS_SAFE:
-                return int(obj)
-            raise self.fail(path, f"integer {obj} is beyond +-2**53, which canonical JSON "
-                                  "(RFC 8785) cannot represent exactly; send it as a string")
-        if _I64_MIN <= obj <= _I64_MAX:
-            return int(obj)
-        raise self.fail(path, f"integer {obj} is outside the signed 64-bit range; send it as "
-                              "a string (or a Decimal)")
-
-    def _float(self, obj: float, path: Any) -> float:
-        if math.isfinite(obj):
-            return float(obj)
-        raise self.fail(path, f"cannot serialize {obj!r}: NaN and infinities do not round-trip "
-                              "(JSON has no literal for them)")
-
-    def _key(self, key: Any, path: Any) -> str:
-        if type(key) is str:
-            return key  # type: ignore[no-any-return]
-        if isinstance(key, str):
-            return str(key)
-        if isinstance(key, enum.Enum):
-            return self._key(key.value, path)
-        if isinstance(key, bool) or key is None:
-            return json.dumps(key)
-        if isinstance(key, int):
-            return str(self._int(key, path))
-        if isinstance(key, float):
-            return repr(self._float(key, path))
-        if isinstance(key, uuid.UUID | _dt.date | _dt.time | Decimal):
-            converted = self._value(key, path)
-            return str(converted)
-        raise self.fail(path, f"cannot use a {_type_name(key)} as a mapping key (keys are "
-                              "strings, numbers, booleans or None)")
-
-    def _value(self, obj: Any, path: Any) -> Any:
-        cls = type(obj)
-        if cls is str or obj is None or cls is bool:
-            return obj
-        if cls is int:
-            return self._int(obj, path)
-        if cls is float:
-            return self._float(obj, path)
-        if cls is dict:
-            return {self._key(k, path): self._value(v, (path, k, False)) for k, v in obj.items()}
-        if cls is list or cls is tuple:
-            return [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
-        if isinstance(obj, enum.Enum):
-            return self._value(obj.value, path)
-        if isinstance(obj, bool):
-            return bool(obj)
-        if isinstance(obj, str):
-            return str(obj)
-        if isinstance(obj, int):
-            return self._int(obj, path)
-        if isinstance(obj, float):
-            return self._float(obj, path)
-        if isinstance(obj, bytes | bytearray | memoryview):
-            raw = bytes(obj)
-            if self.mode in ("binary", "pickle"):
-                return raw
-            return base64.urlsafe_b64encode(raw).decode("ascii")
-        if isinstance(obj, _dt.datetime):
-            if obj.tzinfo is None or obj.utcoffset() is None:
-                if not self.naive_utc:
-                    raise self.fail(path, f"naive datetime {obj.isoformat()} (no timezone): "
-                                          "give it a tzinfo, or set serialization."
-                                          "naive_datetimes: utc")
-                obj = obj.replace(tzinfo=_dt.UTC)
-            if self.mode == "binary":  # msgpack's Timestamp extension (the instant, in UTC)
-                return obj
-            return obj.isoformat()
-        if isinstance(obj, _dt.date | _dt.time):
-            return obj.isoformat()
-        if isinstance(obj, _dt.timedelta):
-            from pydantic_core import to_jsonable_python
-
-            return to_jsonable_python(obj)
-        if isinstance(obj, uuid.UUID):
-            return str(obj)
-        if isinstance(obj, Decimal):
-            if not obj.is_finite():
-                raise self.fail(path, f"cannot serialize Decimal({str(obj)!r}): NaN and "
-                                      "infinities do not round-trip")
-            if self.decimal_as == "float":
-                return self._float(float(obj), path)
-            return str(obj)
-        if isinstance(obj, Mapping):
-            return {self._key(k, path): self._value(v, (path, k, False)) for k, v in obj.items()}
-        if isinstance(obj, list | tuple):
-            return [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
-        if isinstance(obj, set | frozenset):
-            items = [self._value(v, (path, i, True)) for i, v in enumerate(obj)]
-            return _sorted_items(items, canonical=self.mode == "canonical")
-        if isinstance(obj, BaseModel):
-            from pydantic_core import to_jsonable_python
-
-            # a model's own config writes NaN as null: refuse it first, with its path
-            self._finite(obj.model_dump(mode="python", round_trip=True), path)
-            try:
-                data = to_jsonable_python(obj, inf_nan_mode="constants")
-            except Exception as exc:  # a field its own config cannot serialize
-                raise self.fail(path, f"cannot serialize {_type_name(obj)}: {exc}") from None
-            return self._value(data, path)
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return {f.name: self._value(getattr(obj, f.name), (path, f.name, False))
-                    for f in dataclasses.fields(obj)}
-        if self.mode == "pickle":  # pickle carries any picklable object
-            return obj
-        raise self.fail(path, f"cannot serialize a {_type_name(obj)}")
-
-
-def _finite_floats(plain: _Plain, obj: Any, path: Any) -> None:
-    if isinstance(obj, float):
-        plain._float(obj, path)
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _finite_floats(plain, value, (path, key, False))
-    elif isinstance(obj, list | tuple | set | frozenset):
-        for i, value in enumerate(obj):
-            _finite_floats(plain, value, (path, i, True))
-
-
-def _sorted_items(items: list[Any], *, canonical: bool) -> list[Any]:
-    """A set's items in a stable order (canonical: by their canonical bytes)."""
-    if canonical:
-        return sorted(items, key=_canonical_bytes)
-    try:
-        return sorted(items)
-    except TypeError:
-        return sorted(items, key=lambda v: json.dumps(v, sort_keys=True, default=repr))
-
-
-# ------------------------------------------------------------------------------------------------
-# canonical JSON (RFC 8785)
-
-
-def _es_number(value: float) -> str:
-    """ECMAScript's Number::toString of a finite double (RFC 8785 section 3.2.2.3).
-
-    Example:
-        >>> [_es_number(x) for x in (1e21, 1e20, 1e-7, 0.000001, -0.0, 5.0, 333333333.33333329)]
-        ['1e+21', '100000000000000000000', '1e-7', '0.000001', '0', '5', '333333333.3333333']
-    """
-    if value == 0:
-        return "0"
-    sign = "-" if value < 0 else ""
-    mantissa, _, exp_text = repr(abs(value)).partition("e")
-    whole, _, frac = mantissa.partition(".")
-    digits = whole + frac
-    n = len(whole) + (int(exp_text) if exp_text else 0)
-    stripped = digits.lstrip("0")
-    n -= len(digits) - len(stripped)
-    s = stripped.rstrip("0")
-    k = len(s)
-    if k <= n <= 21:
-        out = s + "0" * (n - k)
-    elif 0 < n <= 21:
-        out = s[:n] + "." + s[n:]
-    elif -6 < n <= 0:
-        out = "0." + "0" * (-n) + s
-    else:
-        e = n - 1
-        exp = f"e{'+' if e >= 0 else '-'}{abs(e)}"
-        out = (s if k == 1 else s[0] + "." + s[1:]) + exp
-    return sign + out
-
-
-def _utf16_key(key: str) -> bytes:
-    return key.encode("utf-16-be", "surrogatepass")
-
-
-def _stdlib_string(text: str) -> bytes:
-    return json.dumps(text, ensure_ascii=False).encode("utf-8")
-
-
-def _string_encoder() -> Callable[[str], bytes]:
-    try:
-        import orjson
-    except ImportError:
-        return _stdlib_string
-    return cast(Callable[[str], bytes], orjson.dumps)
-
-
-def _canonical_parts(obj: Any, out: list[bytes], enc: Callable[[str], bytes]) -> None:
-    cls = type(obj)
-    if cls is str:
-        out.append(enc(obj))
-    elif obj is None:
-        out.append(b"null")
-    elif obj is True:
-        out.append(b"true")
-    elif obj is False:
-        out.append(b"false")
-    elif cls is int:
-        out.append(str(obj).encode())
-    elif cls is float:
-        out.append(_es_number(obj).encode())
-    elif cls is list:
-        out.append(b"[")
-        for i, item in enumerate(obj):
-            if i:
-                out.append(b",")
-            _canonical_parts(item, out, enc)
-        out.append(b"]")
-    else:  # dict (the walk produced only plain data)
-        out.append(b"{")
-        for i, key in enumerate(sorted(obj, key=_utf16_key)):
-            if i:
-                out.append(b",")
-            out.append(enc(key))
-            out.append(b":")
-            _canonical_parts(obj[key], out, enc)
-        out.append(b"}")
-
-
-def _canonical_bytes(plain: Any) -> bytes:
-    out: list[bytes] = []
-    _canonical_parts(plain, out, _string_encoder())
-    return b"".join(out)
-
 
 # ------------------------------------------------------------------------------------------------
 # depth checks
@@ -495,6 +42,7 @@ def _canonical_bytes(plain: Any) -> bytes:
 # msgpack output msgspec may have written for values the other formats refuse: a float64
 # NaN/infinity (0xcb, exponent all ones) and a naive datetime (a 19- or 26-character string
 # "YYYY-MM-DDTHH:MM:SS[.ffffff]"); a match only means "walk the value to be sure"
+_has_null = re.compile(b"null").search  # faster than `b"null" in out` (measured)
 _MSGPACK_SUSPECT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
 _MSGPACK_NAIVE_19 = re.compile(rb"\xb3\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").search
 _MSGPACK_NAIVE_26 = re.compile(rb"\xba\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.").search
@@ -758,7 +306,7 @@ class Serializer:
                         out = obj.__pydantic_serializer__.to_json(obj)
                     except Exception:
                         out = encode(plain.convert(obj), option=loose)
-                    if b"null" in out:
+                    if _has_null(out) is not None:
                         plain.convert(obj)
                     return out
                 try:
@@ -770,7 +318,7 @@ class Serializer:
                     except TypeError as exc:
                         raise SerializationError(f"json: cannot serialize: {exc}",
                                                  format="json") from None
-                if b"null" in out:  # a None, or a NaN/infinity orjson wrote as null
+                if _has_null(out) is not None:  # a None, or a NaN/infinity written as null
                     plain.convert(obj)
                 return out
 
@@ -1157,44 +705,3 @@ def _pick_msgpack(choice: str) -> str:
         f"serialization: msgpack_library {choice!r} is not installed. Install it with: "
         f"pip install 'onex-compose[serialization]' (msgspec){extra}.",
         capability="serialization")
-
-
-# ------------------------------------------------------------------------------------------------
-# the mixin
-
-
-class MixinSerialization:
-    """Object serialization and deserialization: ``self.serializer``.
-
-    Requires ``metrics`` (bytes and errors are counted).
-
-    Example:
-        >>> from onex_compose import NodeCompute, compose
-        >>> node = compose(NodeCompute, ["serialization"])()
-        >>> node.serializer.loads(node.serializer.dumps({"a": [1, 2]}))
-        {'a': [1, 2]}
-    """
-
-    __onex_capability__ = "serialization"
-    __slots__ = ()
-
-    def setup_serialization(self, config: SerializationConfig | Mapping[str, Any] | None = None,
-                            ) -> None:
-        """Build the serializer from config (reconfiguring keeps registered custom formats)."""
-        node = cast(Any, self)
-        old = getattr(node, "serializer", None)
-        serializer = Serializer(config, metrics=node.metrics)
-        if serializer.config.allow_pickle:
-            from onex_compose.capabilities._log import logger
-
-            logger.warning("serialization: allow_pickle is on. {}", PICKLE_WARNING)
-        if isinstance(old, Serializer):
-            for name, fmt in old._formats.items():
-                if fmt.kind == "custom":
-                    serializer.register_format(name, fmt.dumps, fmt.loads)
-        node.serializer = serializer
-
-    @facility
-    def serializer(self) -> Serializer:
-        """The node's serializer (default config when setup never ran)."""
-        return Serializer(SerializationConfig(), metrics=cast(Any, self).metrics)
