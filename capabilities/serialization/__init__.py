@@ -11,12 +11,13 @@
   the same warning as caching's ``serializer: pickle``). ``register_format(name, dumps, loads)``
   adds a format.
 * With ``type_`` (anything pydantic's ``TypeAdapter`` takes), the decoded data is validated into
-  it, so values round-trip exactly: aware ``datetime`` (ISO 8601 with its offset; in msgpack
-  its Timestamp extension, the same instant in UTC), ``date``, ``time``, ``timedelta`` (ISO
-  8601 duration), ``UUID``, ``Decimal`` (a string, exact), ``Enum`` (its value), ``bytes``
-  (URL-safe base64 in the text formats, native bin in msgpack), sets and tuples (lists), Pydantic models (``model_dump(mode="json")`` / validation: a model's own config
-  governs its fields, e.g. ``ser_json_bytes``), dataclasses, TypedDicts and ``list[Model]``.
-  The ``TypeAdapter`` is built once per type and cached. Without ``type_``, plain data comes back.
+  it, so values round-trip exactly: aware ``datetime`` (ISO 8601 with its offset; in msgpack its
+  Timestamp extension, the same instant in UTC), ``date``, ``time``, ``timedelta`` (ISO 8601
+  duration), ``UUID``, ``Decimal`` (a string, exact), ``Enum`` (its value), ``bytes`` (URL-safe
+  base64 in the text formats, native bin in msgpack), sets and tuples (lists), Pydantic models
+  (``model_dump(mode="json")`` / validation: a model's own config governs its fields, e.g.
+  ``ser_json_bytes``), dataclasses, TypedDicts and ``list[Model]``. The ``TypeAdapter`` is built
+  once per type and cached. Without ``type_``, plain data comes back.
 * ``canonical(obj) -> bytes`` is RFC 8785 (JCS) canonical JSON, for hashes and signatures
   (audit_log, webhook): UTF-8, object keys sorted by their UTF-16 code units (RFC 8785 section
   3.2.3; the same as code-point order except above U+FFFF), no whitespace, numbers in
