@@ -649,3 +649,35 @@ def test_output_model_through_the_facility() -> None:
     # and it serves as a type_
     data = node.serializer.dumps(ok)
     assert node.serializer.loads(data, type_=Model) == Model.model_validate(ok)
+
+
+# -- the fast paths' scans only ever send a value to the walk ------------------------------------
+
+
+def test_msgpack_values_that_look_suspect_still_round_trip(s: Serializer) -> None:
+    value = {"looks_naive": "2026-01-01T00:00:00", "looks_naive_us": "2026-01-01T00:00:00.123456",
+             "greek": "\u03c0\u03cf", "text": "NaN and Infinity", "u63": 2**63 - 1,
+             "floats": [1.5, -2.25, 1e300]}
+    assert s.loads(s.dumps(value, format="msgpack"), format="msgpack") == value
+    assert s.loads(s.dumps(value), format="json") == value
+
+
+def test_json_values_that_contain_null_still_round_trip(s: Serializer) -> None:
+    value = {"a": None, "s": "null", "f": 1.5}
+    assert s.loads(s.dumps(value)) == value
+
+
+@pytest.mark.parametrize("library", ["orjson", "stdlib"])
+def test_json_nan_literals_are_refused_on_loads(library: str) -> None:
+    with pytest.raises(DeserializationError, match="json"):
+        Serializer({"json_library": library}).loads(b"[NaN]")
+
+
+def test_decimal_non_finite_is_refused_and_decimal_as_float(s: Serializer) -> None:
+    for fmt in FORMATS:
+        with pytest.raises(SerializationError, match=r"\$\.d"):
+            s.dumps({"d": Decimal("NaN")}, format=fmt)
+    as_float = Serializer({"decimal_as": "float"})
+    for fmt in FORMATS:
+        assert as_float.loads(as_float.dumps({"d": Decimal("1.25")}, format=fmt),
+                              format=fmt) == {"d": 1.25}
