@@ -47,6 +47,12 @@ _MSGPACK_SUSPECT = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
 _MSGPACK_NAIVE_19 = re.compile(rb"\xb3\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").search
 _MSGPACK_NAIVE_26 = re.compile(rb"\xba\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.").search
 
+# bytes that cannot open a nesting level (deleted before counting what is left, an upper
+# bound of the depth): JSON's [ and {; msgpack's fixmap, fixarray, array16/32, map16/32
+_NOT_JSON_OPENER = bytes(b for b in range(256) if b not in b"[{")
+_NOT_MSGPACK_CONTAINER = bytes(b for b in range(256)
+                               if not (0x80 <= b <= 0x9f or 0xdc <= b <= 0xdf))
+
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
@@ -359,7 +365,6 @@ class Serializer:
             decoder = msgspec.msgpack.Decoder()
             decode: Callable[[Any], Any] = decoder.decode
             errors: tuple[type[Exception], ...] = (msgspec.DecodeError,)
-            as_json = msgspec.json.encode
 
             def fast_dumps(obj: Any) -> bytes:
                 # msgspec writes every type itself; the output is scanned for what it lets
@@ -380,16 +385,7 @@ class Serializer:
                     return plain_encode(plain.convert(obj))
                 return out
 
-            def depth_exceeds(obj: Any, limit: int) -> bool:
-                try:  # an upper bound at C speed: brackets of its JSON form
-                    text = as_json(obj)
-                except Exception:
-                    return _deeper_than(obj, limit)
-                if text.count(b"[") + text.count(b"{") <= limit:
-                    return False
-                return _deeper_than(obj, limit)
-
-            self._msgpack_depth = depth_exceeds
+            self._msgpack_depth = _deeper_than
             self._msgpack_decode = decode
             self._msgpack_errors = errors
             self._formats["msgpack"] = _Format("msgpack", fast_dumps, self._msgpack_loads,
@@ -485,7 +481,7 @@ class Serializer:
 
     def _json_loads(self, data: bytes, type_: Any = None) -> Any:
         limit = self._max_depth
-        if len(data) > limit and data.count(b"[") + data.count(b"{") > limit:
+        if len(data) > limit and len(data.translate(None, _NOT_JSON_OPENER)) > limit:
             position = _json_depth_position(data, limit)
             if position is not None:
                 raise self._too_deep("json", data, position)
@@ -522,7 +518,10 @@ class Serializer:
                                        None) from None
         except RecursionError:
             raise self._too_deep("msgpack", data, None) from None
-        if len(data) > self._max_depth and self._msgpack_depth(obj, self._max_depth):
+        limit = self._max_depth
+        # an upper bound at C speed: every container header byte (and some others) counted
+        if len(data) > limit and len(data.translate(None, _NOT_MSGPACK_CONTAINER)) > limit \
+                and self._msgpack_depth(obj, limit):
             raise self._too_deep("msgpack", data, None)
         return obj
 
