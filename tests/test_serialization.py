@@ -681,3 +681,21 @@ def test_decimal_non_finite_is_refused_and_decimal_as_float(s: Serializer) -> No
     for fmt in FORMATS:
         assert as_float.loads(as_float.dumps({"d": Decimal("1.25")}, format=fmt),
                               format=fmt) == {"d": 1.25}
+
+
+def test_allow_pickle_logs_the_trust_warning_at_setup() -> None:
+    from loguru import logger
+
+    lines: list[str] = []
+    logger.enable("onex_compose")
+    sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+    try:
+        compose(NodeCompute, ["serialization"])(
+            capability_config={"serialization": {"allow_pickle": True}})
+        assert any("pickle runs code from the data it loads" in line for line in lines)
+        lines.clear()
+        compose(NodeCompute, ["serialization"])()
+        assert lines == []
+    finally:
+        logger.remove(sink)
+        logger.disable("onex_compose")
