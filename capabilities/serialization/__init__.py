@@ -61,6 +61,7 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from onex_compose import facility
+from onex_compose.capabilities._log import logger
 from onex_compose.capabilities.serialization._model import (
     DeserializationError,
     PayloadTooLargeError,
@@ -110,8 +111,6 @@ class MixinSerialization:
         old = getattr(node, "serializer", None)
         serializer = Serializer(config, metrics=node.metrics)
         if serializer.config.allow_pickle:
-            from onex_compose.capabilities._log import logger
-
             logger.warning("serialization: allow_pickle is on. {}", PICKLE_WARNING)
         if isinstance(old, Serializer):
             for name, fmt in old._formats.items():
