@@ -58,6 +58,32 @@ _NOT_JSON_OPENER = bytes(b for b in range(256) if b not in b"[{")
 _NOT_MSGPACK_CONTAINER = bytes(b for b in range(256)
                                if not (0x80 <= b <= 0x9f or 0xdc <= b <= 0xdf))
 
+_MARKERS = bytes(b for b in range(256) if b not in b"\xcb\xcf\xb3\xbaNI")
+
+
+def _msgpack_suspect(out: bytes) -> bool:
+    """Whether msgspec's output may hold a value the other formats refuse (then walk it).
+
+    One pass keeps only the marker bytes (float64, uint64, 19/26-byte strings, ``N``, ``I``);
+    the exact patterns are searched only for the markers present.
+    """
+    found = out.translate(None, _MARKERS)
+    if not found:
+        return False
+    if b"\xcf" in found:  # an unsigned 64-bit integer, maybe past 2**63 - 1
+        return True
+    if b"\xcb" in found and (_MSGPACK_NAN(out) is not None
+                             or _MSGPACK_NEG_NAN(out) is not None):
+        return True
+    if b"\xb3" in found and _MSGPACK_NAIVE_19(out) is not None:
+        return True
+    if b"\xba" in found and _MSGPACK_NAIVE_26(out) is not None:
+        return True
+    if b"N" in found and _HAS_NAN(out) is not None:
+        return True
+    return b"I" in found and _HAS_INFINITY(out) is not None
+
+
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
@@ -388,10 +414,7 @@ class Serializer:
                     except Exception:
                         raise SerializationError(f"msgpack: cannot serialize: {exc}",
                                                  format="msgpack") from None
-                if _MSGPACK_NAN(out) is not None or _MSGPACK_NEG_NAN(out) is not None or \
-                        out.find(b"\xcf") >= 0 or _MSGPACK_NAIVE_19(out) is not None or \
-                        _MSGPACK_NAIVE_26(out) is not None or _HAS_NAN(out) is not None or \
-                        _HAS_INFINITY(out) is not None:
+                if _msgpack_suspect(out):
                     return plain_encode(plain.convert(obj))
                 return out
 
