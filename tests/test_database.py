@@ -462,3 +462,42 @@ def test_config_mirrors_the_contract() -> None:
     assert fields == set(contract)
     for key, value in contract.items():
         assert model.model_dump(by_alias=True)[key] == value, key
+
+
+_MIGRATOR = """
+import asyncio, sys
+from onex_compose import NodeEffect, compose
+from onex_compose.capabilities.database import Migration
+node = compose(NodeEffect, ["database"])(capability_config={"database": {"url": sys.argv[1]}})
+node.db.register_migrations("race", [
+    Migration(f"{i:03d}", f"CREATE TABLE race_{i} (x INTEGER)") for i in range(5)])
+async def main():
+    await node.db.migrate()
+    await node.db.aclose()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_two_processes_migrate_concurrently_on_a_sqlite_file(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/race.db"
+    procs = [subprocess.Popen([sys.executable, "-c", _MIGRATOR, url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        _, err = await asyncio.to_thread(p.communicate, timeout=60)
+        assert p.returncode == 0, err.decode()[-2000:]
+    db = DbNode(capability_config={"database": {"url": url}}).db
+    rows = await db.fetch_all("SELECT id, count(*) AS n FROM onex_migrations GROUP BY id "
+                              "ORDER BY id")
+    assert [(r["id"], r["n"]) for r in rows] == [(f"{i:03d}", 1) for i in range(5)]
+    await _sql.dispose_engines()
+
+
+async def test_a_database_pickles_to_its_config(make: Any) -> None:
+    db = make().db
+    clone = pickle.loads(pickle.dumps(db))
+    assert clone.config == db.config and clone is not db
+    assert await clone.fetch_val("SELECT 1") == 1
