@@ -28,8 +28,6 @@ from onex_compose.capabilities.database import (
 )
 from onex_compose.exceptions import ConfigurationError
 
-
-
 DbNode = compose(NodeEffect, ["database"])
 PG = pytest.param("postgresql", marks=pytest.mark.postgres)
 
@@ -458,10 +456,10 @@ def test_config_mirrors_the_contract() -> None:
     contract = yaml.safe_load(
         (Path(pkg.__file__).parent / "mixin_database.yaml").read_text())["database_config"]
     model = DatabaseConfig()
-    fields = {(f.alias or name) for name, f in DatabaseConfig.model_fields.items()}
-    assert fields == set(contract)
+    assert set(DatabaseConfig.model_fields) == set(contract)
     for key, value in contract.items():
-        assert model.model_dump(by_alias=True)[key] == value, key
+        assert model.model_dump()[key] == value, key
+    assert DatabaseConfig(schema="s").schema_name == "s"
 
 
 _MIGRATOR = """

@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
-from onex_compose.capabilities import _context
-from onex_compose.capabilities import _sql
+from onex_compose.capabilities import _context, _sql
 from onex_compose.capabilities._log import logger
 from onex_compose.capabilities.database._model import (
     ISOLATIONS,
@@ -97,9 +96,9 @@ def _unavailable(exc: BaseException, state: str | None) -> bool:
         name = type(obj).__name__
         if name in ("ConnectionDoesNotExistError", "InterfaceError",
                     "ConnectionFailureError", "CannotConnectNowError",
-                    "InternalClientError") or "connection" in str(obj).lower() and (
+                    "InternalClientError") or ("connection" in str(obj).lower() and (
                 "closed" in str(obj).lower() or "lost" in str(obj).lower()
-                or "refused" in str(obj).lower()):
+                or "refused" in str(obj).lower())):
             return True
     return False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -15,65 +16,69 @@ from onex_compose.exceptions import OnexError
 ISOLATIONS = ("read_committed", "repeatable_read", "serializable")
 
 
-class DatabaseConfig(BaseModel):
-    """The ``database`` subcontract (every key of ``database_config`` in ``mixin_database.yaml``).
+with warnings.catch_warnings():  # the contract's key is "schema", which shadows the deprecated
+    # BaseModel.schema() classmethod; the field is what the contract names
+    warnings.filterwarnings("ignore", message=".*shadows an attribute in parent.*")
 
-    Example:
-        >>> DatabaseConfig(pool_size=2).pool_timeout
-        10.0
-    """
+    class DatabaseConfig(BaseModel):
+        """The ``database`` subcontract (every key of ``database_config`` in ``mixin_database.yaml``).
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+        Example:
+            >>> DatabaseConfig(pool_size=2).pool_timeout
+            10.0
+        """
 
-    url: str | None = Field(
-        default=None, description="None: ONEX_DATABASE_URL, else the embedded memory DB of "
-                                  "namespace")
-    namespace: str = Field(default="onex", min_length=1,
-                           description="prefix of the library's tables; name of the memory DB")
-    schema_: str | None = Field(default=None, alias="schema",
-                                description="PostgreSQL schema for connections and tables")
-    pool_size: int = Field(default=5, ge=1)
-    max_overflow: int = Field(default=5, ge=0)
-    pool_timeout: float = Field(default=10.0, gt=0)
-    pool_recycle: float = Field(default=1800.0, gt=0)
-    pool_pre_ping: bool = True
-    connect_timeout: float = Field(default=5.0, gt=0)
-    statement_timeout: float | None = Field(default=None, gt=0)
-    isolation: Literal["read_committed", "repeatable_read", "serializable"] | None = None
-    retry_attempts: int = Field(default=3, ge=1)
-    retry_initial_delay: float = Field(default=0.01, ge=0)
-    retry_max_delay: float = Field(default=0.5, ge=0)
-    sqlite_busy_timeout: float = Field(default=5.0, ge=0)
-    sqlite_wal: bool = True
-    migrate_on_start: bool = True
-    echo: bool = False
+        model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        if value:
-            resolve_url(value, "onex")  # ValueError listing the accepted schemes, masked
-        return value
+        url: str | None = Field(
+            default=None, description="None: ONEX_DATABASE_URL, else the embedded memory DB of "
+                                      "namespace")
+        namespace: str = Field(default="onex", min_length=1,
+                               description="prefix of the library's tables; name of the memory DB")
+        schema: str | None = Field(  # type: ignore[assignment]
+            default=None, description="PostgreSQL schema for connections and tables")
+        pool_size: int = Field(default=5, ge=1)
+        max_overflow: int = Field(default=5, ge=0)
+        pool_timeout: float = Field(default=10.0, gt=0)
+        pool_recycle: float = Field(default=1800.0, gt=0)
+        pool_pre_ping: bool = True
+        connect_timeout: float = Field(default=5.0, gt=0)
+        statement_timeout: float | None = Field(default=None, gt=0)
+        isolation: Literal["read_committed", "repeatable_read", "serializable"] | None = None
+        retry_attempts: int = Field(default=3, ge=1)
+        retry_initial_delay: float = Field(default=0.01, ge=0)
+        retry_max_delay: float = Field(default=0.5, ge=0)
+        sqlite_busy_timeout: float = Field(default=5.0, ge=0)
+        sqlite_wal: bool = True
+        migrate_on_start: bool = True
+        echo: bool = False
 
-    @field_validator("namespace")
-    @classmethod
-    def _check_namespace(cls, value: str) -> str:
-        if not value.replace("_", "").isalnum() or not value.isascii():
-            raise ValueError(f"namespace must be letters, digits and '_' (it prefixes table "
-                             f"names), got {value!r}")
-        return value
+        @field_validator("url")
+        @classmethod
+        def _check_url(cls, value: str | None) -> str | None:
+            if value:
+                resolve_url(value, "onex")  # ValueError listing the accepted schemes, masked
+            return value
 
-    @property
-    def schema_name(self) -> str | None:
-        """The configured PostgreSQL schema."""
-        return self.schema_
+        @field_validator("namespace")
+        @classmethod
+        def _check_namespace(cls, value: str) -> str:
+            if not value.replace("_", "").isalnum() or not value.isascii():
+                raise ValueError(f"namespace must be letters, digits and '_' (it prefixes table "
+                                 f"names), got {value!r}")
+            return value
 
-    def __repr__(self) -> str:
-        from onex_compose._redact import scrub_text
+        @property
+        def schema_name(self) -> str | None:
+            """The configured PostgreSQL schema."""
+            return self.schema  # type: ignore[return-value]
 
-        return scrub_text(super().__repr__())
+        def __repr__(self) -> str:
+            from onex_compose._redact import scrub_text
 
-    __str__ = __repr__
+            return scrub_text(super().__repr__())
+
+        __str__ = __repr__
 
 
 # -- errors ------------------------------------------------------------------------------------
