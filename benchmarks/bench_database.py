@@ -107,7 +107,7 @@ async def _postgres(number: int, repeats: int) -> dict[str, float] | None:
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     try:
         pool = await asyncpg.create_pool(PG_DSN, min_size=1, max_size=2, timeout=2)
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+    except (TimeoutError, OSError, asyncpg.PostgresError):
         return None
     node = compose(NodeEffect, ["database"])(
         capability_config={"database": {"url": PG_DSN, "schema": schema}})

@@ -222,13 +222,14 @@ def async_engine(resolved: ResolvedURL, **opts: Any) -> Any:
     return engine
 
 
-def engines_for(url: str) -> list[Any]:
-    """The running loop's engines for a URL (for pool statistics)."""
+def existing_engine(resolved: ResolvedURL, **opts: Any) -> Any:
+    """The running loop's engine for ``resolved`` and ``opts`` if one exists, else ``None``."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return []
-    return [e for (u, _), e in _engines.get(loop, {}).items() if u == url]
+        return None
+    key = (resolved.url, tuple(sorted(opts.items(), key=lambda kv: kv[0])))
+    return _engines.get(loop, {}).get(key)
 
 
 async def dispose_engines(url: str | None = None) -> None:

@@ -70,6 +70,19 @@ async def make(request: pytest.FixtureRequest, tmp_path: Any
         await drop_schema(base["url"], base["schema"])
 
 
+@pytest.fixture
+def logs() -> Any:
+    """Every record the library logs during the test (loguru, enabled for the test)."""
+    from loguru import logger
+
+    lines: list[str] = []
+    logger.enable("onex_compose")
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
+    logger.disable("onex_compose")
+
+
 async def _table(db: Database) -> None:
     await db.execute("CREATE TABLE acct (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
 
@@ -417,7 +430,8 @@ def test_missing_driver_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) 
         DbNode(capability_config={"database": {"url": "postgresql://u@127.0.0.1/x"}})
 
 
-async def test_the_password_never_appears(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_password_never_appears(caplog: pytest.LogCaptureFixture, logs: list[str]
+                                          ) -> None:
     from onex_compose import explain
 
     url = "postgresql://app:Sup3rS3cret@127.0.0.1:1/x"
@@ -427,7 +441,7 @@ async def test_the_password_never_appears(caplog: pytest.LogCaptureFixture) -> N
     with pytest.raises(DatabaseError) as info:
         await node.db.fetch_val("SELECT 1")
     await _sql.dispose_engines()
-    texts = [str(info.value), repr(node.db), node.db.url_safe, caplog.text,
+    texts = [str(info.value), repr(node.db), node.db.url_safe, caplog.text, "".join(logs),
              str(explain(type(node))), repr(node.db.config), str(await node.db.health())]
     for text in texts:
         assert "Sup3rS3cret" not in text
@@ -499,3 +513,18 @@ async def test_a_database_pickles_to_its_config(make: Any) -> None:
     clone = pickle.loads(pickle.dumps(db))
     assert clone.config == db.config and clone is not db
     assert await clone.fetch_val("SELECT 1") == 1
+
+
+async def test_orm_session_and_echo_without_parameters(make: Any, logs: list[str]) -> None:
+    import sqlalchemy as sa
+
+    node = make(echo=True)
+    db = node.db
+    await _table(db)
+    async with db.session() as s, s.begin():
+        await s.execute(sa.text("INSERT INTO acct (id, v) VALUES (:id, :v)"),
+                        {"id": 1, "v": 424242})
+    assert await db.fetch_val("SELECT v FROM acct WHERE id = :id", {"id": 1}) == 424242
+    text = "".join(logs)
+    assert "SELECT v FROM acct" in text and "INSERT INTO acct" in text
+    assert "424242" not in text

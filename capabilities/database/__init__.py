@@ -103,7 +103,8 @@ class MixinDatabase:
             db = old
         else:
             db = Database(cfg)
-        db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"))
+        db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"),
+                logging=has_capability(self, "logging"))
         db.configure(cfg)
         node.db = db
         if has_capability(self, "health_check"):
@@ -114,7 +115,8 @@ class MixinDatabase:
         """The node's database (defaults when ``setup_database`` never ran)."""
         node: Any = self
         db = Database(DatabaseConfig())
-        db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"))
+        db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"),
+                logging=has_capability(self, "logging"))
         db.configure(db.config)
         return db
 

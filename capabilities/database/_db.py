@@ -237,7 +237,7 @@ class _TransactionContext:
             try:
                 await sp.rollback()
             except Exception:  # the outer transaction reports the failure
-                logger.debug("database: savepoint rollback failed", exc_info=True)
+                logger.opt(exception=True).debug("database: savepoint rollback failed")
 
     async def _end(self, tx: Transaction, exc: BaseException | None) -> None:
         db = self._db
@@ -284,6 +284,7 @@ class Database:
         self._metrics = metrics
         self._node_ref: Any = weakref.ref(node) if node is not None else None
         self._use_retry = retry and node is not None
+        self._use_logging = False
         self._migrations: dict[str, list[Migration]] = {}
         self._migrated: set[str] = set()
         self._last_pool_timeout: float | None = None
@@ -322,21 +323,27 @@ class Database:
         """Reconfigure in place (identity kept: other capabilities hold ``node.db``)."""
         self._apply(config)
 
-    def bind(self, *, metrics: Any, node: Any, retry: bool) -> None:
+    def bind(self, *, metrics: Any, node: Any, retry: bool, logging: bool = False) -> None:
         """Attach the node's metrics and (weakly) the node, whose ``with_retry`` runs
         :meth:`run_in_transaction`'s loop when ``retry`` is composed."""
         self._metrics = metrics
         self._node_ref = weakref.ref(node) if node is not None else None
         self._use_retry = retry and node is not None
+        self._use_logging = logging and node is not None
 
     def _engine_opts(self) -> dict[str, Any]:
         c = self.config
         echo = None
         if c.echo:
-            log = logger
+            ref = weakref.ref(self)
 
-            def echo(statement: str) -> None:
-                log.info("database: %s", statement)
+            def echo(statement: str) -> None:  # the statement only: parameters never
+                db = ref()
+                node = db._node_ref() if db is not None and db._node_ref is not None else None
+                if node is not None and getattr(db, "_use_logging", False):
+                    node.log.info("database: {}", statement)
+                else:
+                    logger.info("database: {}", statement)
         return {"pool_size": c.pool_size, "max_overflow": c.max_overflow,
                 "pool_timeout": c.pool_timeout, "pool_recycle": c.pool_recycle,
                 "pool_pre_ping": c.pool_pre_ping, "connect_timeout": c.connect_timeout,
@@ -389,7 +396,8 @@ class Database:
         """``{"size", "checked_out", "overflow"}`` of the running loop's pool."""
         size, overflow = self.config.pool_size, 0
         checked = self._checked_out
-        for engine in _sql.engines_for(self._resolved.url):
+        engine = _sql.existing_engine(self._resolved, **self._opts)
+        if engine is not None:
             pool = engine.pool
             if hasattr(pool, "checkedout"):
                 checked = pool.checkedout()
@@ -412,7 +420,7 @@ class Database:
         try:
             await asyncio.shield(conn.close())
         except BaseException:
-            logger.debug("database: closing a connection failed", exc_info=True)
+            logger.opt(exception=True).debug("database: closing a connection failed")
         finally:
             self._checked_out -= 1
             self._gauge("db_pool_checked_out", self._checked_out)
@@ -421,7 +429,7 @@ class Database:
         try:
             await conn.invalidate()
         except BaseException:
-            logger.debug("database: invalidating a connection failed", exc_info=True)
+            logger.opt(exception=True).debug("database: invalidating a connection failed")
 
     async def _begin(self, engine: Any, isolation: str | None, readonly: bool
                      ) -> tuple[Any, Any]:
