@@ -306,6 +306,7 @@ class Database:
         self.config = config
         self._resolved = resolved
         self._opts = self._engine_opts()
+        self._loop_engine: tuple[Any, Any] | None = None
         if self._finalizer is not None:
             self._finalizer()  # releases the previous keeper
             self._finalizer = None
@@ -375,7 +376,13 @@ class Database:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _engine(self) -> Any:
-        return _sql.async_engine(self._resolved, **self._opts)
+        loop = asyncio.get_running_loop()
+        cached = self._loop_engine
+        if cached is not None and cached[0]() is loop:
+            return cached[1]
+        engine = _sql.async_engine(self._resolved, **self._opts)
+        self._loop_engine = (weakref.ref(loop), engine)
+        return engine
 
     def engine(self) -> Any:
         """The running loop's SQLAlchemy ``AsyncEngine`` (created on first use)."""
@@ -418,7 +425,7 @@ class Database:
 
     async def _release(self, conn: Any) -> None:
         try:
-            await asyncio.shield(conn.close())
+            await conn.close()
         except BaseException:
             logger.opt(exception=True).debug("database: closing a connection failed")
         finally:
