@@ -130,16 +130,30 @@ def resolve_url(url: str | None, namespace: str) -> ResolvedURL:
     return ResolvedURL(f"{target}://{rest}", "postgresql", "postgresql")
 
 
-def require_sql(resolved: ResolvedURL, capability: str = "database") -> None:
-    """Fail at setup, with the fix, when SQLAlchemy or the URL's driver is not installed."""
-    scheme = resolved.url.partition("://")[0]
+_DIALECT_SCHEME = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def require_sql(dialect: ResolvedURL | str, capability: str = "database") -> None:
+    """Fail at setup, with the fix, when SQLAlchemy or the driver is not installed.
+
+    ``dialect`` is ``"sqlite"``, ``"postgresql"``, an async scheme such as
+    ``"postgresql+psycopg"``, or a :class:`ResolvedURL`.
+    """
+    if isinstance(dialect, ResolvedURL):
+        scheme = dialect.url.partition("://")[0]
+    else:
+        scheme = _DIALECT_SCHEME.get(dialect, dialect)
+    if scheme not in _DRIVERS:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; known: sqlite, postgresql, "
+                         + ", ".join(_DRIVERS))
+    name = "sqlite" if scheme.startswith("sqlite") else "postgresql"
     modules, extra = _DRIVERS[scheme]
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         from onex_compose.exceptions import ConfigurationError
 
         raise ConfigurationError(
-            f"{capability}: a {resolved.dialect} database ({scheme}) needs "
+            f"{capability}: a {name} database ({scheme}) needs "
             f"{' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
             f"installed. Install with: pip install 'onex-compose[{extra}]'",
             capability=capability)
@@ -204,13 +218,18 @@ def memory_lock(name: str) -> asyncio.Lock:
     return lock
 
 
-def async_engine(resolved: ResolvedURL, **opts: Any) -> Any:
+def async_engine(resolved: ResolvedURL | str, **opts: Any) -> Any:
     """The running loop's ``AsyncEngine`` for ``resolved`` and ``opts`` (created on first use).
+
+    ``resolved`` is a :class:`ResolvedURL` or a URL string (mapped by :func:`resolve_url`, an
+    in-memory URL to the ``onex`` namespace's database).
 
     Options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
     ``pool_pre_ping``, ``connect_timeout``, ``sqlite_busy_timeout``, ``sqlite_wal``, ``schema``,
     ``echo`` (a callable logging a statement, or ``None``).
     """
+    if isinstance(resolved, str):
+        resolved = resolve_url(resolved, "onex")
     loop = asyncio.get_running_loop()
     per_loop = _engines.get(loop)
     if per_loop is None:

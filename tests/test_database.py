@@ -419,6 +419,36 @@ def test_plain_schemes_map_to_async_drivers() -> None:
     assert _sql.resolve_url(None, "n").memory_name == "onex-n"
 
 
+async def test_async_engine_is_cached_per_loop_and_options() -> None:
+    url = "sqlite:///:memory:"
+    a = _sql.async_engine(url, pool_size=1)
+    assert _sql.async_engine(url, pool_size=1) is a
+    assert _sql.async_engine(url, pool_size=2) is not a
+    same = await asyncio.to_thread(lambda: asyncio.run(_engine_in_new_loop(url, a)))
+    assert same is False  # another loop gets its own engine
+    await _sql.dispose_engines()
+
+
+async def _engine_in_new_loop(url: str, first: Any) -> bool:
+    engine = _sql.async_engine(url, pool_size=1)
+    await _sql.dispose_engines()
+    return engine is first
+
+
+def test_require_sql_by_dialect(monkeypatch: pytest.MonkeyPatch) -> None:
+    _sql.require_sql("sqlite")
+    _sql.require_sql("postgresql")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[database\]'"):
+        _sql.require_sql("sqlite")
+
+
+def test_the_facility_satisfies_the_protocol() -> None:
+    from onex_compose.capabilities.database import DatabaseProtocol
+
+    assert isinstance(DbNode().db, DatabaseProtocol)
+
+
 def test_missing_driver_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.util.find_spec
 
