@@ -447,7 +447,9 @@ class Database:
                 await conn.execution_options(isolation_level=_SQLA_ISOLATION[isolation])
             elif not pg and readonly:
                 await conn.execution_options(onex_readonly=True)
-            outer = await conn.begin()
+            # SQLAlchemy's autobegin opens the transaction with the first statement (one
+            # round trip fewer than an explicit begin()); commit()/rollback() end it
+            outer = conn
             if pg:
                 if readonly:
                     await conn.exec_driver_sql("SET TRANSACTION READ ONLY")
