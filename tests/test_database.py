@@ -21,6 +21,7 @@ from onex_compose.capabilities.database import (
     DatabaseConfig,
     DatabaseError,
     DatabaseIntegrityError,
+    DatabaseUnavailableError,
     Migration,
     MigrationError,
     PoolExhaustedError,
@@ -475,8 +476,9 @@ async def test_the_password_never_appears(caplog: pytest.LogCaptureFixture, logs
     node = DbNode(capability_config={"database": {"url": url, "connect_timeout": 1,
                                                   "echo": True}})
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(DatabaseError) as info:
+    with pytest.raises(DatabaseUnavailableError) as info:  # nothing listens on port 1
         await node.db.fetch_val("SELECT 1")
+    assert info.value.onex_retriable is True
     await _sql.dispose_engines()
     texts = [str(info.value), repr(node.db), node.db.url_safe, caplog.text, "".join(logs),
              str(explain(type(node))), repr(node.db.config), str(await node.db.health())]

@@ -8,6 +8,10 @@ database per ``namespace``, or a file) and PostgreSQL:
   connection to the pool. A ``transaction()`` opened inside another in the same task is a
   SAVEPOINT; ``db.execute``/``fetch_*``/``stream`` called inside the block join it (the open
   transaction travels in a ContextVar), else run in a transaction of their own.
+* Joining is per task: a task started inside a block (``create_task``, ``gather``) does not
+  join it and opens its own transaction; on the memory database, whose transactions are
+  serialised per loop, awaiting such a task from inside the block would wait for the block to
+  end, so give the child task the ``tx`` instead.
 * ``run_in_transaction(fn, *args, isolation=...)`` runs ``fn(tx, *args)`` again on a conflict
   (SQLSTATE 40001/40P01, SQLite busy): through the node's ``with_retry`` when ``retry`` is
   composed, else its own bounded full-jitter loop.
