@@ -304,8 +304,10 @@ def _create(resolved: ResolvedURL, *, pool_size: int = 5, max_overflow: int = 5,
 
         @event.listens_for(sync, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            readonly = conn.get_execution_options().get("onex_readonly", False)
-            conn.exec_driver_sql("BEGIN" if readonly else immediate)
+            options = conn.get_execution_options()
+            if options.get("onex_autocommit"):  # one statement on its own: SQLite's autocommit
+                return
+            conn.exec_driver_sql("BEGIN" if options.get("onex_readonly") else immediate)
 
     elif schema:
         quoted = '"' + schema.replace('"', '""') + '"'

@@ -103,6 +103,22 @@ def _unavailable(exc: BaseException, state: str | None) -> bool:
     return False
 
 
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount if result.rowcount is not None else -1)
+
+
+def _all(result: Any) -> list[Mapping[str, Any]]:
+    return list(result.mappings().all())
+
+
+def _first(result: Any) -> Any:
+    return result.mappings().first()
+
+
+def _scalar(result: Any) -> Any:
+    return result.scalar()
+
+
 class Transaction:
     """An open transaction (or savepoint) on one connection; use it only inside its block."""
 
@@ -527,40 +543,70 @@ class Database:
 
     # -- statements outside a block: join the current transaction, else autocommit ---------
 
+    async def _single(self, op: str, sql: Any, params: Mapping[str, Any] | None,
+                      take: Callable[[Any], Any]) -> Any:
+        """One statement outside any block: on SQLite in autocommit mode (a single statement
+        is atomic by itself; no BEGIN/COMMIT round trips), on PostgreSQL in a transaction of
+        its own (``SET LOCAL statement_timeout`` needs one)."""
+        self._prepare(sql, params)
+        if self._resolved.dialect != "sqlite":
+            async with self.transaction() as tx:
+                return take(await self._run(tx._live(), op, sql, params))
+        await self._ensure_migrated_lazily()
+        engine = self._engine()
+        lock = (_sql.memory_lock(self._resolved.memory_name or "")
+                if self._resolved.kind == "memory" else None)
+        if lock is not None:
+            await lock.acquire()
+        try:
+            conn = await self._connect(engine)
+            try:
+                await conn.execution_options(onex_autocommit=True)
+                value = take(await self._run(conn, op, sql, params))
+            except BaseException:
+                self._inc_outcome("rollback")
+                raise
+            finally:
+                await self._release(conn)
+            self._inc_outcome("commit")
+            return value
+        finally:
+            if lock is not None:
+                lock.release()
+
     async def execute(self, sql: Any, params: Mapping[str, Any] | None = None) -> int:
-        """Run a statement in the current transaction (if any), else in its own."""
+        """Run a statement in the current transaction (if any), else on its own; return the
+        number of rows it changed."""
         tx = self._joinable()
         if tx is not None:
             return await tx.execute(sql, params)
-        _statement(sql), _check_params(params)
-        async with self.transaction() as tx:
-            return await tx.execute(sql, params)
+        return int(await self._single("execute", sql, params, _rowcount))
 
     async def fetch_all(self, sql: Any, params: Mapping[str, Any] | None = None
                         ) -> list[Mapping[str, Any]]:
+        """All rows as mappings (in the current transaction, if any)."""
         tx = self._joinable()
         if tx is not None:
             return await tx.fetch_all(sql, params)
-        _statement(sql), _check_params(params)
-        async with self.transaction() as tx:
-            return await tx.fetch_all(sql, params)
+        rows: list[Mapping[str, Any]] = await self._single("fetch", sql, params, _all)
+        return rows
 
     async def fetch_one(self, sql: Any, params: Mapping[str, Any] | None = None
                         ) -> Mapping[str, Any] | None:
+        """The first row as a mapping, or ``None`` (in the current transaction, if any)."""
         tx = self._joinable()
         if tx is not None:
             return await tx.fetch_one(sql, params)
-        _statement(sql), _check_params(params)
-        async with self.transaction() as tx:
-            return await tx.fetch_one(sql, params)
+        row: Mapping[str, Any] | None = await self._single("fetch", sql, params, _first)
+        return row
 
     async def fetch_val(self, sql: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row, or ``None`` (in the current transaction, if
+        any)."""
         tx = self._joinable()
         if tx is not None:
             return await tx.fetch_val(sql, params)
-        _statement(sql), _check_params(params)
-        async with self.transaction() as tx:
-            return await tx.fetch_val(sql, params)
+        return await self._single("fetch", sql, params, _scalar)
 
     async def stream(self, sql: Any, params: Mapping[str, Any] | None = None, *,
                      batch: int = 500) -> AsyncIterator[Mapping[str, Any]]:
