@@ -545,11 +545,12 @@ class Database:
 
     async def _single(self, op: str, sql: Any, params: Mapping[str, Any] | None,
                       take: Callable[[Any], Any]) -> Any:
-        """One statement outside any block: on SQLite in autocommit mode (a single statement
-        is atomic by itself; no BEGIN/COMMIT round trips), on PostgreSQL in a transaction of
-        its own (``SET LOCAL statement_timeout`` needs one)."""
+        """One statement outside any block, in autocommit mode (a single statement is atomic
+        by itself; no BEGIN/COMMIT round trips). On PostgreSQL with a statement timeout or a
+        deadline, in a transaction of its own (``SET LOCAL statement_timeout`` needs one)."""
         self._prepare(sql, params)
-        if self._resolved.dialect != "sqlite":
+        sqlite = self._resolved.dialect == "sqlite"
+        if not sqlite and self._statement_timeout() is not None:
             async with self.transaction() as tx:
                 return take(await self._run(tx._live(), op, sql, params))
         await self._ensure_migrated_lazily()
@@ -561,7 +562,10 @@ class Database:
         try:
             conn = await self._connect(engine)
             try:
-                await conn.execution_options(onex_autocommit=True)
+                if sqlite:
+                    await conn.execution_options(onex_autocommit=True)
+                else:
+                    await conn.execution_options(isolation_level="AUTOCOMMIT")
                 value = take(await self._run(conn, op, sql, params))
             except BaseException:
                 self._inc_outcome("rollback")
