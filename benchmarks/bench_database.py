@@ -12,6 +12,9 @@ ours                                                     SQLAlchemy Core (same e
 await tx.execute(insert)``                               await c.execute(insert)``
 =======================================================  ==========================================
 
+``db.fetch_val`` outside a block runs in autocommit (one statement is atomic on its own), so it
+saves Core's BEGIN/ROLLBACK round trips and can come out faster than the baseline; with a
+deadline or ``statement_timeout`` on PostgreSQL it takes a transaction (``SET LOCAL``).
 The raw driver (asyncpg ``fetchval`` on a pooled connection; aiosqlite ``execute`` +
 ``fetchone`` on one connection) is shown for reference. Each round times ours and the
 baseline alternately (median of the rounds; the machine is noisy). Target: <= 1.10x SQLAlchemy
