@@ -273,9 +273,9 @@ async def test_concurrent_read_modify_write_increments_are_exact(make: Any) -> N
     assert await db.fetch_val("SELECT v FROM acct WHERE id = 1") == 8
 
 
+# the memory DB has no pool to exhaust (one connection per loop, transactions serialised)
+@pytest.mark.parametrize("make", ["file", PG], indirect=True)
 async def test_pool_exhaustion_raises_no_sooner_than_pool_timeout(make: Any) -> None:
-    if make.kind == "memory":
-        pytest.skip("the memory DB has one connection per loop and serialises transactions")
     node = make(pool_size=1, max_overflow=0, pool_timeout=0.2)
     db = node.db
     held = asyncio.Event()
@@ -367,6 +367,8 @@ async def test_health_check_is_registered_and_metrics_are_counted(make: Any) -> 
     assert c['db_statements_total{op="fetch",outcome="error"}'] == 1
     assert c['db_transactions_total{outcome="commit"}'] >= 1
     assert c['db_transactions_total{outcome="rollback"}'] >= 1
+    assert snap["gauges"]["db_pool_checked_out"] == 0
+    assert any(k.startswith("db_statement_duration_seconds") for k in snap["histograms"])
 
 
 async def test_reconfiguration_keeps_identity_and_pickle_reconnects(make: Any) -> None:
