@@ -170,6 +170,8 @@ async def test_a_deadline_cancels_the_query_on_the_server(pg: dict[str, Any]) ->
         await node.with_timeout(node.db.fetch_val, f"SELECT pg_sleep(30) AS {marker}",
                                 timeout=0.2)
     assert time.monotonic() - t0 < 5
+    assert node.db.pool_status()["checked_out"] == 0
+    assert await node.db.fetch_val("SELECT 2") == 2  # the pool hands out a working connection
     watcher = DbNode(capability_config={"database": pg}).db
     deadline = time.monotonic() + 5
     while True:
