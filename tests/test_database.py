@@ -569,3 +569,12 @@ async def test_orm_session_and_echo_without_parameters(make: Any, logs: list[str
     text = "".join(logs)
     assert "SELECT v FROM acct" in text and "INSERT INTO acct" in text
     assert "424242" not in text
+
+
+@pytest.mark.parametrize("make", ["file"], indirect=True)
+async def test_file_database_pragmas(make: Any) -> None:
+    db = make(sqlite_busy_timeout=2.5).db
+    async with db.transaction() as tx:
+        assert await tx.fetch_val("PRAGMA journal_mode") == "wal"
+        assert await tx.fetch_val("PRAGMA foreign_keys") == 1
+        assert await tx.fetch_val("PRAGMA busy_timeout") == 2500

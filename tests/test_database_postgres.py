@@ -279,3 +279,18 @@ async def test_server_killed_mid_run(private_postgres: Any) -> None:
             await asyncio.sleep(0.1)
     assert (await db.health())["status"] == "healthy"
     await _sql.dispose_engines()
+
+
+async def test_isolation_readonly_and_search_path(pg: dict[str, Any]) -> None:
+    from onex_compose.capabilities.database import DatabaseError
+
+    db = DbNode(capability_config={"database": {**pg, "isolation": "repeatable_read"}}).db
+    async with db.transaction() as tx:
+        assert await tx.fetch_val("SHOW transaction_isolation") == "repeatable read"
+        assert await tx.fetch_val("SELECT current_schema()") == pg["schema"]
+    async with db.transaction(isolation="serializable") as tx:
+        assert await tx.fetch_val("SHOW transaction_isolation") == "serializable"
+    await _acct(db)
+    with pytest.raises(DatabaseError, match="read-only"):
+        async with db.transaction(readonly=True) as tx:
+            await tx.execute("UPDATE acct SET v = 1")
