@@ -51,11 +51,11 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.util
+import itertools
 import os
 import re
 import secrets
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
@@ -97,6 +97,31 @@ _NO_KEY = ("no encryption key: set keys or ONEX_ENCRYPTION_KEYS; `onex keygen` p
            "(or set allow_ephemeral_key: true for tests and demos)")
 
 _ephemeral_warned = False
+_urandom = os.urandom
+
+
+class _NeverRaised(Exception):
+    """Stands for ``cryptography.exceptions.InvalidTag`` until cryptography is imported."""
+
+
+_InvalidTag: type[Exception] = _NeverRaised
+
+
+class _Labels(dict[str, str]):
+    """A metric's label set built once: ``items()`` returns a prebuilt tuple, which spares the
+    metrics fast path (``tuple(labels.items())``) an allocation per pair on every operation."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, **labels: str) -> None:
+        super().__init__(labels)
+        self._items = tuple(super().items())
+
+    def items(self) -> Any:
+        return self._items
+
+    def __setitem__(self, key: str, value: str) -> None:
+        raise TypeError("metric labels are fixed")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,8 +366,8 @@ class Encryption:
         self._key_ids_b = {kid.encode("ascii"): kid for kid in self._keys}
         self._order = [kid for kid, _ in ring]
         self.primary_key_id: str = ring[0][0]
-        self._uses: dict[str, int] = {}
-        self._lock = threading.Lock()
+        # one counter per key: next() on an itertools.count is atomic, so exact across threads
+        self._uses: dict[str, Iterator[int]] = {kid: itertools.count() for kid in self._order}
         self._limit = cfg.max_uses_per_key
         self._ciphers: dict[tuple[str, int], Any] = {}
         self._fernet: Any = None  # MultiFernet, built at first use
@@ -352,7 +377,11 @@ class Encryption:
         kid_b = self.primary_key_id.encode("ascii")
         self._alg = alg
         self._header = bytes((VERSION, len(kid_b))) + kid_b + bytes((alg,))
-        self._primary: Any = None  # the primary's cipher, built at first use
+        # built at the first operation (the import of cryptography waits until then):
+        # encrypt's (cipher, header, use counter, metric labels), None for fernet
+        self._enc: tuple[Any, bytes, Iterator[int], dict[str, str], int] | None = None
+        # decrypt's token header -> (cipher, metric labels), every key and AEAD algorithm
+        self._by_header: dict[bytes, tuple[Any, dict[str, str]]] | None = None
         from onex_compose.capabilities._log import logger
 
         logger.debug("encryption: {} with keys {} (from {})", cfg.algorithm,
@@ -404,6 +433,8 @@ class Encryption:
 
     def _multifernet(self) -> Any:
         if self._fernet is None:
+            if self._by_header is None:
+                self._prime()
             from cryptography.fernet import Fernet, MultiFernet
 
             self._fernets = {kid: Fernet(base64.urlsafe_b64encode(self._keys[kid]))
@@ -414,10 +445,7 @@ class Encryption:
     def _count(self, op: str, key_id: str) -> None:
         metrics = self.metrics
         if metrics is not None:
-            labels = self._labels.get((op, key_id))
-            if labels is None:
-                labels = self._labels[(op, key_id)] = {"op": op, "key_id": key_id}
-            metrics.increment("encryption_operations_total", labels=labels)
+            metrics.increment("encryption_operations_total", 1, self._labels_of(op, key_id))
 
     def _failed(self, reason: str, key_id: str | None = None) -> DecryptionError:
         if self.metrics is not None:
@@ -425,11 +453,33 @@ class Encryption:
         return DecryptionError(reason, key_id=key_id)
 
     def _use(self, key_id: str) -> None:
-        with self._lock:
-            used = self._uses.get(key_id, 0)
-            if used >= self._limit:
-                raise KeyExhaustedError(key_id, self._limit)
-            self._uses[key_id] = used + 1
+        if next(self._uses[key_id]) >= self._limit:
+            raise KeyExhaustedError(key_id, self._limit)
+
+    def _prime(self) -> dict[bytes, tuple[Any, dict[str, str]]]:
+        """Build the ciphers of every key (imports cryptography); returns the header table."""
+        global _InvalidTag
+        from cryptography.exceptions import InvalidTag
+
+        _InvalidTag = InvalidTag
+        table: dict[bytes, tuple[Any, dict[str, str]]] = {}
+        for kid in self._order:
+            kid_b = kid.encode("ascii")
+            for alg in _ALG_NAMES:
+                header = bytes((VERSION, len(kid_b))) + kid_b + bytes((alg,))
+                table[header] = (self._cipher(kid, alg), self._labels_of("decrypt", kid))
+        if self.algorithm != "fernet":
+            kid = self.primary_key_id
+            self._enc = (self._cipher(kid, self._alg), self._header, self._uses[kid],
+                         self._labels_of("encrypt", kid), self._limit)
+        self._by_header = table
+        return table
+
+    def _labels_of(self, op: str, key_id: str) -> dict[str, str]:
+        labels = self._labels.get((op, key_id))
+        if labels is None:
+            labels = self._labels[(op, key_id)] = _Labels(op=op, key_id=key_id)
+        return labels
 
     @staticmethod
     def _no_aad(aad: bytes) -> None:
@@ -444,12 +494,14 @@ class Encryption:
         if self.algorithm == "fernet":
             self._no_aad(aad)
             return cast(bytes, self._multifernet().encrypt(data))
-        cipher = self._primary
-        if cipher is None:
-            cipher = self._primary = self._cipher(kid, self._alg)
-        header = self._header
+        state = self._enc
+        if state is None:
+            self._prime()
+            state = self._enc
+        assert state is not None
+        cipher, header = state[0], state[1]
         nonce = os.urandom(NONCE_SIZE)
-        return header + nonce + cipher.encrypt(nonce, data, header + aad if aad else header)
+        return header + nonce + cipher.encrypt(nonce, data, header + aad)
 
     def _binary(self, token: bytes | str) -> bytes:
         """The binary token of either form (``DecryptionError`` for anything else)."""
@@ -509,11 +561,11 @@ class Encryption:
             except InvalidToken:
                 raise self._failed("authentication_failed") from None
         kid, alg, header, nonce, ct = self._parse(token)
-        from cryptography.exceptions import InvalidTag
-
+        if self._by_header is None:
+            self._prime()
         try:
-            return self._cipher(kid, alg).decrypt(nonce, ct, header + aad if aad else header), kid
-        except InvalidTag:
+            return self._cipher(kid, alg).decrypt(nonce, ct, header + aad), kid
+        except _InvalidTag:
             raise self._failed("authentication_failed") from None
 
     # -- public API -----------------------------------------------------------------------------
@@ -525,8 +577,19 @@ class Encryption:
             KeyExhaustedError: the primary key reached ``max_uses_per_key``.
             ValueError: ``algorithm: fernet`` with a non-empty ``aad``.
         """
-        token = self._seal(data, aad)
-        self._count("encrypt", self.primary_key_id)
+        state = self._enc
+        if state is None:  # fernet, or the first call
+            token = self._seal(data, aad)
+            self._count("encrypt", self.primary_key_id)
+            return token
+        cipher, header, uses, labels, limit = state
+        if next(uses) >= limit:
+            raise KeyExhaustedError(self.primary_key_id, limit)
+        nonce = _urandom(12)  # NONCE_SIZE
+        token = header + nonce + cipher.encrypt(nonce, data, header + aad)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.increment("encryption_operations_total", 1, labels)
         return token
 
     def decrypt(self, token: bytes | str, aad: bytes = b"") -> bytes:
@@ -535,6 +598,23 @@ class Encryption:
         Raises:
             DecryptionError: altered, another key or context, malformed, or unknown version.
         """
+        table = self._by_header
+        if table is not None and token.__class__ is bytes and len(token) > 31 and token[0] == 1:
+            # the fast path: a binary token under a known key (anything else takes the slow
+            # one); 28 = NONCE_SIZE + TAG_SIZE
+            end = 3 + token[1]
+            header = token[:end]
+            entry = table.get(header)
+            if entry is not None and len(token) >= end + 28:
+                try:
+                    plain: bytes = entry[0].decrypt(token[end:end + 12], token[end + 12:],
+                                                    header + aad)
+                except _InvalidTag:
+                    raise self._failed("authentication_failed") from None
+                metrics = self.metrics
+                if metrics is not None:
+                    metrics.increment("encryption_operations_total", 1, entry[1])
+                return plain
         plain, kid = self._open(self._binary(token), aad)
         self._count("decrypt", kid or self.primary_key_id)
         return plain
@@ -613,15 +693,16 @@ class Encryption:
 
     def envelope_decrypt(self, envelope: Envelope, aad: bytes = b"") -> bytes:
         """The plaintext of an :class:`Envelope` (``DecryptionError`` as :meth:`decrypt`)."""
-        from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+        if self._by_header is None:
+            self._prime()
         dek = self._unwrap(envelope)
         if len(envelope.nonce) != NONCE_SIZE:
             raise self._failed("malformed")
         try:
             plain = AESGCM(dek).decrypt(envelope.nonce, envelope.ciphertext, aad or None)
-        except InvalidTag:
+        except _InvalidTag:
             raise self._failed("authentication_failed") from None
         self._count("decrypt", envelope.kek_id)
         return plain
