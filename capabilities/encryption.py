@@ -452,6 +452,14 @@ class Encryption:
             self.metrics.increment("decryption_failures_total", labels={"reason": reason})
         return DecryptionError(reason, key_id=key_id)
 
+    def keep_use_counts(self, previous: Encryption) -> None:
+        """Carry the use counts of ``previous`` (the facility this one replaces) over for the
+        keys both hold with the same material, so reconfiguring never resets a key's count
+        towards ``max_uses_per_key``."""
+        for kid, material in self._keys.items():
+            if previous._keys.get(kid) == material and self._enc is None:
+                self._uses[kid] = previous._uses[kid]
+
     def _use(self, key_id: str) -> None:
         if next(self._uses[key_id]) >= self._limit:
             raise KeyExhaustedError(key_id, self._limit)
@@ -555,11 +563,13 @@ class Encryption:
             self._no_aad(aad)
             from cryptography.fernet import InvalidToken
 
-            fernet = self._multifernet()
-            try:
-                return fernet.decrypt(token), None
-            except InvalidToken:
-                raise self._failed("authentication_failed") from None
+            self._multifernet()
+            for kid in self._order:  # MultiFernet.decrypt, knowing which key opened it
+                try:
+                    return self._fernets[kid].decrypt(token), kid
+                except InvalidToken:
+                    continue
+            raise self._failed("authentication_failed")
         kid, alg, header, nonce, ct = self._parse(token)
         if self._by_header is None:
             self._prime()
@@ -816,7 +826,11 @@ class MixinEncryption:
         ``allow_ephemeral_key``."""
         cfg = coerce_config(EncryptionConfig, config, "encryption")
         node = cast(Any, self)
-        node.crypto = Encryption(cfg, metrics=node.metrics)
+        old = getattr(node, "crypto", None)
+        crypto = Encryption(cfg, metrics=node.metrics)
+        if isinstance(old, Encryption):
+            crypto.keep_use_counts(old)
+        node.crypto = crypto
 
     @facility
     def crypto(self) -> Encryption:

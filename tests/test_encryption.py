@@ -325,6 +325,14 @@ def test_fernet_tokens_decrypt_with_multifernet_semantics() -> None:
         ring.decrypt(bytes(tampered))
 
 
+def test_fernet_decryption_is_counted_under_the_key_that_opened_it() -> None:
+    node = compose(NodeEffect, ["encryption"])(
+        capability_config={"encryption": {"keys": [K2, K1], "algorithm": "fernet"}})
+    node.crypto.decrypt(Fernet(_fernet_key(K1_RAW)).encrypt(b"x"))
+    assert ('encryption_operations_total{key_id="k1",op="decrypt"} 1.0'
+            in node.metrics.exposition())
+
+
 def test_fernet_rotation_matches_multifernet_rotate() -> None:
     f1, f2 = Fernet(_fernet_key(K1_RAW)), Fernet(_fernet_key(K2_RAW))
     old = f1.encrypt_at_time(b"payload", 1_000_000)
@@ -362,6 +370,19 @@ def test_key_exhausted_after_exactly_max_uses() -> None:
     # a new primary starts a fresh count
     c2 = crypto(K2, K1, max_uses_per_key=3)
     assert c2.rotate(tokens[0])[2:4] == b"k2"
+
+
+def test_reconfiguring_keeps_the_use_count_of_the_same_key() -> None:
+    node = compose(NodeEffect, ["encryption"])(
+        capability_config={"encryption": {"keys": [K1], "max_uses_per_key": 3}})
+    node.crypto.encrypt(b"1")
+    node.crypto.encrypt(b"2")
+    node.setup_encryption({"keys": [K1, K2], "max_uses_per_key": 3})
+    node.crypto.encrypt(b"3")
+    with pytest.raises(KeyExhaustedError):
+        node.crypto.encrypt(b"4")
+    node.setup_encryption({"keys": [K2, K1], "max_uses_per_key": 3})  # rotated: k2 is fresh
+    assert [node.crypto.encrypt(b"x")[2:4] for _ in range(3)] == [b"k2"] * 3
 
 
 # -- key material --------------------------------------------------------------------------------
