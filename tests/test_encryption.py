@@ -106,8 +106,11 @@ def test_composes_with_metrics_and_exposes_crypto() -> None:
 def test_the_mixin_follows_the_rules() -> None:
     assert MixinEncryption.__slots__ == ()
     assert "__init__" not in vars(MixinEncryption)
-    assert not hasattr(MixinEncryption, "crypto") or callable(
-        getattr(MixinEncryption, "crypto").__get__)
+    node = compose(NodeEffect, ["encryption"])(
+        capability_config={"encryption": {"keys": [K1]}})
+    first = node.crypto
+    node.setup_encryption({"keys": [K2, K1]})  # reconfigures: a new facility, new primary
+    assert node.crypto is not first and node.crypto.primary_key_id == "k2"
 
 
 def test_errors_subclass_onex_error_and_a_builtin_and_are_not_retried() -> None:
