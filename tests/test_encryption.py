@@ -172,13 +172,14 @@ def test_nonces_are_fresh_and_either_algorithm_decrypts_under_any_setting() -> N
 
 
 TOKEN = AES.encrypt(b"attack at dawn", aad=b"orders:42:card")
+CHACHA_TOKEN = CHACHA.encrypt(b"attack at dawn", aad=b"orders:42:card")
 TEXT_TOKEN = AES.encrypt_str("attack at dawn", aad=b"orders:42:card")
 
 
 @settings(max_examples=300, deadline=None)
-@given(position=st.integers(0, len(TOKEN) * 8 - 1))
-def test_any_single_bit_flip_raises_decryption_error(position: int) -> None:
-    flipped = bytearray(TOKEN)
+@given(position=st.integers(0, len(TOKEN) * 8 - 1), chacha=st.booleans())
+def test_any_single_bit_flip_raises_decryption_error(position: int, chacha: bool) -> None:
+    flipped = bytearray(CHACHA_TOKEN if chacha else TOKEN)
     flipped[position // 8] ^= 1 << (position % 8)
     with pytest.raises(DecryptionError) as info:
         AES.decrypt(bytes(flipped), aad=b"orders:42:card")
