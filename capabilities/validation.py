@@ -523,10 +523,8 @@ class Validator:
         is missing or not declared)."""
         key = cast(str, self.config.action_key)
         declared = sorted(self.action_schemas)
-        if isinstance(data, Mapping):
-            action = data.get(key, _NO_ARG)
-        else:
-            action = getattr(data, key, _NO_ARG)
+        action = (data.get(key, _NO_ARG) if isinstance(data, Mapping)
+                  else getattr(data, key, _NO_ARG))
         if action is _NO_ARG:
             self._count(_IN_BAD)
             raise InputValidationError.single(
