@@ -638,8 +638,9 @@ class Validator:
 
         Raises:
             OutputValidationError: ``value`` does not match the model.
-            LookupError / ConfigurationError: no such capability or model (from
-                ``_output_models.output_model``).
+            UnknownCapabilityError / UnknownOutputModelError: no such capability, or its
+                contract declares no such output model (both ``LookupError``, with a
+                did-you-mean).
         """
         from onex_compose.capabilities._output_models import output_model
 

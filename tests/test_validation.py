@@ -584,3 +584,36 @@ def test_generated_models_valid_data_round_trips_and_a_mutated_field_is_located(
         with pytest.raises(InputValidationError) as info:
             v.check(bad, model)
         assert [e["loc"].split(".")[0] for e in info.value.errors] == [mutated]
+
+
+# -- check_output: seed 002 output models ------------------------------------------------------
+
+
+SEED_RESULT = {"error_category": "transient", "handling_action": "retry",
+               "recovery_possible": True, "recovery_suggestions": ["wait", "retry"]}
+
+
+def test_check_output_accepts_seed_002_shape_and_rejects_a_wrong_field() -> None:
+    from onex_compose.capabilities._output_models import UnknownOutputModelError
+
+    v = compose(NodeCompute, ["validation"])().validator
+    model = v.check_output("error_handling", "error_handling_result", SEED_RESULT)
+    assert model.recovery_suggestions == ["wait", "retry"]
+    with pytest.raises(OutputValidationError) as info:
+        v.check_output("error_handling", "error_handling_result",
+                       {**SEED_RESULT, "recovery_possible": "maybe"})
+    assert [e["loc"] for e in info.value.errors] == ["recovery_possible"]
+    assert "error_handling_result" in str(info.value)
+    with pytest.raises(UnknownOutputModelError, match="did you mean 'error_handling_result'"):
+        v.check_output("error_handling", "error_handlng_result", SEED_RESULT)
+
+
+def test_check_output_against_validations_own_contract_models() -> None:
+    v = Validator()
+    with pytest.raises(InputValidationError) as info:
+        v.check({"customer": 1}, Order)
+    err = info.value
+    shape = {"model": err.model, "total": err.total, "action": "", "errors": err.errors}
+    assert v.check_output("validation", "validation_error", shape).total == 3
+    with pytest.raises(OutputValidationError):
+        v.check_output("validation", "validation_error", {**shape, "errors": [{"loc": 1}]})
