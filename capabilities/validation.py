@@ -358,8 +358,8 @@ def _import_ref(ref: str, field: str) -> Any:
     except ImportError as exc:
         raise ConfigurationError(
             f"validation_config.{field}: cannot import module {module_name!r} of {ref!r} "
-            f"({type(exc).__name__}: {exc}); check the module path and that it is importable",
-            capability="validation") from exc
+            f"({type(exc).__name__}: {exc}){_module_hint(module_name)}; check the module path "
+            "and that it is importable", capability="validation") from exc
     obj: Any = module
     for i, part in enumerate(attr.split(".")):
         try:
@@ -375,6 +375,19 @@ def _import_ref(ref: str, field: str) -> Any:
             f"validation_config.{field}: {ref!r} is a {type(obj).__name__}, not a type; name a "
             "Pydantic model (or any type pydantic's TypeAdapter accepts)", capability="validation")
     return obj
+
+
+def _module_hint(module_name: str) -> str:
+    """A did-you-mean over the modules next to the one that failed to import (only on error)."""
+    import pkgutil
+
+    parent, _, leaf = module_name.rpartition(".")
+    try:
+        path = importlib.import_module(parent).__path__ if parent else None
+        names = [m.name for m in pkgutil.iter_modules(path)]
+    except Exception:  # the parent itself is missing, or is not a package
+        return ""
+    return did_you_mean(leaf, names)
 
 
 def _schema_for(type_: Any, strict: bool, where: str) -> _Schema:

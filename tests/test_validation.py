@@ -137,6 +137,8 @@ def test_any_type_adapter_accepts_works_as_a_reference() -> None:
     ("validation_models:Ordr", "has no attribute 'Ordr' (did you mean 'Order'?)"),
     ("validation_models:not_a_type", "is a int, not a type"),
     ("validation_modelz:Order", "cannot import module 'validation_modelz'"),
+    ("validation_modelz:Order", "(did you mean 'validation_models'?)"),
+    ("json.decodr:X", "(did you mean 'decoder'?)"),
     ("validation_models.Order", "is not a model reference"),
 ])
 def test_bad_model_references_are_configuration_errors_at_setup(ref: str, fragment: str) -> None:
