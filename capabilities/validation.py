@@ -396,7 +396,9 @@ def _schema_for(type_: Any, strict: bool, where: str) -> _Schema:
     except Exception as exc:  # PydanticSchemaGenerationError, PydanticUserError, ...
         raise ConfigurationError(
             f"validation_config.{where}: pydantic cannot validate {type_!r} "
-            f"({type(exc).__name__}); use a Pydantic model or a type TypeAdapter accepts",
+            f"({type(exc).__name__}); use a Pydantic model or a type TypeAdapter accepts (for "
+            "an annotation of process() that is not meant to be validated, set "
+            "from_annotations: false or configure input_model/output_model)",
             capability="validation") from exc
 
 

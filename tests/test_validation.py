@@ -619,3 +619,21 @@ def test_check_output_against_validations_own_contract_models() -> None:
     assert v.check_output("validation", "validation_error", shape).total == 3
     with pytest.raises(OutputValidationError):
         v.check_output("validation", "validation_error", {**shape, "errors": [{"loc": 1}]})
+
+
+class Opaque:
+    pass
+
+
+class OpaqueNode(NodeCompute):
+    async def process(self, data: Opaque) -> int:
+        return 1
+
+
+def test_an_annotation_pydantic_cannot_validate_is_a_configuration_error_with_the_way_out() -> None:
+    cls = compose(OpaqueNode, ["validation"])
+    with pytest.raises(ConfigurationError, match="pydantic cannot validate") as info:
+        cls()
+    assert "from_annotations: false" in str(info.value)
+    assert run(cls(capability_config={"validation": {"from_annotations": False}}).process(
+        Opaque())) == 1
