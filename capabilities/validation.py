@@ -611,7 +611,12 @@ class Validator:
 
         Raises:
             OutputValidationError: every error found (up to ``max_errors``), with paths.
+            KeyError: ``action`` is not declared (the message lists the declared ones).
         """
+        if action is not None and action not in self.action_schemas:
+            declared = sorted(self.action_schemas)
+            raise KeyError(f"validate_output: undeclared action {action!r}"
+                           f"{did_you_mean(action, declared)}; declared actions: {declared}")
         schema = self.output_schema if action is None else self.action_schemas[action][1]
         if schema is None:
             return value

@@ -218,6 +218,9 @@ def test_undeclared_or_missing_action_is_an_input_error_listing_the_declared_one
         run(node.process({"name": "x"}))
     with pytest.raises(InputValidationError, match="declared actions"):
         node.validator.validate_input({"action": "purge"})
+    assert node.validator.validate_output({"deleted": 1}, action="delete").deleted is True
+    with pytest.raises(KeyError, match="did you mean 'delete'"):
+        node.validator.validate_output({}, action="delet")
 
 
 # -- error reporting ---------------------------------------------------------------------------
