@@ -266,6 +266,28 @@ def _cmd_new(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import base64
+    import re
+    import secrets
+
+    if args.id is None:
+        import time
+
+        args.id = time.strftime("k%Y%m%dT%H%M%S", time.gmtime())
+    if args.count < 1:
+        raise _UsageError(f"--count must be at least 1, got {args.count}")
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.id) is None:
+        raise _UsageError(f"--id must be 1-64 of A-Z a-z 0-9 . _ -, got {args.id!r}")
+    # the same entry as Encryption.generate_key(), without importing the capability (or
+    # cryptography): "<key_id>:<base64url of 32 random bytes>"
+    entries = [f"{args.id if args.count == 1 else f'{args.id}-{i + 1}'}:"
+               f"{base64.urlsafe_b64encode(secrets.token_bytes(32)).decode('ascii')}"
+               for i in range(args.count)]
+    print(",".join(entries), file=out)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         module = importlib.import_module("onex_compose._demo")
@@ -376,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the package shape (NAME/__init__.py, one module per backend, the contract "
                    "beside them) for a capability with several backends or past ~800 lines")
     p.set_defaults(func=_cmd_new)
+
+    p = sub.add_parser("keygen", help="print a new encryption key entry (for ONEX_ENCRYPTION_KEYS)")
+    p.add_argument("--id", default=None, metavar="KEY_ID",
+                   help="the key id (default: k<UTC date and time>)")
+    p.add_argument("--count", type=int, default=1, metavar="N",
+                   help="print N entries, comma-separated (ids KEY_ID-1..N)")
+    p.set_defaults(func=_cmd_keygen)
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("args", nargs="*", help="arguments for the demo")

@@ -180,3 +180,104 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+def _pg_tool(name: str) -> str | None:
+    import glob
+
+    found = shutil.which(name)
+    if found:
+        return found
+    for path in sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True):
+        return path
+    return None
+
+
+class PrivatePostgres:
+    """A PostgreSQL server owned by one test (``initdb`` + ``postgres`` as the ``postgres`` user
+    through ``runuser``, trust auth, on a free port); ``stop()`` kills it (immediate shutdown,
+    like a crash) and ``start()`` restarts it on the same port and data."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.dir = tempfile.mkdtemp(prefix="onex-pg-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._initialised = False
+
+    def _need(self) -> tuple[str, str]:
+        initdb, postgres = _pg_tool("initdb"), _pg_tool("postgres")
+        if initdb is None or postgres is None or shutil.which("runuser") is None:
+            if REQUIRE:
+                pytest.fail("initdb/postgres/runuser are not installed")
+            pytest.skip("initdb/postgres/runuser are not installed")
+        return initdb, postgres
+
+    def start(self) -> None:
+        initdb, postgres = self._need()
+        data = os.path.join(self.dir, "data")
+        if not self._initialised:
+            shutil.chown(self.dir, "postgres", "postgres")
+            subprocess.run(["runuser", "-u", "postgres", "--", initdb, "-D", data, "-A", "trust",
+                            "-U", "postgres", "--no-sync", "-E", "UTF8"],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._initialised = True
+        self.proc = subprocess.Popen(
+            ["runuser", "-u", "postgres", "--", postgres, "-D", data, "-p", str(self.port),
+             "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("private postgres exited at start")
+            try:
+                out = subprocess.run(
+                    ["runuser", "-u", "postgres", "--", _pg_tool("pg_isready") or "pg_isready",
+                     "-h", "127.0.0.1", "-p", str(self.port)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=5)
+                if out.returncode == 0:
+                    return
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("private postgres did not start")
+
+    def stop(self) -> None:
+        """Kill the server: SIGQUIT to the postmaster (immediate shutdown, no checkpoint)."""
+        if self.proc is not None:
+            pid = self._postmaster_pid()
+            if pid is not None:
+                try:
+                    os.kill(pid, 3)  # SIGQUIT
+                except ProcessLookupError:
+                    pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def _postmaster_pid(self) -> int | None:
+        try:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                return int(f.readline().strip())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server on a free port, killed and removed at the end of the test."""
+    server = PrivatePostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        server.remove()

@@ -312,10 +312,14 @@ def test_a_contract_for_another_node_type_is_refused() -> None:
         Service(ModelContractEffect())
 
 
-def test_every_builtin_capability_works_without_start_across_repeated_asyncio_run() -> None:
+def test_every_builtin_capability_works_without_start_across_repeated_asyncio_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 4: capabilities work without start(), and a node built outside a loop keeps
     working across repeated asyncio.run() calls (the real capabilities, embedded defaults)."""
     from onex_compose import default_registry
+
+    # encryption refuses to set up without a key (a test key: 32 zero bytes)
+    monkeypatch.setenv("ONEX_ENCRYPTION_KEYS", "k1:" + "A" * 43 + "=")
 
     class Doubler(NodeCompute):
         async def process(self, x: int) -> int:
