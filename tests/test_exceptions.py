@@ -213,7 +213,7 @@ def test_errors_pickle_with_their_message_and_data(err: Any) -> None:
             assert getattr(back, key) == value, key
 
 
-@pytest.mark.parametrize("name", ["authentication", "authorization", "serialization",
+@pytest.mark.parametrize("name", ["authentication", "authorization",
                                   "tracing", "profiling", "audit_log",
                                   "secure_storage", "message_queue", "webhook", "notification",
                                   "service_registry", "service_protocol"])
