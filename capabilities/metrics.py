@@ -68,6 +68,7 @@ import numbers
 import re
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from enum import Enum
@@ -80,6 +81,7 @@ from onex_compose.exceptions import OnexError
 
 __all__ = [
     "DEFAULT_BUCKETS",
+    "BoundCounter",
     "Metrics",
     "MetricsConfig",
     "MetricsError",
@@ -284,6 +286,71 @@ class Timer:
         self._hist.observe(elapsed)
 
 
+class BoundCounter:
+    """One counter series with its key resolved once: ``bound()`` adds 1, ``bound(n)`` adds n.
+
+    Made by :meth:`Metrics.bind_counter`. A call is an in-place add on the series' cell (plus
+    the ``prometheus_client`` child's ``inc`` with ``backend: prometheus``); after
+    ``reset()`` or a reconfiguration the next call finds the series again through
+    :meth:`Metrics.increment`'s slow path. A negative step is a :class:`MetricsError` and
+    changes nothing, as with ``increment``.
+
+    Attributes:
+        name: the counter's name.
+        labels: its labels (``None`` when unlabelled).
+    """
+
+    __slots__ = ("__weakref__", "_cell", "_metrics", "labels", "name")
+
+    def __init__(self, metrics: Metrics, name: str, labels: dict[str, str] | None) -> None:
+        self._metrics = metrics
+        self.name = name
+        self.labels = labels
+        self._cell: list[Any] | None = None
+
+    def __call__(self, value: float = 1) -> None:
+        cell = self._cell
+        try:
+            if value < 0:
+                raise _negative_step(self.name, value)
+            cell[0] += value  # type: ignore[index]
+        except TypeError:  # no cell yet (None), or not a number
+            self._slow(value)
+
+    inc = __call__
+
+    def _slow(self, value: Any) -> None:
+        m = self._metrics
+        number = _number(value, "increment", self.name)
+        if number < 0:
+            raise _negative_step(self.name, number)
+        cell = m._cell(m._counters, "counter", "increment", self.name, self.labels)
+        self.__class__ = BoundCounter if cell[1] is None else _MirroredBoundCounter
+        m._apply_increment(cell, number)
+        self._cell = cell
+
+    def __repr__(self) -> str:
+        return f"<BoundCounter {_series_key(self.name, tuple(sorted((self.labels or {}).items())))}>"
+
+
+class _MirroredBoundCounter(BoundCounter):
+    """A bound counter of the prometheus backend: the cell's child is updated too."""
+
+    __slots__ = ()
+
+    def __call__(self, value: float = 1) -> None:
+        cell = self._cell
+        try:
+            if value < 0:
+                raise _negative_step(self.name, value)
+            cell[1].inc(value)  # type: ignore[index]
+            cell[0] += value  # type: ignore[index]
+        except TypeError:
+            self._slow(value)
+
+    inc = __call__
+
+
 # -- the facility -----------------------------------------------------------------------------
 
 
@@ -309,8 +376,8 @@ class Metrics:
         hits_total 5.0
     """
 
-    __slots__ = ("_bounds", "_counters", "_functions", "_gauges", "_histograms", "_lock",
-                 "_registry", "_schema", "_taken", "clock", "config")
+    __slots__ = ("_bound", "_bounds", "_counters", "_functions", "_gauges", "_histograms",
+                 "_lock", "_registry", "_schema", "_taken", "clock", "config")
 
     def __init__(self, config: MetricsConfig | None = None, *,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -331,6 +398,10 @@ class Metrics:
             self._schema: dict[str, _Schema] = {}
             self._taken: dict[str, str] = {}
             self._registry: Any = None
+            if not hasattr(self, "_bound"):  # bound counters survive a reconfiguration
+                self._bound: weakref.WeakSet[BoundCounter] = weakref.WeakSet()
+            for bound in self._bound:
+                bound._cell = None  # the next call finds (or redefines) the series again
             for (name, labels), fn in list(self._functions.items()):
                 self._function_cell(name, labels, fn)
 
@@ -415,6 +486,37 @@ class Metrics:
         except (KeyError, TypeError, AttributeError):
             hist = self._histogram_cell(name, labels, "timer")
         return Timer(hist, self.clock)
+
+    def bind_counter(self, name: str, labels: Mapping[str, Any] | None = None) -> BoundCounter:
+        """A :class:`BoundCounter` for series ``name{labels}``: the cheap way to count on a
+        hot path (``prometheus_client``'s ``Counter.labels(...)`` child).
+
+        ``increment(name, value, labels)`` builds the series key from the labels on every call;
+        the bound counter resolves it once, so ``bound(value)`` costs about a dict update. It
+        stays correct across :meth:`reset`, a reconfiguration (``setup_metrics`` again, a
+        backend switch included) and with ``backend: prometheus`` (the mirror is updated too).
+
+        The name, the label names and values and the kind are checked now, as the first
+        ``increment`` would; the series itself appears on the first call (``snapshot()`` does
+        not show a bound counter that never counted).
+
+        Raises:
+            MetricsError: an invalid name or labels, or ``name`` is another kind of metric
+                or was used with other label names.
+
+        Example:
+            >>> m = Metrics()
+            >>> hits = m.bind_counter("hits", labels={"route": "/"})
+            >>> hits(); hits(4)
+            >>> m.snapshot()["counters"]['hits{route="/"}']
+            5
+        """
+        canon = _canonical_labels("bind_counter", name, labels, frozenset())
+        with self._lock:
+            self._define(name, "counter", tuple(k for k, _ in canon), "bind_counter")
+            bound = BoundCounter(self, name, dict(canon) if labels is not None else None)
+            self._bound.add(bound)
+        return bound
 
     # -- scrape-time gauges -------------------------------------------------------------------
 
@@ -576,6 +678,8 @@ class Metrics:
                 schema.series.clear()
             for (name, canon), fn in self._functions.items():
                 self._function_cell(name, canon, fn)
+            for bound in self._bound:
+                bound._cell = None
 
     @property
     def registry(self) -> Any:

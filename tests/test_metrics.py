@@ -437,6 +437,112 @@ def test_increments_from_threads_are_not_lost() -> None:
     assert counters['by_thread{t="0"}'] + counters['by_thread{t="1"}'] == 160_000
 
 
+# -- bound counters (bind_counter) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+@pytest.mark.parametrize("labels", [None, {"route": "a", "code": 200}])
+def test_a_bound_counter_counts_like_increment(backend: str,
+                                              labels: dict[str, object] | None) -> None:
+    m = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    key = "hits" if labels is None else 'hits{code="200",route="a"}'
+    hits = m.bind_counter("hits", labels=labels)
+    assert m.snapshot()["counters"] == {}  # the series appears on the first call
+    hits()
+    hits(4)
+    hits.inc(0.5)
+    m.increment("hits", 1, labels=labels)  # the same series as increment's
+    assert m.snapshot()["counters"] == {key: 6.5}
+    assert parse(m.exposition())[key.replace("hits", "hits_total")] == 6.5
+    assert "hits" in repr(hits)
+
+
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+def test_a_bound_counter_refuses_negative_steps_and_non_numbers(backend: str) -> None:
+    m = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    hits = m.bind_counter("hits", labels={"route": "a"})
+    with pytest.raises(MetricsError, match=r"only goes up.*>= 0"):  # before the first call
+        hits(-1)
+    assert m.snapshot()["counters"] == {}
+    hits(3)
+    with pytest.raises(MetricsError, match=r"only goes up.*>= 0") as info:  # the fast path
+        hits(-2)
+    assert info.value.metric == "hits"
+    with pytest.raises(MetricsError, match="must be a number"):
+        hits("1")  # type: ignore[arg-type]
+    assert m.snapshot()["counters"] == {'hits{route="a"}': 3}
+    assert parse(m.exposition())['hits_total{route="a"}'] == 3.0
+
+
+def test_bind_counter_checks_the_metric_once_at_bind_time() -> None:
+    m = Metrics()
+    m.gauge("level", 1)
+    with pytest.raises(MetricsError, match="is a gauge"):
+        m.bind_counter("level")
+    m.increment("calls", labels={"a": "x"})
+    with pytest.raises(MetricsError, match="label names"):
+        m.bind_counter("calls", labels={"b": "x"})
+    with pytest.raises(MetricsError, match="invalid metric name"):
+        m.bind_counter("bad name")
+    with pytest.raises(MetricsError, match="invalid label name"):
+        m.bind_counter("calls", labels={"__a": "x"})
+    m.bind_counter("fresh", labels={"a": "x"})  # defines the metric: its label names are fixed
+    with pytest.raises(MetricsError, match="label names"):
+        m.increment("fresh")
+
+
+@pytest.mark.parametrize("backend", ["memory", "prometheus"])
+def test_a_bound_counter_survives_reset(backend: str) -> None:
+    m = build_metrics(MetricsConfig(backend=backend))  # type: ignore[arg-type]
+    hits = m.bind_counter("hits", labels={"route": "a"})
+    hits(2)
+    m.reset()
+    assert m.snapshot()["counters"] == {}
+    hits()
+    m.increment("hits", labels={"route": "a"})
+    assert m.snapshot()["counters"] == {'hits{route="a"}': 2}
+    if backend == "prometheus":  # the mirror keeps its data across reset()
+        assert m.registry.get_sample_value("hits_total", {"route": "a"}) == 4
+
+
+def test_a_bound_counter_survives_reconfiguration_and_backend_switches() -> None:
+    node = compose(NodeCompute, ["metrics"])()
+    hits = node.metrics.bind_counter("hits")
+    hits(5)
+    node.setup_metrics({"namespace": "v2"})
+    assert node.metrics.snapshot()["counters"] == {}
+    hits()
+    assert parse(node.metrics.exposition())["v2_hits_total"] == 1
+    node.setup_metrics({"backend": "prometheus"})
+    hits(2)
+    assert node.metrics.snapshot()["counters"] == {"hits": 2}
+    assert node.metrics.registry.get_sample_value("hits_total") == 2  # the mirror is fed
+    with pytest.raises(MetricsError, match="only goes up"):
+        hits(-1)
+    node.setup_metrics(None)
+    hits(3)
+    assert node.metrics.snapshot()["counters"] == {"hits": 3}
+    assert parse(node.metrics.exposition())["hits_total"] == 3
+
+
+def test_bound_counters_from_threads_are_not_lost() -> None:
+    m = Metrics()
+    hits = m.bind_counter("hits", labels={"t": "all"})
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(20_000):
+            hits()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert m.snapshot()["counters"]['hits{t="all"}'] == 160_000
+
+
 # -- the mixin, alone and composed --------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import pickle
@@ -159,7 +160,8 @@ def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], bool]:
 
 
 class _Format:
-    __slots__ = ("dumps", "in_labels", "kind", "loads", "name", "out_labels")
+    __slots__ = ("count_in", "count_out", "dumps", "in_labels", "kind", "loads", "name",
+                 "out_labels")
 
     def __init__(self, name: str, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any],
                  kind: str) -> None:
@@ -170,6 +172,9 @@ class _Format:
         # the label sets of serialization_bytes_total, built once
         self.out_labels = {"format": name, "direction": "out"}
         self.in_labels = {"format": name, "direction": "in"}
+        # their bound counters (Metrics.bind_counter), made on first use by Serializer._bind
+        self.count_out: Callable[[int], None] | None = None
+        self.count_in: Callable[[int], None] | None = None
 
 
 @runtime_checkable
@@ -192,6 +197,10 @@ class SerializationProtocol(Protocol):
     def output_model(self, capability: str, model_name: str) -> type[BaseModel]: ...
 
 
+def _no_count(size: int) -> None:
+    return None
+
+
 _FORMAT_NAME = re.compile(r"^[a-z][a-z0-9_.+-]*$")
 
 
@@ -212,6 +221,7 @@ class Serializer:
                  metrics: Any = None, registry: Registry | None = None) -> None:
         cfg = coerce_config(SerializationConfig, config, "serialization")
         self.config: SerializationConfig = cfg
+        self._formats: dict[str, _Format] = {}
         self.metrics = metrics
         self.registry = registry
         self.json_library = _pick_json(cfg.json_library)
@@ -223,8 +233,6 @@ class Serializer:
             fmt: _Plain(mode, fmt, naive_utc=naive_utc, decimal_as=cfg.decimal_as)
             for mode, fmt in (("text", "json"), ("binary", "msgpack"), ("text", "yaml"),
                               ("pickle", "pickle"), ("canonical", "canonical"))}
-        self._formats: dict[str, _Format] = {}
-        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         self._setup_json(naive_utc)
         self._setup_msgpack()
         self._formats["yaml"] = _Format("yaml", self._yaml_dumps, self._yaml_loads, "yaml")
@@ -283,6 +291,36 @@ class Serializer:
 
     # -- metrics ----------------------------------------------------------------------------------
 
+    @property
+    def metrics(self) -> Any:
+        """Where bytes and errors are counted (``None``: not counted)."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Any) -> None:
+        self._metrics = metrics
+        self._labels: dict[tuple[str, str], dict[str, str]] = {}
+        for fmt in self._formats.values():  # rebound on their next use
+            fmt.count_out = fmt.count_in = None
+
+    def _bind(self, fmt: _Format, direction: str) -> Callable[[int], None]:
+        """The bound ``serialization_bytes_total`` counter of ``fmt`` and ``direction``."""
+        metrics = self._metrics
+        labels = fmt.out_labels if direction == "out" else fmt.in_labels
+        count: Callable[[int], None]
+        if metrics is None:
+            count = _no_count
+        elif hasattr(metrics, "bind_counter"):
+            count = metrics.bind_counter("serialization_bytes_total", labels)
+        else:
+            count = functools.partial(metrics.increment, "serialization_bytes_total",
+                                      labels=labels)
+        if direction == "out":
+            fmt.count_out = count
+        else:
+            fmt.count_in = count
+        return count
+
     def _count(self, fmt: str, direction: str, size: int) -> None:
         metrics = self.metrics
         if metrics is not None:
@@ -322,8 +360,10 @@ class Serializer:
         if size > self._max_size:
             raise self._error(PayloadTooLargeError(size, self._max_size, format=fmt.name,
                                                    direction="out"), fmt.name)
-        if self.metrics is not None:
-            self.metrics.increment("serialization_bytes_total", size, fmt.out_labels)
+        count = fmt.count_out
+        if count is None:
+            count = self._bind(fmt, "out")
+        count(size)
         return out
 
     def _setup_json(self, naive_utc: bool) -> None:
@@ -473,8 +513,10 @@ class Serializer:
         if size > self._max_size:
             raise self._error(PayloadTooLargeError(size, self._max_size, format=fmt.name,
                                                    direction="in"), fmt.name)
-        if self.metrics is not None:
-            self.metrics.increment("serialization_bytes_total", size, fmt.in_labels)
+        count = fmt.count_in
+        if count is None:
+            count = self._bind(fmt, "in")
+        count(size)
         try:
             if fmt.kind == "json":
                 return self._json_loads(data, type_)
