@@ -450,7 +450,7 @@ def test_a_bound_counter_counts_like_increment(backend: str,
     assert m.snapshot()["counters"] == {}  # the series appears on the first call
     hits()
     hits(4)
-    hits.inc(0.5)
+    hits(0.5)
     m.increment("hits", 1, labels=labels)  # the same series as increment's
     assert m.snapshot()["counters"] == {key: 6.5}
     assert parse(m.exposition())[key.replace("hits", "hits_total")] == 6.5
