@@ -43,13 +43,9 @@ PICKLE_WARNING = ("pickle runs code from the data it loads: use the 'pickle' for
 # msgpack output msgspec may have written for values the other formats refuse: a float64
 # NaN/infinity (0xcb, exponent all ones) and a naive datetime (a 19- or 26-character string
 # "YYYY-MM-DDTHH:MM:SS[.ffffff]"); a match only means "walk the value to be sure"
-_has_null = re.compile(b"null").search  # faster than `b"null" in out` (measured)
-# (literal-prefixed patterns: the regex engine then searches like bytes.find, measured faster
-# than `in` for these needles)
-_MSGPACK_NAN = re.compile(rb"\xcb\x7f[\xf0-\xff]").search
-_MSGPACK_NEG_NAN = re.compile(rb"\xcb\xff[\xf0-\xff]").search
-_HAS_NAN = re.compile(b"NaN").search  # a Decimal NaN, written as text
-_HAS_INFINITY = re.compile(b"Infinity").search
+# (``out.find(b"null") >= 0`` rather than ``b"null" in out``: ``in`` first tries the needle as
+# an integer and builds a TypeError on every call; ``find`` is also cheaper than a regex)
+_MSGPACK_FLOAT_NAN = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
 _MSGPACK_NAIVE_19 = re.compile(rb"\xb3\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").search
 _MSGPACK_NAIVE_26 = re.compile(rb"\xba\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.").search
 
@@ -59,30 +55,40 @@ _NOT_JSON_OPENER = bytes(b for b in range(256) if b not in b"[{")
 _NOT_MSGPACK_CONTAINER = bytes(b for b in range(256)
                                if not (0x80 <= b <= 0x9f or 0xdc <= b <= 0xdf))
 
-_MARKERS = bytes(b for b in range(256) if b not in b"\xcb\xcf\xb3\xbaNI")
+# the marker bytes kept by one translate() pass over msgspec's output. Every suspect value leaves
+# an adjacent pair of markers there (the bytes between them are not markers): a float64
+# NaN/infinity "\xcb\x7f\xf." / "\xcb\xff\xf." -> "\xcb\x7f" / "\xcb\xff"; a Decimal NaN
+# written as text ("NaN", "-sNaN", "NaN123": "NaN" somewhere) -> "NN"; a Decimal infinity (a
+# fixstr "Infinity" or "-Infinity") -> "\xa8I", "\xa9I"; a naive datetime "\xb3..." / "\xba..."; a uint64
+# "\xcf". Only those pairs are looked for in the (short) marker string, and the exact pattern
+# is then searched in the output only for a pair present.
+_MARKERS = bytes(b for b in range(256) if b not in b"\xcb\xcf\xb3\xba\x7f\xff\xa8\xa9NI")
 
 
 def _msgpack_suspect(out: bytes) -> bool:
     """Whether msgspec's output may hold a value the other formats refuse (then walk it).
 
-    One pass keeps only the marker bytes (float64, uint64, 19/26-byte strings, ``N``, ``I``);
-    the exact patterns are searched only for the markers present.
+    One pass keeps only the marker bytes; the exact patterns are searched only for the marker
+    pairs present (see ``_MARKERS``). ``int in bytes`` and ``bytes.find`` here, never
+    ``bytes in bytes``: that one first tries the needle as an integer and builds (then drops) a
+    TypeError on every call, which costs more than the search.
     """
     found = out.translate(None, _MARKERS)
     if not found:
         return False
-    if b"\xcf" in found:  # an unsigned 64-bit integer, maybe past 2**63 - 1
+    if 0xcf in found:  # an unsigned 64-bit integer, maybe past 2**63 - 1
         return True
-    if b"\xcb" in found and (_MSGPACK_NAN(out) is not None
-                             or _MSGPACK_NEG_NAN(out) is not None):
+    if (found.find(b"\xcb\x7f") >= 0 or found.find(b"\xcb\xff") >= 0) \
+            and _MSGPACK_FLOAT_NAN(out) is not None:
         return True
-    if b"\xb3" in found and _MSGPACK_NAIVE_19(out) is not None:
+    if 0xb3 in found and _MSGPACK_NAIVE_19(out) is not None:
         return True
-    if b"\xba" in found and _MSGPACK_NAIVE_26(out) is not None:
+    if 0xba in found and _MSGPACK_NAIVE_26(out) is not None:
         return True
-    if b"N" in found and _HAS_NAN(out) is not None:
+    if found.find(b"NN") >= 0 and out.find(b"NaN") >= 0:
         return True
-    return b"I" in found and _HAS_INFINITY(out) is not None
+    return (found.find(b"\xa8I") >= 0 or found.find(b"\xa9I") >= 0) \
+        and out.find(b"Infinity") >= 0
 
 
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -387,7 +393,7 @@ class Serializer:
                         out = obj.__pydantic_serializer__.to_json(obj)
                     except Exception:
                         out = encode(plain.convert(obj), option=loose)
-                    if _has_null(out) is not None:
+                    if out.find(b"null") >= 0:
                         plain.convert(obj)
                     return out
                 try:
@@ -399,7 +405,7 @@ class Serializer:
                     except TypeError as exc:
                         raise SerializationError(f"json: cannot serialize: {exc}",
                                                  format="json") from None
-                if _has_null(out) is not None:  # a None, or a NaN/infinity written as null
+                if out.find(b"null") >= 0:  # a None, or a NaN/infinity written as null
                     plain.convert(obj)
                 return out
 
