@@ -26,10 +26,42 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from loguru import logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["BackendOutage", "FallbackPolicy", "backend_errors"]
+from onex_compose.capabilities._redis import check_redis_url
+
+__all__ = ["BackendOutage", "FallbackPolicy", "RedisBackendConfig", "backend_errors"]
 
 FallbackPolicy = Literal["local", "allow", "deny"]
+
+
+class RedisBackendConfig(BaseModel):
+    """The store and outage-fallback fields the circuit breaker and rate limiter configs share.
+
+    Attributes:
+        backend: ``memory`` (per process) or ``redis`` (one state shared by every process
+            using the same ``namespace``).
+        redis_url: ``None`` uses ``ONEX_REDIS_URL``, else ``redis://127.0.0.1:6379/0``; a URL
+            that is not ``redis://``, ``rediss://`` or ``unix://`` is refused here.
+        namespace: Redis key prefix.
+        redis_clock: ``server`` (Redis ``TIME``) or ``client`` (this process's clock).
+        on_backend_error: the fallback while Redis is unreachable (see :class:`BackendOutage`).
+        backend_retry_interval: seconds on the fallback before Redis is tried again.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    namespace: str = "onex"
+    redis_clock: Literal["server", "client"] = "server"
+    on_backend_error: FallbackPolicy = "local"
+    backend_retry_interval: float = Field(default=1.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return check_redis_url(value)
 
 
 def backend_errors() -> tuple[type[BaseException], ...]:

@@ -68,11 +68,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from onex_compose import coerce_config, facility
 from onex_compose.capabilities import _context, _redis
-from onex_compose.capabilities._fallback import BackendOutage, backend_errors
+from onex_compose.capabilities._fallback import BackendOutage, RedisBackendConfig, backend_errors
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -159,7 +159,7 @@ class LimitSpec(BaseModel):
     """Units an idle key may spend at once (None: ``limit``)."""
 
 
-class RateLimitingConfig(LimitSpec):
+class RateLimitingConfig(LimitSpec, RedisBackendConfig):
     """The ``rate_limiting`` subcontract (every key of ``rate_limiting_config``).
 
     Attributes:
@@ -181,17 +181,6 @@ class RateLimitingConfig(LimitSpec):
     guard_process: bool = True
     guard_key: str = Field(default="process", min_length=1)
     guard_cost: int = Field(default=1, ge=1)
-    backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
-    namespace: str = "onex"
-    redis_clock: Literal["server", "client"] = "server"
-    on_backend_error: Literal["local", "allow", "deny"] = "local"
-    backend_retry_interval: float = Field(default=1.0, gt=0)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        return _redis.check_redis_url(value)
 
     @model_validator(mode="after")
     def _check_costs(self) -> RateLimitingConfig:

@@ -16,7 +16,7 @@ from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onex_compose import coerce_config
-from onex_compose.capabilities._redis import check_redis_url
+from onex_compose.capabilities._fallback import RedisBackendConfig
 from onex_compose.exceptions import OnexError
 
 T = TypeVar("T")
@@ -256,7 +256,7 @@ def _policy(policy: BreakerPolicy | Mapping[str, Any] | None) -> BreakerPolicy:
     return cast(BreakerPolicy, coerce_config(BreakerPolicy, policy, "circuit_breaker"))
 
 
-class CircuitBreakerConfig(BreakerPolicy):
+class CircuitBreakerConfig(BreakerPolicy, RedisBackendConfig):
     """The ``circuit_breaker`` subcontract: the default policy plus store and reporting options.
 
     Attributes:
@@ -285,21 +285,10 @@ class CircuitBreakerConfig(BreakerPolicy):
     """
 
     scope: Literal["node", "process"] = "node"
-    backend: Literal["memory", "redis"] = "memory"
-    redis_url: str | None = None
-    namespace: str = "onex"
-    redis_clock: Literal["server", "client"] = "server"
-    on_backend_error: Literal["local", "allow", "deny"] = "local"
-    backend_retry_interval: float = Field(default=1.0, gt=0)
     open_health: Literal["degraded", "unhealthy"] = "degraded"
     event_topic: str = "circuit_breaker.state_changed"
     process_breaker: str = Field(default="process", min_length=1)
     breakers: dict[str, dict[str, Any]] = Field(default_factory=dict)
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        return check_redis_url(value)
 
     @field_validator("breakers")
     @classmethod
