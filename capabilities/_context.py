@@ -8,6 +8,10 @@ creates, and never leak between concurrent calls:
   call (nested deadlines keep the earliest), read by retry so it never sleeps past it.
 * ``correlation_id``: the id of the request being served; set by the logging capability,
   carried into published events.
+* ``credentials``: the :class:`Credentials` presented for the current call (set by
+  ``node.credentials(...)`` or by a transport from its headers), read by authentication.
+* ``principal``: the :class:`Principal` authentication verified for the current call, read by
+  authorization, audit_log, secure_storage and the logging patcher.
 * ``retry_scope``: a :class:`RetryScope` set while a retry loop runs, so a ``with_retry``
   nested inside a retried ``process()`` makes a single attempt instead of multiplying attempts.
   It also carries the attempt number and the loop's own total budget (retry's ``max_elapsed``,
@@ -30,17 +34,22 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 __all__ = [
+    "Credentials",
     "ManualClock",
+    "Principal",
     "RetryScope",
     "correlation_id",
+    "credentials",
     "current_deadline",
     "deadline",
     "monotonic",
+    "principal",
     "remaining",
     "retry_scope",
 ]
@@ -52,6 +61,133 @@ monotonic = time.monotonic
 deadline: ContextVar[float | None] = ContextVar("onex_deadline", default=None)
 correlation_id: ContextVar[str | None] = ContextVar("onex_correlation_id", default=None)
 retry_scope: ContextVar[Any] = ContextVar("onex_retry_scope", default=None)
+
+
+class Credentials:
+    """What a caller presented to prove who it is: a scheme and its secret value.
+
+    ``scheme`` is ``"bearer"`` (a JWT), ``"api_key"`` or ``"trusted"``; ``value`` is the token or
+    key. The value never appears in the repr, so a credentials object can be logged safely.
+
+    Example:
+        >>> c = Credentials("bearer", "eyJhbGciOi...")
+        >>> c
+        Credentials(scheme='bearer', value=***)
+        >>> c.value.startswith("eyJ")
+        True
+    """
+
+    __slots__ = ("scheme", "value")
+
+    def __init__(self, scheme: str, value: str) -> None:
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "value", value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Credentials are read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.scheme, self.value) == (other.scheme, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.scheme, self.value))
+
+    def __repr__(self) -> str:
+        return f"Credentials(scheme={self.scheme!r}, value=***)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Credentials hold a secret and are not picklable")
+
+
+class Principal:
+    """Who a call runs as, once authentication has verified its credentials.
+
+    Attributes:
+        subject: the identity (a JWT's ``sub``, an API key's subject, ``"system"``).
+        scheme: how it was established: ``"jwt"``, ``"api_key"`` or ``"trusted"``.
+        roles: role names (a frozenset).
+        scopes: OAuth scopes (a frozenset).
+        tenant: the tenant claim, or ``None``.
+        claims: the verified claims, read-only (a mapping proxy).
+        expires_at: when the credentials expire (epoch seconds), or ``None``.
+        key_id: the API key id or the JWT's ``kid``, or ``None``.
+
+    Example:
+        >>> p = Principal("alice", "jwt", roles=["writer"], scopes="orders:read orders:write")
+        >>> p
+        Principal(subject='alice', scheme='jwt', roles=['writer'])
+        >>> sorted(p.scopes)
+        ['orders:read', 'orders:write']
+        >>> Principal.system().scheme
+        'trusted'
+    """
+
+    __slots__ = ("claims", "expires_at", "key_id", "roles", "scheme", "scopes", "subject",
+                 "tenant")
+
+    subject: str
+    scheme: str
+    roles: frozenset[str]
+    scopes: frozenset[str]
+    tenant: str | None
+    claims: Mapping[str, Any]
+    expires_at: float | None
+    key_id: str | None
+
+    def __init__(self, subject: str, scheme: str, *, roles: Iterable[str] = (),
+                 scopes: Iterable[str] | str = (), tenant: str | None = None,
+                 claims: Mapping[str, Any] | None = None, expires_at: float | None = None,
+                 key_id: str | None = None) -> None:
+        if not isinstance(subject, str) or not subject:
+            raise ValueError(f"Principal subject must be a non-empty string, got {subject!r}")
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        values = {
+            "subject": subject, "scheme": scheme, "roles": frozenset(roles),
+            "scopes": frozenset(scopes), "tenant": tenant,
+            "claims": MappingProxyType(dict(claims or {})), "expires_at": expires_at,
+            "key_id": key_id,
+        }
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    @classmethod
+    def system(cls, subject: str = "system", roles: Iterable[str] = ()) -> Principal:
+        """A principal for trusted in-process jobs (scheme ``"trusted"``)."""
+        return cls(subject, "trusted", roles=roles)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Principal is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Principal):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((self.subject, self.scheme, self.roles, self.key_id))
+
+    def __reduce__(self) -> Any:
+        return (_make_principal, (self.subject, self.scheme, tuple(sorted(self.roles)),
+                                  tuple(sorted(self.scopes)), self.tenant, dict(self.claims),
+                                  self.expires_at, self.key_id))
+
+    def __repr__(self) -> str:
+        return (f"Principal(subject={self.subject!r}, scheme={self.scheme!r}, "
+                f"roles={sorted(self.roles)!r})")
+
+
+def _make_principal(subject: str, scheme: str, roles: tuple[str, ...], scopes: tuple[str, ...],
+                    tenant: str | None, claims: dict[str, Any], expires_at: float | None,
+                    key_id: str | None) -> Principal:
+    return Principal(subject, scheme, roles=roles, scopes=scopes, tenant=tenant, claims=claims,
+                     expires_at=expires_at, key_id=key_id)
+
+
+credentials: ContextVar[Credentials | None] = ContextVar("onex_credentials", default=None)
+principal: ContextVar[Principal | None] = ContextVar("onex_principal", default=None)
 
 
 class RetryScope:
