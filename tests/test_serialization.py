@@ -18,7 +18,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict
 
 from onex_compose import NodeCompute, NodeEffect, compose
@@ -681,6 +681,40 @@ def test_decimal_non_finite_is_refused_and_decimal_as_float(s: Serializer) -> No
     for fmt in FORMATS:
         assert as_float.loads(as_float.dumps({"d": Decimal("1.25")}, format=fmt),
                               format=fmt) == {"d": 1.25}
+
+
+class LooseDecimals(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=True)
+    price: Decimal
+    ratio: float = 1.0
+
+
+@dataclasses.dataclass
+class Priced:
+    price: Decimal
+
+
+@pytest.mark.parametrize("libraries", [{}, {"json_library": "stdlib", "msgpack_library": "msgpack"},
+                                       {"decimal_as": "float"}])
+@pytest.mark.parametrize("text", ["NaN", "-NaN", "sNaN", "Infinity", "-Infinity"])
+def test_decimal_nan_and_infinity_are_refused_with_their_path_wherever_they_are(
+        libraries: dict[str, str], text: str) -> None:
+    s = Serializer({**libraries, "allow_pickle": True})
+    bad = Decimal(text)
+    cases = [
+        ({"a": [1, {"d": bad}]}, r"\$\.a\[1\]\.d"),
+        ({"a": Priced(bad)}, r"\$\.a\.price"),
+        (LooseDecimals(price=bad), r"\$\.price"),
+        ({"m": [LooseDecimals(price=Decimal(1)), LooseDecimals(price=bad)]}, r"\$\.m\[1\]\.price"),
+        (LooseDecimals.model_construct(price=bad, ratio=1.0), r"\$\.price"),
+    ]
+    for fmt in ALL:
+        for value, path in cases:
+            with pytest.raises(SerializationError, match=path) as info:
+                s.dumps(value, format=fmt)
+            assert "Decimal" in str(info.value) and "do not round-trip" in str(info.value)
+    with pytest.raises(SerializationError, match=r"\$\.d"):
+        s.canonical({"d": bad})
 
 
 def test_allow_pickle_logs_the_trust_warning_at_setup() -> None:

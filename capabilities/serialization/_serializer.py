@@ -393,7 +393,10 @@ class Serializer:
                         out = obj.__pydantic_serializer__.to_json(obj)
                     except Exception:
                         out = encode(plain.convert(obj), option=loose)
-                    if out.find(b"null") >= 0:
+                    # a float NaN/infinity is written null (or NaN/Infinity: the model's
+                    # ser_json_inf_nan), a Decimal one "NaN"/"Infinity": the walk refuses them
+                    if out.find(b"null") >= 0 or out.find(b"NaN") >= 0 \
+                            or out.find(b"Infinity") >= 0:
                         plain.convert(obj)
                     return out
                 try:
