@@ -39,9 +39,15 @@ FORMATS = ["json", "msgpack", "yaml"]
 ALL = [*FORMATS, "pickle"]
 
 
+@pytest.fixture(params=["msgspec", "msgpack"], ids=["msgspec", "msgpack-lib"])
+def msgpack_library(request: pytest.FixtureRequest) -> str:
+    """Both MessagePack libraries: ``msgspec`` (the default) and the ``msgpack`` package."""
+    return str(request.param)
+
+
 @pytest.fixture
-def s() -> Serializer:
-    return Serializer({"allow_pickle": True})
+def s(msgpack_library: str) -> Serializer:
+    return Serializer({"allow_pickle": True, "msgpack_library": msgpack_library})
 
 
 class Color(enum.Enum):
@@ -191,6 +197,8 @@ def test_json_library_choice_and_missing_library(monkeypatch: pytest.MonkeyPatch
         Serializer({"json_library": "orjson"})
     with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[serialization\]'"):
         Serializer({"msgpack_library": "msgspec"})
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[msgpack\]'"):
+        Serializer({"msgpack_library": "msgpack"})
     with pytest.raises(ConfigurationError, match=r"pip install"):
         Serializer({"default_format": "msgpack"})
     plain = Serializer()  # json still works; msgpack says how to get it
@@ -289,7 +297,7 @@ def test_naive_datetimes(s: Serializer) -> None:
     for fmt in ALL:
         with pytest.raises(SerializationError, match=r"\$\.at: naive datetime"):
             s.dumps({"at": naive}, format=fmt)
-    utc = Serializer({"naive_datetimes": "utc"})
+    utc = Serializer({"naive_datetimes": "utc", "msgpack_library": s.msgpack_library})
     for fmt in FORMATS:
         back = utc.loads(utc.dumps({"at": naive}, format=fmt), type_=dict[str, datetime],
                          format=fmt)
@@ -356,12 +364,14 @@ def _typed_values() -> st.SearchStrategy[tuple[Any, Any]]:
     return st.recursive(leaf, extend, max_leaves=8)
 
 
-@pytest.mark.parametrize("fmt", ALL)
+@pytest.mark.parametrize(("fmt", "msgpack_library"), [
+    ("json", "msgspec"), ("msgpack", "msgspec"), ("msgpack", "msgpack"), ("yaml", "msgspec"),
+    ("pickle", "msgspec")])
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(typed=_typed_values())
-def test_round_trip_property(fmt: str, typed: tuple[Any, Any]) -> None:
-    sz = Serializer({"allow_pickle": True})
+def test_round_trip_property(fmt: str, msgpack_library: str, typed: tuple[Any, Any]) -> None:
+    sz = Serializer({"allow_pickle": True, "msgpack_library": msgpack_library})
     type_, value = typed
     assert sz.loads(sz.dumps(value, format=fmt), type_=type_, format=fmt) == value
 
@@ -583,8 +593,8 @@ def test_10000_deep_nesting_is_refused_by_the_depth_limit(s: Serializer, fmt: st
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_max_depth_is_configurable(fmt: str) -> None:
-    sz = Serializer({"max_depth": 3})
+def test_max_depth_is_configurable(fmt: str, msgpack_library: str) -> None:
+    sz = Serializer({"max_depth": 3, "msgpack_library": msgpack_library})
     ok, deep = [[[1]]], [[[[1]]]]
     assert sz.loads(sz.dumps(ok, format=fmt), format=fmt) == ok
     with pytest.raises(DeserializationError, match="max_depth=3"):
@@ -611,8 +621,8 @@ def test_yaml_is_safe(s: Serializer) -> None:
 
 
 @pytest.mark.parametrize("fmt", ALL)
-def test_max_size_both_directions(fmt: str) -> None:
-    sz = Serializer({"max_size": 64, "allow_pickle": True})
+def test_max_size_both_directions(fmt: str, msgpack_library: str) -> None:
+    sz = Serializer({"max_size": 64, "allow_pickle": True, "msgpack_library": msgpack_library})
     small = sz.dumps({"a": "x" * 10}, format=fmt)
     with pytest.raises(PayloadTooLargeError) as info:
         sz.dumps({"a": "x" * 100}, format=fmt)
@@ -677,7 +687,7 @@ def test_decimal_non_finite_is_refused_and_decimal_as_float(s: Serializer) -> No
     for fmt in FORMATS:
         with pytest.raises(SerializationError, match=r"\$\.d"):
             s.dumps({"d": Decimal("NaN")}, format=fmt)
-    as_float = Serializer({"decimal_as": "float"})
+    as_float = Serializer({"decimal_as": "float", "msgpack_library": s.msgpack_library})
     for fmt in FORMATS:
         assert as_float.loads(as_float.dumps({"d": Decimal("1.25")}, format=fmt),
                               format=fmt) == {"d": 1.25}

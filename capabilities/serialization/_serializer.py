@@ -203,6 +203,10 @@ class SerializationProtocol(Protocol):
     def output_model(self, capability: str, model_name: str) -> type[BaseModel]: ...
 
 
+class _NeverRaised(Exception):
+    """Stands for a library exception the configured library does not have."""
+
+
 def _no_count(size: int) -> None:
     return None
 
@@ -240,6 +244,7 @@ class Serializer:
             for mode, fmt in (("text", "json"), ("binary", "msgpack"), ("text", "yaml"),
                               ("pickle", "pickle"), ("canonical", "canonical"))}
         self._setup_json(naive_utc)
+        self._msgpack_stack_error: type[Exception] = _NeverRaised
         self._setup_msgpack()
         self._formats["yaml"] = _Format("yaml", self._yaml_dumps, self._yaml_loads, "yaml")
         if cfg.allow_pickle:
@@ -486,6 +491,7 @@ class Serializer:
         def dumps(obj: Any) -> bytes:
             return encode(plain.convert(obj))
 
+        self._msgpack_stack_error = msgpack.StackError  # its unpacker's nesting limit
         self._msgpack_depth = _deeper_than
         self._msgpack_decode = decode
         self._msgpack_errors = errors
@@ -599,6 +605,8 @@ class Serializer:
         try:
             obj = self._msgpack_decode(data)
         except self._msgpack_errors as exc:
+            if isinstance(exc, self._msgpack_stack_error):
+                raise self._too_deep("msgpack", data, None) from None
             raise self._decode_failure("msgpack", data, str(exc) or type(exc).__name__,
                                        None) from None
         except RecursionError:
@@ -784,8 +792,8 @@ def _pick_msgpack(choice: str) -> str:
         return "missing"
     if (choice == "msgspec" and has_msgspec) or (choice == "msgpack" and has_msgpack):
         return choice
-    extra = " or: pip install msgpack" if choice == "msgpack" else ""
+    extra = "msgpack" if choice == "msgpack" else "serialization"
     raise ConfigurationError(
         f"serialization: msgpack_library {choice!r} is not installed. Install it with: "
-        f"pip install 'onex-compose[serialization]' (msgspec){extra}.",
+        f"pip install 'onex-compose[{extra}]' (or use msgpack_library: auto).",
         capability="serialization")
