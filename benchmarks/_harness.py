@@ -31,14 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def time_sync(fn: Callable[[], Any], *, number: int, repeats: int) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` runs of ``number`` calls."""
+def time_sync(fn: Callable[[], Any], *, number: int, repeats: int,
+              clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` runs of ``number`` calls (``clock``:
+    see :func:`time_paired`)."""
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(number):
             fn()
-        samples.append((time.perf_counter() - start) / number)
+        samples.append((clock() - start) / number)
     return statistics.median(samples)
 
 
