@@ -667,9 +667,43 @@ def test_output_model_through_the_facility() -> None:
 def test_msgpack_values_that_look_suspect_still_round_trip(s: Serializer) -> None:
     value = {"looks_naive": "2026-01-01T00:00:00", "looks_naive_us": "2026-01-01T00:00:00.123456",
              "greek": "\u03c0\u03cf", "text": "NaN and Infinity", "u63": 2**63 - 1,
-             "floats": [1.5, -2.25, 1e300]}
+             "floats": [1.5, -2.25, 1e300], "markers": [127, -1, 2**40, 2**63 - 2**56],
+             "one_n": "N1 7AA", "two_n": "NN", "i": "Index"}
     assert s.loads(s.dumps(value, format="msgpack"), format="msgpack") == value
     assert s.loads(s.dumps(value), format="json") == value
+
+
+def test_bytes_and_errors_are_counted_and_follow_a_new_metrics_facility(
+        msgpack_library: str) -> None:
+    from onex_compose.capabilities.metrics import Metrics
+
+    first, second = Metrics(), Metrics()
+    sz = Serializer({"msgpack_library": msgpack_library}, metrics=first)
+    for fmt in FORMATS:
+        data = sz.dumps({"a": [1, 2]}, format=fmt)
+        sz.loads(data, format=fmt)
+        with pytest.raises(SerializationError):
+            sz.dumps({"a": math.nan}, format=fmt)
+    with pytest.raises(DeserializationError):
+        sz.loads(b"[" * 100 + b"]" * 100)
+    with pytest.raises(PayloadTooLargeError):
+        Serializer({"max_size": 4}, metrics=first).dumps("too long")
+    counters = first.snapshot()["counters"]
+    for fmt in FORMATS:
+        size = len(sz.dumps({"a": [1, 2]}, format=fmt))
+        assert counters[f'serialization_bytes_total{{direction="out",format="{fmt}"}}'] == size
+        refused = 200 if fmt == "json" else 0  # the too-deep input was read, then refused
+        assert counters[f'serialization_bytes_total{{direction="in",format="{fmt}"}}'] == (
+            size + refused)
+        assert counters[f'serialization_errors_total{{format="{fmt}",kind="encode"}}'] == 1
+    assert counters['serialization_errors_total{format="json",kind="depth"}'] == 1
+    assert counters['serialization_errors_total{format="json",kind="too_large"}'] == 1
+    sz.metrics = second  # the call paths are rebuilt around the new facility's counters
+    sz.loads(sz.dumps([1]))
+    key = 'serialization_bytes_total{direction="out",format="json"}'
+    assert second.snapshot()["counters"][key] == 3
+    sz.metrics = None
+    assert sz.loads(sz.dumps([1], format="msgpack"), format="msgpack") == [1]
 
 
 def test_json_values_that_contain_null_still_round_trip(s: Serializer) -> None:
