@@ -1,0 +1,772 @@
+"""The ``profiling`` capability: ``self.profiler``, sampled call profiles and latency quantiles.
+
+What it gives a node (seed 000's ``MixinProfiling``, "performance profiling and bottleneck
+identification"):
+
+* **Sampled profiles of ``process()``.** The guard ``_guard_profiling`` (rank 15: outside
+  metrics and every flow-control guard, inside tracing and logging) profiles a call with
+  probability ``sample_rate``: deterministic mode uses cProfile (stdlib), sampling mode
+  pyinstrument (``[profiling]`` extra, ``async_mode="enabled"`` so time a call spends
+  awaiting is attributed to it). The draw is ``rng.random() < sample_rate``, one draw per
+  call, from ``random.Random(seed)`` (or an injected ``rng``), so a seeded run profiles
+  predictable calls. Profiles are kept in a ring of ``max_profiles`` (``keep: slowest`` or
+  ``latest``).
+* **Latency quantiles** per operation (``latency: true``): ``process`` and every
+  ``profiled(name)`` function, from a log-bucket histogram within 1% (``_latency.py``).
+* **Slow calls**: calls slower than ``slow_call_threshold`` are counted
+  (``profiling_slow_calls_total``), logged with their trace id, added to the report's
+  ``slowest_calls``, add the span event ``profiling.slow_call`` when tracing is composed, and
+  make the next ``profile_after_slow`` calls profiled whatever the sample rate.
+* **On demand**: ``with node.profiler.capture(label=...)`` (or ``async with``) profiles any
+  block; ``memory`` adds a tracemalloc snapshot diff (the top sites still allocated after the
+  call, and the traced peak).
+* **The report**: ``node.profiler.report()`` aggregates the kept profiles: top functions by
+  self time, time per pipeline layer (capability, ``node``, ``other``; see ``_report.py``),
+  the slowest calls with their trace and correlation ids; as JSON, text, or collapsed stacks.
+
+Semantics worth knowing:
+
+* **One profiled call per thread at a time** (cProfile and pyinstrument profile a thread; a
+  second one would replace the first's hook). A sampled call that finds the thread's profiler
+  busy (this node's, another node's, or any ``sys.setprofile`` profiler) runs unprofiled and is
+  counted in ``profiling_skipped_total{reason="busy"}``. In deterministic mode other tasks that
+  run on the event loop while a profiled call awaits appear in its profile; sampling mode
+  attributes the await time to the profiled task instead.
+* **Zero cost when off**: with ``sample_rate: 0`` and no ``slow_call_threshold`` the guard never
+  creates a profiler; it costs one comparison, plus the histogram update when ``latency`` is
+  on (``benchmarks/bench_profiling.py``).
+* Nothing loop-bound is created; the clock (``profiler.clock``, default
+  ``time.perf_counter``) and the RNG are injectable.
+
+Layout: ``_latency.py`` (the histogram), ``_report.py`` (profiles, layer attribution, the
+report), this module (config, errors, the :class:`Profiler` facility, the mixin), and the
+contract ``mixin_profiling.yaml`` beside them.
+
+Example:
+    >>> import asyncio
+    >>> from onex_compose import NodeCompute, compose
+    >>> class Pricer(NodeCompute):
+    ...     async def process(self, qty):
+    ...         return qty * 2.5
+    >>> node = compose(Pricer, ["profiling"])(
+    ...     capability_config={"profiling": {"sample_rate": 1.0}})
+    >>> asyncio.run(node.process(4))
+    10.0
+    >>> node.profiler.latency("process").count, node.profiler.report().profiles
+    (1, 1)
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import importlib.util
+import inspect
+import random
+import sys
+import threading
+import time
+import tracemalloc
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from onex_compose import ConfigurationError, OnexError, coerce_config, facility, has_capability
+from onex_compose.capabilities import _context
+from onex_compose.capabilities.profiling._latency import (
+    _K,
+    _MIN,
+    _OFFSETF,
+    RELATIVE_ACCURACY,
+    LatencyHistogram,
+    LatencySummary,
+    _log,
+)
+from onex_compose.capabilities.profiling._report import (
+    FunctionStat,
+    MemorySite,
+    Profile,
+    ProfileReport,
+    SlowCall,
+    guard_codes,
+)
+
+__all__ = [
+    "RELATIVE_ACCURACY",
+    "Capture",
+    "FunctionStat",
+    "LatencyHistogram",
+    "LatencySummary",
+    "MemorySite",
+    "MixinProfiling",
+    "Profile",
+    "ProfileReport",
+    "Profiler",
+    "ProfilerBusyError",
+    "ProfilingConfig",
+    "ProfilingProtocol",
+    "SlowCall",
+    "profiled",
+]
+
+T = TypeVar("T")
+
+_correlation = _context.correlation_id
+_busy_threads: set[int] = set()  # threads with a running profile (of any node)
+_get_ident = threading.get_ident
+_MEMORY_FRAMES = 1
+
+
+class ProfilerBusyError(OnexError, RuntimeError):
+    """``capture()`` was asked for while this thread is already being profiled.
+
+    Only explicit captures raise it; a sampled call that finds the thread busy runs unprofiled
+    and is counted in ``profiling_skipped_total{reason="busy"}``. Not retriable (retrying at
+    once finds the same profile running) and neutral for a circuit breaker.
+
+    Example:
+        >>> print(ProfilerBusyError("warmup"))  # doctest: +ELLIPSIS
+        Cannot capture 'warmup': this thread is already being profiled ...
+    """
+
+    onex_retriable = False
+    onex_breaker_neutral = True
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        super().__init__(
+            f"Cannot capture {label!r}: this thread is already being profiled (a capture or a "
+            "sampled call is running, or another profiler is set with sys.setprofile). cProfile "
+            "and pyinstrument profile one thing per thread: end the other capture first, or "
+            "capture in another thread.")
+
+    def __reduce__(self) -> Any:
+        return (ProfilerBusyError, (self.label,), dict(self.__dict__))
+
+
+class ProfilingConfig(BaseModel):
+    """The profiling subcontract (every key of ``profiling_config`` in ``mixin_profiling.yaml``).
+
+    Example:
+        >>> ProfilingConfig(sample_rate=0.1).mode
+        'deterministic'
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sample_rate: float = Field(default=0.0, ge=0.0, le=1.0,
+                               description="probability (0..1) that a process() call is profiled")
+    mode: Literal["deterministic", "sampling"] = Field(
+        default="deterministic",
+        description="deterministic (cProfile, stdlib) or sampling (pyinstrument, the "
+                    "[profiling] extra)")
+    interval: float = Field(default=0.001, gt=0.0, le=1.0,
+                            description="sampling interval (s), sampling mode")
+    latency: bool = Field(default=True,
+                          description="per-operation latency quantiles (within 1%)")
+    slow_call_threshold: float | None = Field(
+        default=None, ge=0.0,
+        description="calls slower than this (s) are counted, logged with their trace id, and "
+                    "trigger profiling of the next profile_after_slow calls; null: off")
+    profile_after_slow: int = Field(default=0, ge=0,
+                                    description="calls profiled after each slow call")
+    max_profiles: int = Field(default=100, ge=1, le=100_000,
+                              description="profiles kept (a ring)")
+    keep: Literal["slowest", "latest"] = Field(default="slowest",
+                                               description="which profiles the ring keeps")
+    memory: bool = Field(default=False,
+                         description="tracemalloc snapshot diff around profiled calls")
+    report_top: int = Field(default=20, ge=1, le=10_000,
+                            description="rows per report section")
+    seed: int | None = Field(default=None, description="seeds the sampling RNG (tests)")
+
+
+@runtime_checkable
+class ProfilingProtocol(Protocol):
+    """What ``self.profiler`` offers (the contract's actions)."""
+
+    def capture(self, label: str = "capture", mode: str | None = None,
+                memory: bool | None = None) -> Capture: ...
+
+    def report(self, top: int | None = None) -> ProfileReport: ...
+
+    def latency(self, name: str = "process") -> LatencySummary: ...
+
+    def reset(self) -> None: ...
+
+
+def _require_pyinstrument() -> None:
+    if importlib.util.find_spec("pyinstrument") is None:
+        raise ConfigurationError(
+            "profiling mode 'sampling' needs pyinstrument, which is not installed. Install it "
+            "with: pip install 'onex-compose[profiling]' (or use mode: deterministic, which "
+            "needs only the standard library's cProfile)", capability="profiling")
+
+
+class _Running:
+    """A profile in progress: the raw profiler, its start time and the memory baseline."""
+
+    __slots__ = ("label", "mem_base", "mem_started", "mode", "raw", "start", "thread",
+                 "trace_id")
+
+    def __init__(self, label: str, mode: str, raw: Any, thread: int) -> None:
+        self.label, self.mode, self.raw, self.thread = label, mode, raw, thread
+        self.start = 0.0
+        self.mem_base: Any = None
+        self.mem_started = False
+        self.trace_id: str | None = None
+
+
+class Capture:
+    """An on-demand profile of a block: ``with``/``async with profiler.capture(...) as p``.
+
+    After the block, ``p.profile`` is the kept :class:`Profile` and ``p.report()`` reports it
+    alone.
+
+    Raises:
+        ProfilerBusyError: on entry, when this thread is already being profiled.
+    """
+
+    __slots__ = ("_memory", "_mode", "_profiler", "_running", "label", "profile")
+
+    def __init__(self, profiler: Profiler, label: str, mode: str, memory: bool) -> None:
+        self._profiler, self.label, self._mode, self._memory = profiler, label, mode, memory
+        self._running: _Running | None = None
+        self.profile: Profile | None = None
+
+    def __repr__(self) -> str:
+        state = ("running" if self._running is not None
+                 else "done" if self.profile is not None else "not started")
+        return f"Capture({self.label!r}, mode={self._mode!r}, {state})"
+
+    def __enter__(self) -> Capture:
+        run = self._profiler._begin(self.label, self._mode, self._memory)
+        if run is None:
+            raise ProfilerBusyError(self.label)
+        self._running = run
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        run, self._running = self._running, None
+        if run is not None:
+            self.profile = self._profiler._end(run, time.perf_counter() - run.start)
+
+    async def __aenter__(self) -> Capture:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    def report(self, top: int | None = None) -> ProfileReport:
+        """This capture's profile alone, as a report (empty before the block ended)."""
+        p = self._profiler
+        if self.profile is None:
+            return ProfileReport.empty()
+        return ProfileReport.build([self.profile], top=top or p.config.report_top)
+
+
+class Profiler:
+    """The profiling facility (``node.profiler``): sampling, latency, captures and the report.
+
+    Args:
+        config: the validated config (or a mapping).
+        metrics: the node's metrics facility (``None``: nothing is counted).
+        tracer: the node's tracer when tracing is composed (trace ids, slow-call span events).
+        node_type: the node's class (recognises its guard closures in sampling profiles).
+        rng: the sampling RNG (default ``random.Random(config.seed)``).
+
+    Attributes:
+        clock: the duration clock (default ``time.perf_counter``; injectable).
+
+    Example:
+        >>> p = Profiler({"latency": True})
+        >>> def work(x):
+        ...     return x + 1
+        >>> timed = p.profiled("work")(work)
+        >>> timed(1), p.latency("work").count
+        (2, 1)
+    """
+
+    def __init__(self, config: ProfilingConfig | Mapping[str, Any] | None = None, *,
+                 metrics: Any = None, tracer: Any = None, node_type: type | None = None,
+                 name: str = "profiler", rng: random.Random | None = None) -> None:
+        cfg = coerce_config(ProfilingConfig, config, "profiling")
+        if cfg.mode == "sampling":
+            _require_pyinstrument()
+        self.config: ProfilingConfig = cfg
+        self.name = name
+        self.metrics = metrics
+        self.tracer = tracer
+        self.node_type = node_type
+        self.clock: Callable[[], float] = time.perf_counter
+        self.rng = rng if rng is not None else random.Random(cfg.seed)
+        self._rate = cfg.sample_rate
+        self._threshold = cfg.slow_call_threshold
+        self._pending = 0  # calls still to profile after a slow one
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._kept: list[tuple[float, int, Profile]] = []  # a min-heap (keep: slowest)
+        self._latest: deque[Profile] = deque(maxlen=cfg.max_profiles)
+        self._slow: list[tuple[float, int, SlowCall]] = []  # a min-heap of slow calls
+        self._hists: dict[str, LatencyHistogram] = {}
+        self._guards: dict[tuple[str, int], str] | None = None
+        #: the guard's one comparison: 0 off, 1 latency only, 2 the full path
+        self._guard_mode = 0
+        #: the process() histogram the guard records into (``None``: latency off)
+        self._process_hist: LatencyHistogram | None = None
+        if cfg.latency:
+            self._process_hist = self._hists["process"] = LatencyHistogram()
+        self._update_mode()
+
+    def __repr__(self) -> str:
+        c = self.config
+        kept = len(self._kept) + len(self._latest)
+        return (f"Profiler({self.name!r}, sample_rate={c.sample_rate}, mode={c.mode!r}, "
+                f"latency={c.latency}, kept={kept}/{c.max_profiles})")
+
+    def _update_mode(self) -> None:
+        if self._rate > 0.0 or self._threshold is not None or self._pending:
+            self._guard_mode = 2
+        else:
+            self._guard_mode = 1 if self._process_hist is not None else 0
+
+    # -- the public API -----------------------------------------------------------------------
+
+    def capture(self, label: str = "capture", mode: str | None = None,
+                memory: bool | None = None) -> Capture:
+        """Profile a block: ``with`` or ``async with node.profiler.capture("warmup") as p``.
+
+        Args:
+            label: names the profile in the report.
+            mode: ``"deterministic"`` or ``"sampling"`` (default: the configured mode).
+            memory: add a tracemalloc snapshot diff (default: the configured ``memory``).
+
+        Raises:
+            ValueError: an unknown mode.
+            ConfigurationError: ``sampling`` without pyinstrument.
+        """
+        m = self.config.mode if mode is None else mode
+        if m not in ("deterministic", "sampling"):
+            raise ValueError(f"capture mode must be 'deterministic' or 'sampling', got {m!r}")
+        if m == "sampling":
+            _require_pyinstrument()
+        return Capture(self, label, m, self.config.memory if memory is None else bool(memory))
+
+    def profiled(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorate a sync or async function: latency quantiles under ``name``, and sampled
+        profiles at ``sample_rate`` (the slow-call rules apply too).
+
+        Example:
+            >>> import asyncio
+            >>> p = Profiler()
+            >>> @p.profiled("price")
+            ... async def price(qty):
+            ...     return qty * 2
+            >>> asyncio.run(price(3)), p.latency("price").count
+            (6, 1)
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"profiled() needs an operation name (a non-empty string), "
+                             f"got {name!r}")
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            if inspect.iscoroutinefunction(fn):
+                @functools.wraps(fn)
+                async def timed(*args: Any, **kwargs: Any) -> Any:
+                    return await self._run_async(fn, args, kwargs, self._hist(name), name)
+                return timed
+
+            @functools.wraps(fn)
+            def timed_sync(*args: Any, **kwargs: Any) -> Any:
+                return self._run_sync(fn, args, kwargs, self._hist(name), name)
+            return timed_sync
+
+        return decorate
+
+    def latency(self, name: str = "process") -> LatencySummary:
+        """The latency summary of operation ``name`` (count, p50, p95, p99, max, mean).
+
+        Raises:
+            KeyError: no operation of that name (or ``latency`` is off); the message lists
+                the known ones.
+        """
+        hist = self._hists.get(name)
+        if hist is None:
+            known = ", ".join(sorted(self._hists)) or "none"
+            why = ("latency is off (profiling_config.latency: false)" if not self.config.latency
+                   else f"known operations: {known}")
+            raise KeyError(f"no latency for operation {name!r}: {why}. process() is 'process'; "
+                           "other operations are named by @profiled(name).")
+        return hist.summary()
+
+    def latencies(self) -> dict[str, LatencySummary]:
+        """Every operation's latency summary."""
+        return {k: h.summary() for k, h in sorted(self._hists.items())}
+
+    def histogram(self, name: str = "process") -> LatencyHistogram | None:
+        """The raw histogram of an operation (``None`` when there is none), e.g. for
+        ``quantile(0.999)`` or merging across nodes."""
+        return self._hists.get(name)
+
+    def profiles(self) -> list[Profile]:
+        """The kept profiles, slowest first (``keep: slowest``) or oldest first (``latest``)."""
+        with self._lock:
+            if self.config.keep == "latest":
+                return list(self._latest)
+            return [p for _d, _s, p in sorted(self._kept, key=lambda t: (-t[0], t[1]))]
+
+    def report(self, top: int | None = None) -> ProfileReport:
+        """The bottleneck report over the kept profiles (empty, ``profiles: 0``, when none)."""
+        n = top or self.config.report_top
+        with self._lock:
+            slow = [(seq, call) for _d, seq, call in self._slow]
+        return ProfileReport.build(self.profiles(), top=n, slow=slow,
+                                   latencies=self.latencies())
+
+    def reset(self) -> None:
+        """Forget every profile, slow call and latency (the configuration stays)."""
+        with self._lock:
+            self._kept.clear()
+            self._latest.clear()
+            self._slow.clear()
+            self._pending = 0
+            for h in self._hists.values():
+                h.clear()
+        self._update_mode()
+
+    # -- internals: the call paths ------------------------------------------------------------
+
+    def _hist(self, name: str) -> LatencyHistogram | None:
+        if not self.config.latency:
+            return None
+        hist = self._hists.get(name)
+        if hist is None:
+            hist = self._hists.setdefault(name, LatencyHistogram())
+        return hist
+
+    def _sample(self) -> bool:
+        if self._pending:
+            with self._lock:
+                if self._pending:
+                    self._pending -= 1
+                    if not self._pending:
+                        self._update_mode()
+                    return True
+        rate = self._rate
+        if rate <= 0.0:
+            return False
+        return self.rng.random() < rate
+
+    async def _run_async(self, call: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                         kwargs: Mapping[str, Any], hist: LatencyHistogram | None,
+                         op: str) -> T:
+        run = self._begin(op, self.config.mode, self.config.memory) if self._sample() else None
+        clock = self.clock
+        t0 = clock()
+        try:
+            return await call(*args, **kwargs)
+        finally:
+            d = clock() - t0
+            if run is not None:
+                self._end(run, d)
+            self._after(d, hist, op)
+
+    def _run_sync(self, call: Callable[..., T], args: tuple[Any, ...],
+                  kwargs: Mapping[str, Any], hist: LatencyHistogram | None, op: str) -> T:
+        run = self._begin(op, self.config.mode, self.config.memory) if self._sample() else None
+        clock = self.clock
+        t0 = clock()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            d = clock() - t0
+            if run is not None:
+                self._end(run, d)
+            self._after(d, hist, op)
+
+    def _after(self, d: float, hist: LatencyHistogram | None, op: str) -> None:
+        if hist is not None:
+            hist.record(d)
+        threshold = self._threshold
+        if threshold is not None and d > threshold:
+            self._slow_call(d, threshold, op)
+
+    def _slow_call(self, d: float, threshold: float, op: str) -> None:
+        trace_id = self._trace_id()
+        corr = _correlation.get()
+        with self._lock:
+            self._seq += 1
+            item = (d, self._seq, SlowCall(d, trace_id, corr))
+            if len(self._slow) < self.config.report_top:
+                heapq.heappush(self._slow, item)
+            elif d > self._slow[0][0]:
+                heapq.heapreplace(self._slow, item)
+            if self.config.profile_after_slow:
+                self._pending = self.config.profile_after_slow
+        self._update_mode()
+        if self.metrics is not None:
+            self.metrics.increment("profiling_slow_calls_total")
+        from onex_compose.capabilities._log import logger
+
+        logger.bind(operation=op, duration_s=d, threshold_s=threshold, trace_id=trace_id,
+                    correlation_id=corr).warning(
+            "slow call: {} took {:.6f} s (threshold {} s; trace {})", op, d, threshold,
+            trace_id or "-")
+        tracer = self.tracer
+        if tracer is not None:
+            try:
+                tracer.add_event("profiling.slow_call", {
+                    "operation": op, "duration_s": d, "threshold_s": threshold})
+            except Exception:  # noqa: BLE001 - a tracing problem must not fail the call
+                logger.opt(exception=True).debug("profiling: could not add the slow-call event")
+
+    def _trace_id(self) -> str | None:
+        tracer = self.tracer
+        if tracer is None:
+            return None
+        try:
+            tid = tracer.current_trace_id()
+        except Exception:  # noqa: BLE001 - no trace id is not an error
+            return None
+        return None if tid is None else str(tid)
+
+    def _begin(self, label: str, mode: str, memory: bool) -> _Running | None:
+        """Start a profile in this thread; ``None`` (counted as a skip) when it is busy."""
+        ident = _get_ident()
+        if ident in _busy_threads or sys.getprofile() is not None:
+            if self.metrics is not None:
+                self.metrics.increment("profiling_skipped_total", labels={"reason": "busy"})
+            return None
+        _busy_threads.add(ident)
+        try:
+            if mode == "sampling":
+                import pyinstrument
+
+                raw: Any = pyinstrument.Profiler(interval=self.config.interval,
+                                                 async_mode="enabled")
+            else:
+                import cProfile
+
+                raw = cProfile.Profile()
+            run = _Running(label, mode, raw, ident)
+            run.trace_id = self._trace_id()
+            if memory:
+                if not tracemalloc.is_tracing():
+                    tracemalloc.start(_MEMORY_FRAMES)
+                    run.mem_started = True
+                tracemalloc.reset_peak()
+                run.mem_base = tracemalloc.take_snapshot()
+            if mode == "sampling":
+                raw.start()
+            else:
+                raw.enable()
+            run.start = time.perf_counter()
+        except BaseException:
+            _busy_threads.discard(ident)
+            raise
+        return run
+
+    def _end(self, run: _Running, duration: float) -> Profile:
+        raw = run.raw
+        try:
+            if run.mode == "sampling":
+                raw.stop()
+                data = raw.last_session
+            else:
+                raw.disable()
+                data = raw
+            memory: list[MemorySite] | None = None
+            peak: int | None = None
+            if run.mem_base is not None:
+                memory, peak = _memory_diff(run.mem_base, self.config.report_top)
+                if run.mem_started:
+                    tracemalloc.stop()
+        finally:
+            _busy_threads.discard(run.thread)
+        if self._guards is None:
+            self._guards = guard_codes(self.node_type)
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        profile = Profile(run.label, run.mode, data, duration, trace_id=run.trace_id,
+                          correlation_id=_correlation.get(), memory=memory, peak_bytes=peak,
+                          seq=seq, guards=self._guards)
+        self._keep(profile)
+        if self.metrics is not None:
+            self.metrics.increment("profiling_profiles_total", labels={"mode": run.mode})
+        return profile
+
+    def _keep(self, profile: Profile) -> None:
+        with self._lock:
+            if self.config.keep == "latest":
+                self._latest.append(profile)
+                return
+            item = (profile.duration, profile.seq, profile)
+            if len(self._kept) < self.config.max_profiles:
+                heapq.heappush(self._kept, item)
+            elif profile.duration > self._kept[0][0]:
+                heapq.heapreplace(self._kept, item)
+
+
+def _memory_diff(base: Any, top: int) -> tuple[list[MemorySite], int]:
+    """The top sites still allocated after the call (snapshot diff), and the traced peak."""
+    _current, peak = tracemalloc.get_traced_memory()
+    after = tracemalloc.take_snapshot()
+    skip = (tracemalloc.__file__, __file__, "<frozen importlib._bootstrap>",
+            "<frozen importlib._bootstrap_external>")
+    filters = [tracemalloc.Filter(False, f) for f in skip]
+    diff = after.filter_traces(filters).compare_to(base.filter_traces(filters), "lineno")
+    sites = []
+    for stat in diff:
+        if stat.size_diff <= 0:
+            continue
+        frame = stat.traceback[0]
+        sites.append(MemorySite(f"{frame.filename}:{frame.lineno}", stat.size_diff,
+                                stat.count_diff))
+        if len(sites) >= top:
+            break
+    return sites, peak
+
+
+def profiled(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator for methods of a node with profiling: latency (and sampling) in
+    ``self.profiler`` under ``name``.
+
+    Example:
+        >>> import asyncio
+        >>> from onex_compose import NodeCompute, compose
+        >>> class Shop(compose(NodeCompute, ["profiling"])):
+        ...     @profiled("price")
+        ...     async def price(self, qty):
+        ...         return qty * 2
+        >>> node = Shop()
+        >>> asyncio.run(node.price(3)), node.profiler.latency("price").count
+        (6, 1)
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"profiled() needs an operation name (a non-empty string), got {name!r}")
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+                p: Profiler = self.profiler
+                return await p._run_async(fn, (self, *args), kwargs, p._hist(name), name)
+            return timed
+
+        @functools.wraps(fn)
+        def timed_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
+            p: Profiler = self.profiler
+            return p._run_sync(fn, (self, *args), kwargs, p._hist(name), name)
+        return timed_sync
+
+    return decorate
+
+
+class MixinProfiling:
+    """Sampled profiles, latency quantiles and a bottleneck report (seed 000's ``MixinProfiling``).
+
+    Example:
+        >>> from onex_compose import NodeCompute, compose
+        >>> node = compose(NodeCompute, ["profiling"])()
+        >>> node.profiler.report().profiles
+        0
+    """
+
+    __onex_capability__ = "profiling"
+    __slots__ = ()
+
+    def setup_profiling(self, config: ProfilingConfig | Mapping[str, Any] | None = None) -> None:
+        """Configure profiling (reconfiguring keeps an injected clock and RNG unless seeded)."""
+        cfg = coerce_config(ProfilingConfig, config, "profiling")
+        old = getattr(self, "profiler", None)
+        tracer = self.tracer if has_capability(self, "tracing") else None  # type: ignore[attr-defined]
+        node = getattr(self, "node_id", None) or type(self).__name__
+        rng = old.rng if isinstance(old, Profiler) and cfg.seed is None else None
+        prof = Profiler(cfg, metrics=self.metrics, tracer=tracer,  # type: ignore[attr-defined]
+                        node_type=type(self), name=f"{node}.profiler", rng=rng)
+        if isinstance(old, Profiler):
+            prof.clock = old.clock
+        setattr(self, "profiler", prof)  # noqa: B010 - the mixin declares no such slot
+
+    @facility
+    def profiler(self) -> Profiler:
+        """The profiler (defaults when ``setup_profiling`` never ran)."""
+        return Profiler(ProfilingConfig(), metrics=self.metrics,  # type: ignore[attr-defined]
+                        node_type=type(self))
+
+    @classmethod
+    def _explain_profiling(cls, node: Any = None) -> str:
+        """One line for ``explain()``: the guard's place and what it does per call."""
+        where = "guard rank 15 (outside metrics and the flow-control guards: sees the whole pipeline)"
+        if node is None:
+            return f"{where}; defaults: latency on, sample_rate 0"
+        c = node.profiler.config
+        return (f"{where}; sample_rate {c.sample_rate} ({c.mode}), latency "
+                f"{'on' if c.latency else 'off'}, slow_call_threshold {c.slow_call_threshold}")
+
+    def _guard_profiling(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """Time (and sample) every ``process()`` call (rank 15: sees the whole pipeline)."""
+        node = self
+
+        async def profiled_process(*args: Any, **kwargs: Any) -> T:
+            prof: Profiler = node.profiler
+            mode = prof._guard_mode
+            if not mode:
+                return await call(*args, **kwargs)
+            if mode == 2:
+                return await prof._run_async(call, args, kwargs, prof._process_hist, "process")
+            hist: Any = prof._process_hist
+            clock = prof.clock
+            t0 = clock()
+            try:
+                return await call(*args, **kwargs)
+            finally:  # LatencyHistogram.record, inlined
+                d = clock() - t0
+                if d >= _MIN:
+                    try:
+                        hist.counts[int(_log(d) * _K + _OFFSETF)] += 1
+                    except IndexError:
+                        hist.counts[-1] += 1
+                else:
+                    hist.zero += 1
+                hist.total += d
+                if d > hist.max:
+                    hist.max = d
+
+        profiled_process.__wrapped__ = call  # type: ignore[attr-defined]
+        return profiled_process
+
+    def _guard_sync_profiling(self, call: Callable[..., T]) -> Callable[..., T]:
+        """The sync twin of :meth:`_guard_profiling`, for a plain ``def process``."""
+        node = self
+
+        def profiled_process_sync(*args: Any, **kwargs: Any) -> T:
+            prof: Profiler = node.profiler
+            mode = prof._guard_mode
+            if not mode:
+                return call(*args, **kwargs)
+            if mode == 2:
+                return prof._run_sync(call, args, kwargs, prof._process_hist, "process")
+            hist: Any = prof._process_hist
+            clock = prof.clock
+            t0 = clock()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                d = clock() - t0
+                if d >= _MIN:
+                    try:
+                        hist.counts[int(_log(d) * _K + _OFFSETF)] += 1
+                    except IndexError:
+                        hist.counts[-1] += 1
+                else:
+                    hist.zero += 1
+                hist.total += d
+                if d > hist.max:
+                    hist.max = d
+
+        profiled_process_sync.__wrapped__ = call  # type: ignore[attr-defined]
+        return profiled_process_sync
