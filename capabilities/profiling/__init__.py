@@ -33,8 +33,11 @@ Semantics worth knowing:
   run on the event loop while a profiled call awaits appear in its profile; sampling mode
   attributes the await time to the profiled task instead.
 * **Zero cost when off**: with ``sample_rate: 0`` and no ``slow_call_threshold`` the guard never
-  creates a profiler; it costs one comparison, plus the histogram update when ``latency`` is
-  on (``benchmarks/bench_profiling.py``).
+  creates a profiler. The comparison is made once, when the node binds its ``process()``
+  chain: switched off entirely (``latency: false`` too) the guard is not in the chain at all;
+  with ``latency`` on it is the clock reads and the histogram update
+  (``benchmarks/bench_profiling.py``). ``setup_profiling`` rebinds the chain; replace the
+  profiler through it (or ``_initialize_mixins``), not by assigning ``node.profiler``.
 * Nothing loop-bound is created; the clock (``profiler.clock``, default
   ``time.perf_counter``) and the RNG are injectable.
 
@@ -76,13 +79,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from onex_compose import ConfigurationError, OnexError, coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities.profiling._latency import (
-    _K,
-    _MIN,
-    _OFFSETF,
+    BATCH,
     RELATIVE_ACCURACY,
     LatencyHistogram,
     LatencySummary,
-    _log,
 )
 from onex_compose.capabilities.profiling._report import (
     FunctionStat,
@@ -690,6 +690,8 @@ class MixinProfiling:
         if isinstance(old, Profiler):
             prof.clock = old.clock
         setattr(self, "profiler", prof)  # noqa: B010 - the mixin declares no such slot
+        # the process() guard is specialised to the profiler it was bound with: rebind it
+        setattr(self, "_onex_chain", None)  # noqa: B010
 
     @facility
     def profiler(self) -> Profiler:
@@ -708,65 +710,72 @@ class MixinProfiling:
                 f"{'on' if c.latency else 'off'}, slow_call_threshold {c.slow_call_threshold}")
 
     def _guard_profiling(self, call: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-        """Time (and sample) every ``process()`` call (rank 15: sees the whole pipeline)."""
-        node = self
+        """Time (and sample) every ``process()`` call (rank 15: sees the whole pipeline).
 
-        async def profiled_process(*args: Any, **kwargs: Any) -> T:
-            prof: Profiler = node.profiler
-            mode = prof._guard_mode
-            if not mode:
-                return await call(*args, **kwargs)
-            if mode == 2:
-                return await prof._run_async(call, args, kwargs, prof._process_hist, "process")
-            hist: Any = prof._process_hist
+        The link is specialised when the chain is bound: switched off (``sample_rate: 0``, no
+        threshold, ``latency: false``) it is ``call`` itself; latency only, it times the call
+        into the histogram (inlined); otherwise it takes the full path (sampling, slow calls).
+        ``setup_profiling`` rebinds the node's chain, so a reconfigured node gets the right
+        link.
+        """
+        prof: Profiler = self.profiler  # type: ignore[attr-defined]
+        mode = prof._guard_mode
+        if not mode:
+            return call
+        if mode == 2:
+            run = prof._run_async
+            hist_or_none = prof._process_hist
+
+            async def sampled_process(*args: Any, **kwargs: Any) -> T:
+                return await run(call, args, kwargs, hist_or_none, "process")
+
+            sampled_process.__wrapped__ = call  # type: ignore[attr-defined]
+            return sampled_process
+        hist: Any = prof._process_hist
+        buffer = hist.buffer
+        append = buffer.append
+
+        async def timed_process(*args: Any, **kwargs: Any) -> T:
             clock = prof.clock
             t0 = clock()
             try:
                 return await call(*args, **kwargs)
             finally:  # LatencyHistogram.record, inlined
-                d = clock() - t0
-                if d >= _MIN:
-                    try:
-                        hist.counts[int(_log(d) * _K + _OFFSETF)] += 1
-                    except IndexError:
-                        hist.counts[-1] += 1
-                else:
-                    hist.zero += 1
-                hist.total += d
-                if d > hist.max:
-                    hist.max = d
+                append(clock() - t0)
+                if len(buffer) >= BATCH:
+                    hist.fold()
 
-        profiled_process.__wrapped__ = call  # type: ignore[attr-defined]
-        return profiled_process
+        timed_process.__wrapped__ = call  # type: ignore[attr-defined]
+        return timed_process
 
     def _guard_sync_profiling(self, call: Callable[..., T]) -> Callable[..., T]:
         """The sync twin of :meth:`_guard_profiling`, for a plain ``def process``."""
-        node = self
+        prof: Profiler = self.profiler  # type: ignore[attr-defined]
+        mode = prof._guard_mode
+        if not mode:
+            return call
+        if mode == 2:
+            run = prof._run_sync
+            hist_or_none = prof._process_hist
 
-        def profiled_process_sync(*args: Any, **kwargs: Any) -> T:
-            prof: Profiler = node.profiler
-            mode = prof._guard_mode
-            if not mode:
-                return call(*args, **kwargs)
-            if mode == 2:
-                return prof._run_sync(call, args, kwargs, prof._process_hist, "process")
-            hist: Any = prof._process_hist
+            def sampled_process_sync(*args: Any, **kwargs: Any) -> T:
+                return run(call, args, kwargs, hist_or_none, "process")
+
+            sampled_process_sync.__wrapped__ = call  # type: ignore[attr-defined]
+            return sampled_process_sync
+        hist: Any = prof._process_hist
+        buffer = hist.buffer
+        append = buffer.append
+
+        def timed_process_sync(*args: Any, **kwargs: Any) -> T:
             clock = prof.clock
             t0 = clock()
             try:
                 return call(*args, **kwargs)
-            finally:
-                d = clock() - t0
-                if d >= _MIN:
-                    try:
-                        hist.counts[int(_log(d) * _K + _OFFSETF)] += 1
-                    except IndexError:
-                        hist.counts[-1] += 1
-                else:
-                    hist.zero += 1
-                hist.total += d
-                if d > hist.max:
-                    hist.max = d
+            finally:  # LatencyHistogram.record, inlined
+                append(clock() - t0)
+                if len(buffer) >= BATCH:
+                    hist.fold()
 
-        profiled_process_sync.__wrapped__ = call  # type: ignore[attr-defined]
-        return profiled_process_sync
+        timed_process_sync.__wrapped__ = call  # type: ignore[attr-defined]
+        return timed_process_sync
