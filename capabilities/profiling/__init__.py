@@ -312,6 +312,7 @@ class Profiler:
         self._slow: list[tuple[float, int, SlowCall]] = []  # a min-heap of slow calls
         self._hists: dict[str, LatencyHistogram] = {}
         self._guards: dict[tuple[str, int], str] | None = None
+        self._profile_counters: dict[str, Callable[..., None]] = {}  # mode -> bound counter
         #: the guard's one comparison: 0 off, 1 latency only, 2 the full path
         self._guard_mode = 0
         #: the process() histogram the guard records into (``None``: latency off)
@@ -541,15 +542,12 @@ class Profiler:
             return None
         _busy_threads.add(ident)
         try:
+            mods = _modules or _load_modules()
             if mode == "sampling":
-                import pyinstrument
-
-                raw: Any = pyinstrument.Profiler(interval=self.config.interval,
-                                                 async_mode="enabled")
+                raw: Any = mods["pyinstrument"].Profiler(interval=self.config.interval,
+                                                         async_mode="enabled")
             else:
-                import cProfile
-
-                raw = cProfile.Profile()
+                raw = mods["cProfile"].Profile()  # looked up per call: a spy can replace it
             run = _Running(label, mode, raw, ident)
             run.trace_id = self._trace_id()
             if memory:
@@ -558,8 +556,8 @@ class Profiler:
                     run.mem_started = True
                 tracemalloc.reset_peak()
                 run.mem_base = tracemalloc.take_snapshot()
-            if mode == "sampling":
-                raw.start()
+            if mode == "sampling":  # the stack starts at the caller (not this helper)
+                raw.start(caller_frame=sys._getframe(1), target_description=label)
             else:
                 raw.enable()
             run.start = time.perf_counter()
@@ -595,7 +593,11 @@ class Profiler:
                           seq=seq, guards=self._guards)
         self._keep(profile)
         if self.metrics is not None:
-            self.metrics.increment("profiling_profiles_total", labels={"mode": run.mode})
+            count = self._profile_counters.get(run.mode)
+            if count is None:
+                count = self._profile_counters[run.mode] = self.metrics.bind_counter(
+                    "profiling_profiles_total", labels={"mode": run.mode})
+            count()
         return profile
 
     def _keep(self, profile: Profile) -> None:
@@ -608,6 +610,21 @@ class Profiler:
                 heapq.heappush(self._kept, item)
             elif profile.duration > self._kept[0][0]:
                 heapq.heapreplace(self._kept, item)
+
+
+_modules: dict[str, Any] = {}
+
+
+def _load_modules() -> dict[str, Any]:
+    """cProfile and (when installed) pyinstrument, imported on the first profile."""
+    import cProfile
+
+    _modules["cProfile"] = cProfile
+    if importlib.util.find_spec("pyinstrument") is not None:
+        import pyinstrument
+
+        _modules["pyinstrument"] = pyinstrument
+    return _modules
 
 
 def _memory_diff(base: Any, top: int) -> tuple[list[MemorySite], int]:
