@@ -112,7 +112,7 @@ class CountingSampler(Sampler):
                       ) -> SamplingResult:
         result = self._should(parent_context, trace_id, name, kind, attributes, links,
                               trace_state)
-        if not result.decision.is_recording():
+        if not result.decision.is_recording():  # type: ignore[no-untyped-call]
             self._dropped()
         return result
 

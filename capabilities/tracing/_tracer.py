@@ -335,7 +335,7 @@ class Tracing:
             raise ValueError(f"unknown span kind {kind!r}; use one of {', '.join(SPAN_KINDS)}")
 
         def decorate(func: F) -> F:
-            span_name = name or getattr(func, "__qualname__", repr(func))
+            span_name: str = name or str(getattr(func, "__qualname__", repr(func)))
             if inspect.iscoroutinefunction(func):
                 @functools.wraps(func)
                 async def async_traced(*args: Any, **kwargs: Any) -> Any:
@@ -591,8 +591,8 @@ class _GuardState:
 
     def _bind(self, tracing: Any) -> None:
         self.tracing = tracing
-        otel = getattr(tracing, "_otel", None)
-        cfg = getattr(tracing, "config", None)
+        otel: Any = getattr(tracing, "_otel", None)
+        cfg: Any = getattr(tracing, "config", None)
         self.on = otel is not None and cfg is not None and cfg.trace_process
         if not self.on:
             return
