@@ -872,3 +872,13 @@ def test_the_mixin_is_registered_as_tracing() -> None:
     assert MixinTracing.__onex_capability__ == "tracing"
     node = compose(NodeEffect, ["tracing"])(capability_config={"tracing": {"enabled": False}})
     assert repr(node.tracer) == "<Tracing disabled>"
+
+
+async def test_a_node_used_after_aclose_drops_spans_without_reporting_an_outage() -> None:
+    node = node_with(["health_check"])
+    await node.process(1)
+    await node.aclose()
+    assert await node.process(2) == 2
+    assert counters(node).get("tracing_export_errors_total", 0) == 0
+    assert node.tracer.health()["status"] == "healthy"
+    assert len(spans(node)) == 1

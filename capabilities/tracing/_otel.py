@@ -161,8 +161,11 @@ class GuardedExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, on_result: Callable[[bool, str | None], None]) -> None:
         self.inner = inner
         self._on_result = on_result
+        self.closed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.closed:  # spans of a node used after aclose(): dropped, not an outage
+            return SpanExportResult.FAILURE
         try:
             result = self.inner.export(spans)
         except Exception as exc:
@@ -175,6 +178,7 @@ class GuardedExporter(SpanExporter):
         return result
 
     def shutdown(self) -> None:
+        self.closed = True
         try:
             self.inner.shutdown()
         except Exception as exc:  # never raise from close
