@@ -454,16 +454,23 @@ def _tracing_registered() -> bool:
                     reason="the tracing capability is not registered on this branch yet "
                            "(s4-tracing); this test runs once it is")
 async def test_with_tracing_profiles_carry_the_trace_id_and_slow_calls_add_a_span_event(
-) -> None:  # pragma: no cover - runs once tracing lands
-    node = compose(Work, ["profiling", "tracing"])(capability_config={
+) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs the [otel] extra")
+    cls = compose(Work, ["profiling", "tracing"])
+    assert cls.__onex_pipeline__[:3] == ("tracing", "profiling", "metrics")  # ranks 5, 15, 20
+    node = cls(capability_config={
         "profiling": {"sample_rate": 1.0, "slow_call_threshold": 0.0},
-        "tracing": {"exporter": "memory"}})
+        "tracing": {"exporter": "memory", "processor": "simple"}})
     await node.process(10)
-    call = node.profiler.report().slowest_calls[0]
-    assert call.trace_id is not None and len(call.trace_id) == 32
-    spans = node.tracer.finished_spans()
+    profile = node.profiler.profiles()[0]
+    spans = node.tracer.exporter.get_finished_spans()
+    process_span = next(s for s in spans if s.parent is None)
+    assert profile.trace_id == f"{process_span.context.trace_id:032x}"
+    report = node.profiler.report()
+    assert {c.trace_id for c in report.slowest_calls} == {profile.trace_id}
     events = [e for s in spans for e in s.events if e.name == "profiling.slow_call"]
     assert len(events) == 1 and events[0].attributes["operation"] == "process"
+    assert events[0].attributes["threshold_s"] == 0.0
 
 
 # -- output formats ----------------------------------------------------------------------------
