@@ -242,7 +242,7 @@ async def test_sample_rate_with_a_seed_profiles_exactly_the_predicted_calls() ->
     predicted = [i for i in range(40) if draws.random() < 0.25]
     for i in range(40):
         await node.process(i)  # the input is the call's index; slow_part(i) returns its sum
-    got = [p for p in node.profiler.profiles()]
+    got = list(node.profiler.profiles())
     assert len(got) == len(predicted) and 0 < len(predicted) < 40
     assert counters(node)['profiling_profiles_total{mode="deterministic"}'] == len(predicted)
 

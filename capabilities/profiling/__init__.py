@@ -458,7 +458,7 @@ class Profiler:
         rate = self._rate
         if rate <= 0.0:
             return False
-        return self.rng.random() < rate
+        return bool(self.rng.random() < rate)
 
     async def _run_async(self, call: Callable[..., Awaitable[T]], args: tuple[Any, ...],
                          kwargs: Mapping[str, Any], hist: LatencyHistogram | None,
@@ -520,7 +520,7 @@ class Profiler:
             try:
                 tracer.add_event("profiling.slow_call", {
                     "operation": op, "duration_s": d, "threshold_s": threshold})
-            except Exception:  # noqa: BLE001 - a tracing problem must not fail the call
+            except Exception:
                 logger.opt(exception=True).debug("profiling: could not add the slow-call event")
 
     def _trace_id(self) -> str | None:
@@ -529,7 +529,7 @@ class Profiler:
             return None
         try:
             tid = tracer.current_trace_id()
-        except Exception:  # noqa: BLE001 - no trace id is not an error
+        except Exception:
             return None
         return None if tid is None else str(tid)
 
@@ -735,7 +735,7 @@ class MixinProfiling:
         ``setup_profiling`` rebinds the node's chain, so a reconfigured node gets the right
         link.
         """
-        prof: Profiler = self.profiler  # type: ignore[attr-defined]
+        prof: Profiler = self.profiler
         mode = prof._guard_mode
         if not mode:
             return call
@@ -767,7 +767,7 @@ class MixinProfiling:
 
     def _guard_sync_profiling(self, call: Callable[..., T]) -> Callable[..., T]:
         """The sync twin of :meth:`_guard_profiling`, for a plain ``def process``."""
-        prof: Profiler = self.profiler  # type: ignore[attr-defined]
+        prof: Profiler = self.profiler
         mode = prof._guard_mode
         if not mode:
             return call

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_left, bisect_right
 from typing import NamedTuple
@@ -41,7 +42,7 @@ _BOUNDS: list[float] = [_MIN * _GAMMA ** k
                         for k in range(int(math.log(_MAX / _MIN) / math.log(_GAMMA)) + 2)]
 _NBUCKETS = len(_BOUNDS) + 1  # 0: below 1 ns; len(_BOUNDS): past the last bound
 _REPS: list[float] = [0.0] + [2.0 * lo * hi / (lo + hi)
-                              for lo, hi in zip(_BOUNDS, _BOUNDS[1:], strict=False)] + [0.0]
+                              for lo, hi in itertools.pairwise(_BOUNDS)] + [0.0]
 #: durations buffered before they are folded into the counters
 BATCH = 2048
 
@@ -52,7 +53,7 @@ class LatencySummary(NamedTuple):
     An operation with no calls has ``count == 0`` and every other field ``0.0``.
     """
 
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count: the issue's field name)
     p50: float
     p95: float
     p99: float

@@ -59,7 +59,7 @@ class MemorySite(NamedTuple):
 
     location: str
     size_bytes: int
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count: the issue's field name)
 
 
 LayerStat = dict  # {"seconds": float, "share": float}
@@ -87,7 +87,7 @@ def _cap_dir() -> str:
     if _CAP_DIR is None:
         import onex_compose.capabilities as caps
 
-        _CAP_DIR = os.path.realpath(list(caps.__path__)[0]) + os.sep
+        _CAP_DIR = os.path.realpath(next(iter(caps.__path__))) + os.sep
     return _CAP_DIR
 
 
