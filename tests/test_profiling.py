@@ -592,3 +592,41 @@ def test_cli_profile_bad_module_path_exits_2(tmp_path: Path,
     bad.write_text("{not json\n")
     assert cli_main(["profile", "tests.test_profiling:Work", "--inputs", str(bad)]) == 2
     assert "bad.jsonl:1" in capsys.readouterr().err
+
+
+async def test_a_slow_call_is_logged_through_the_node_log_with_its_trace_id() -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="tracing needs the [otel] extra")
+    from loguru import logger
+
+    captured: list[dict[str, Any]] = []
+    handler = logger.add(lambda m: captured.append(
+        {"message": m.record["message"], "level": m.record["level"].name,
+         "extra": dict(m.record["extra"])}), level="DEBUG", format="{message}")
+    logger.enable("onex_compose")
+    try:
+        node = compose(Work, ["profiling", "tracing", "logging"])(capability_config={
+            "profiling": {"slow_call_threshold": 0.0},
+            "tracing": {"exporter": "memory", "processor": "simple"}})
+        await node.process(10)
+    finally:
+        logger.disable("onex_compose")
+        logger.remove(handler)
+    slow = [r for r in captured if r["message"].startswith("slow call: process")]
+    assert len(slow) == 1 and slow[0]["level"] == "WARNING"
+    span = node.tracer.exporter.get_finished_spans()[-1]
+    assert slow[0]["extra"]["trace_id"] == f"{span.context.trace_id:032x}"
+    assert slow[0]["extra"]["operation"] == "process"
+    assert slow[0]["extra"]["capability"] == "profiling"
+
+
+def test_a_profiling_node_pickles_and_runs_across_event_loops() -> None:
+    import pickle
+
+    node = make({"sample_rate": 1.0})
+    for _ in range(2):
+        assert asyncio.run(node.process(10)) == slow_part(10) + 1
+    assert node.profiler.report().profiles == 2
+    clone = pickle.loads(pickle.dumps(node))
+    assert clone.profiler.config.sample_rate == 1.0
+    assert asyncio.run(clone.process(10)) == slow_part(10) + 1
+    assert clone.profiler.report().profiles == 1  # profiles are not pickled, config is

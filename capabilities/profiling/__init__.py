@@ -276,6 +276,10 @@ class Profiler:
         tracer: the node's tracer when tracing is composed (trace ids, slow-call span events).
         node_type: the node's class (recognises its guard closures in sampling profiles).
         rng: the sampling RNG (default ``random.Random(config.seed)``).
+        logger: where slow calls are logged (the node's ``log`` bound with
+            ``capability="profiling"`` when composed; default: the capabilities' loguru logger).
+            Like every record of the library, it is silent until the application calls
+            ``logger.enable("onex_compose")``.
 
     Attributes:
         clock: the duration clock (default ``time.perf_counter``; injectable).
@@ -291,7 +295,8 @@ class Profiler:
 
     def __init__(self, config: ProfilingConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, tracer: Any = None, node_type: type | None = None,
-                 name: str = "profiler", rng: random.Random | None = None) -> None:
+                 name: str = "profiler", rng: random.Random | None = None,
+                 logger: Any = None) -> None:
         cfg = coerce_config(ProfilingConfig, config, "profiling")
         if cfg.mode == "sampling":
             _require_pyinstrument()
@@ -299,6 +304,7 @@ class Profiler:
         self.name = name
         self.metrics = metrics
         self.tracer = tracer
+        self.logger = logger
         self.node_type = node_type
         self.clock: Callable[[], float] = time.perf_counter
         self.rng = rng if rng is not None else random.Random(cfg.seed)
@@ -509,8 +515,9 @@ class Profiler:
         self._update_mode()
         if self.metrics is not None:
             self.metrics.increment("profiling_slow_calls_total")
-        from onex_compose.capabilities._log import logger
+        from onex_compose.capabilities._log import logger as default_logger
 
+        logger = self.logger if self.logger is not None else default_logger
         logger.bind(operation=op, duration_s=d, threshold_s=threshold, trace_id=trace_id,
                     correlation_id=corr).warning(
             "slow call: {} took {:.6f} s (threshold {} s; trace {})", op, d, threshold,
@@ -700,10 +707,13 @@ class MixinProfiling:
         cfg = coerce_config(ProfilingConfig, config, "profiling")
         old = getattr(self, "profiler", None)
         tracer = self.tracer if has_capability(self, "tracing") else None  # type: ignore[attr-defined]
+        from onex_compose.capabilities.logging import bind_logger
+
+        log = bind_logger(self, "profiling")  # node.log when logging is composed
         node = getattr(self, "node_id", None) or type(self).__name__
         rng = old.rng if isinstance(old, Profiler) and cfg.seed is None else None
         prof = Profiler(cfg, metrics=self.metrics, tracer=tracer,  # type: ignore[attr-defined]
-                        node_type=type(self), name=f"{node}.profiler", rng=rng)
+                        node_type=type(self), name=f"{node}.profiler", rng=rng, logger=log)
         if isinstance(old, Profiler):
             prof.clock = old.clock
         setattr(self, "profiler", prof)  # noqa: B010 - the mixin declares no such slot
