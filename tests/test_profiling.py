@@ -630,3 +630,19 @@ def test_a_profiling_node_pickles_and_runs_across_event_loops() -> None:
     assert clone.profiler.config.sample_rate == 1.0
     assert asyncio.run(clone.process(10)) == slow_part(10) + 1
     assert clone.profiler.report().profiles == 1  # profiles are not pickled, config is
+
+
+async def test_many_calls_fold_into_the_histogram_and_a_new_clock_rebinds_the_guard() -> None:
+    from onex_compose.capabilities.profiling._latency import BATCH
+
+    node = make()
+    for _ in range(BATCH + 10):
+        await node.process(0)
+    hist = node.profiler.histogram("process")
+    assert hist is not None and len(hist.buffer) <= BATCH
+    assert node.profiler.latency().count == BATCH + 10
+    node.profiler.clock = iter(range(0, 1000, 2)).__next__  # start 0, end 2: 2 s
+    await node.process(0)
+    assert node.profiler.latency().max == 2.0
+    with pytest.raises(TypeError, match="callable"):
+        node.profiler.clock = 3.0  # type: ignore[assignment]

@@ -306,7 +306,9 @@ class Profiler:
         self.tracer = tracer
         self.logger = logger
         self.node_type = node_type
-        self.clock: Callable[[], float] = time.perf_counter
+        self._clock: Callable[[], float] = time.perf_counter
+        #: called when the clock is replaced (the mixin rebinds the node's process() chain)
+        self._rebind: Callable[[], None] | None = None
         self.rng = rng if rng is not None else random.Random(cfg.seed)
         self._rate = cfg.sample_rate
         self._threshold = cfg.slow_call_threshold
@@ -332,6 +334,20 @@ class Profiler:
         kept = len(self._kept) + len(self._latest)
         return (f"Profiler({self.name!r}, sample_rate={c.sample_rate}, mode={c.mode!r}, "
                 f"latency={c.latency}, kept={kept}/{c.max_profiles})")
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The duration clock (seconds; default ``time.perf_counter``). Assigning one rebinds
+        the node's ``process()`` guard, which holds it."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, fn: Callable[[], float]) -> None:
+        if not callable(fn):
+            raise TypeError(f"profiler.clock must be a callable returning seconds, got {fn!r}")
+        self._clock = fn
+        if self._rebind is not None:
+            self._rebind()
 
     def _update_mode(self) -> None:
         if self._rate > 0.0 or self._threshold is not None or self._pending:
@@ -717,8 +733,15 @@ class MixinProfiling:
         if isinstance(old, Profiler):
             prof.clock = old.clock
         setattr(self, "profiler", prof)  # noqa: B010 - the mixin declares no such slot
-        # the process() guard is specialised to the profiler it was bound with: rebind it
-        setattr(self, "_onex_chain", None)  # noqa: B010
+        # the process() guard is specialised to the profiler (and its clock) it was bound
+        # with: rebind the chain now and whenever the clock is replaced
+        node = self
+
+        def rebind() -> None:
+            setattr(node, "_onex_chain", None)  # noqa: B010
+
+        prof._rebind = rebind
+        rebind()
 
     @facility
     def profiler(self) -> Profiler:
@@ -728,8 +751,14 @@ class MixinProfiling:
 
     @classmethod
     def _explain_profiling(cls, node: Any = None) -> str:
-        """One line for ``explain()``: the guard's place and what it does per call."""
-        where = "guard rank 15 (outside metrics and the flow-control guards: sees the whole pipeline)"
+        """One line for ``explain()``: the guard's rank and what it does per call."""
+        rank: Any = 15
+        comp = getattr(cls, "__composition__", None)
+        try:
+            rank = comp.registry.get("profiling").guard_rank  # type: ignore[union-attr]
+        except Exception:
+            pass
+        where = f"guard rank {rank} (outside metrics: the profile sees the whole pipeline)"
         if node is None:
             return f"{where}; defaults: latency on, sample_rate 0"
         c = node.profiler.config
@@ -759,17 +788,20 @@ class MixinProfiling:
             sampled_process.__wrapped__ = call  # type: ignore[attr-defined]
             return sampled_process
         hist: Any = prof._process_hist
-        buffer = hist.buffer
-        append = buffer.append
+        append = hist.buffer.append
+        clock = prof.clock
+        left = BATCH - len(hist.buffer)
 
         async def timed_process(*args: Any, **kwargs: Any) -> T:
-            clock = prof.clock
+            nonlocal left
             t0 = clock()
             try:
                 return await call(*args, **kwargs)
             finally:  # LatencyHistogram.record, inlined
                 append(clock() - t0)
-                if len(buffer) >= BATCH:
+                left -= 1
+                if left <= 0:  # every BATCH calls (a reader may have folded some already)
+                    left = BATCH
                     hist.fold()
 
         timed_process.__wrapped__ = call  # type: ignore[attr-defined]
@@ -791,17 +823,20 @@ class MixinProfiling:
             sampled_process_sync.__wrapped__ = call  # type: ignore[attr-defined]
             return sampled_process_sync
         hist: Any = prof._process_hist
-        buffer = hist.buffer
-        append = buffer.append
+        append = hist.buffer.append
+        clock = prof.clock
+        left = BATCH - len(hist.buffer)
 
         def timed_process_sync(*args: Any, **kwargs: Any) -> T:
-            clock = prof.clock
+            nonlocal left
             t0 = clock()
             try:
                 return call(*args, **kwargs)
             finally:  # LatencyHistogram.record, inlined
                 append(clock() - t0)
-                if len(buffer) >= BATCH:
+                left -= 1
+                if left <= 0:  # every BATCH calls (a reader may have folded some already)
+                    left = BATCH
                     hist.fold()
 
         timed_process_sync.__wrapped__ = call  # type: ignore[attr-defined]

@@ -104,7 +104,7 @@ class LatencyHistogram:
         batch = buffer[:n]
         del buffer[:n]  # in place: the guard holds this list (appends from other threads stay)
         batch.sort()
-        self.total += math.fsum(batch)
+        self.total += sum(batch)
         if batch[-1] > self.max:
             self.max = batch[-1]
         counts, bounds, last = self.counts, _BOUNDS, len(_BOUNDS)
