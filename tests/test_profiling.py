@@ -646,3 +646,10 @@ async def test_many_calls_fold_into_the_histogram_and_a_new_clock_rebinds_the_gu
     assert node.profiler.latency().max == 2.0
     with pytest.raises(TypeError, match="callable"):
         node.profiler.clock = 3.0  # type: ignore[assignment]
+
+
+async def test_a_profiled_slow_call_is_listed_once() -> None:
+    node = make({"sample_rate": 1.0, "slow_call_threshold": 0.0})
+    await node.process(10)
+    await node.process(10)
+    assert len(node.profiler.report().slowest_calls) == 2

@@ -492,9 +492,8 @@ class Profiler:
             return await call(*args, **kwargs)
         finally:
             d = clock() - t0
-            if run is not None:
-                self._end(run, d)
-            self._after(d, hist, op)
+            seq = None if run is None else self._end(run, d).seq
+            self._after(d, hist, op, seq)
 
     def _run_sync(self, call: Callable[..., T], args: tuple[Any, ...],
                   kwargs: Mapping[str, Any], hist: LatencyHistogram | None, op: str) -> T:
@@ -505,23 +504,27 @@ class Profiler:
             return call(*args, **kwargs)
         finally:
             d = clock() - t0
-            if run is not None:
-                self._end(run, d)
-            self._after(d, hist, op)
+            seq = None if run is None else self._end(run, d).seq
+            self._after(d, hist, op, seq)
 
-    def _after(self, d: float, hist: LatencyHistogram | None, op: str) -> None:
+    def _after(self, d: float, hist: LatencyHistogram | None, op: str,
+               seq: int | None) -> None:
         if hist is not None:
             hist.record(d)
         threshold = self._threshold
         if threshold is not None and d > threshold:
-            self._slow_call(d, threshold, op)
+            self._slow_call(d, threshold, op, seq)
 
-    def _slow_call(self, d: float, threshold: float, op: str) -> None:
+    def _slow_call(self, d: float, threshold: float, op: str, seq: int | None) -> None:
+        """Count, keep, log and trace one slow call (``seq``: its profile's, when profiled,
+        so the report lists the call once)."""
         trace_id = self._trace_id()
         corr = _correlation.get()
         with self._lock:
-            self._seq += 1
-            item = (d, self._seq, SlowCall(d, trace_id, corr))
+            if seq is None:
+                self._seq += 1
+                seq = self._seq
+            item = (d, seq, SlowCall(d, trace_id, corr))
             if len(self._slow) < self.config.report_top:
                 heapq.heappush(self._slow, item)
             elif d > self._slow[0][0]:

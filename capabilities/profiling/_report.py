@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sysconfig
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import CodeType
@@ -80,6 +81,7 @@ _CAP_DIR: str | None = None
 _OWN_DIR = os.path.realpath(os.path.dirname(__file__)) + os.sep
 _GUARD_QUALNAME = re.compile(r"\._guard_(?:sync_)?([A-Za-z0-9_]+)\.<locals>\.")
 _layer_cache: dict[tuple[str, str], str | None] = {}
+_DIGEST_LOCK = threading.Lock()
 
 
 def _cap_dir() -> str:
@@ -333,16 +335,20 @@ class Profile:
                 f"trace_id={self.trace_id!r})")
 
     def digest(self) -> _Digest:
-        """The digested profile (computed once, on first use)."""
-        if self._digest is None:
-            if self.raw is None:
-                self._digest = _Digest()
-            elif self.mode == "sampling":
-                self._digest = _digest_pyinstrument(self.raw, self.guards)
-            else:
-                self._digest = _digest_cprofile(self.raw, self.guards)
-            self.raw = None  # the digest is all a report needs
-        return self._digest
+        """The digested profile (computed once, on first use; thread-safe)."""
+        got = self._digest
+        if got is not None:
+            return got
+        with _DIGEST_LOCK:
+            if self._digest is None:
+                if self.raw is None:
+                    self._digest = _Digest()
+                elif self.mode == "sampling":
+                    self._digest = _digest_pyinstrument(self.raw, self.guards)
+                else:
+                    self._digest = _digest_cprofile(self.raw, self.guards)
+                self.raw = None  # the digest is all a report needs
+            return self._digest
 
 
 @dataclass(frozen=True)
