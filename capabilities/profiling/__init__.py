@@ -799,7 +799,9 @@ class MixinProfiling:
             nonlocal left
             t0 = clock()
             try:
-                return await call(*args, **kwargs)
+                if kwargs:
+                    return await call(*args, **kwargs)
+                return await call(*args)  # no empty-dict spread: ~12 ns
             finally:  # LatencyHistogram.record, inlined
                 append(clock() - t0)
                 left -= 1
@@ -834,7 +836,9 @@ class MixinProfiling:
             nonlocal left
             t0 = clock()
             try:
-                return call(*args, **kwargs)
+                if kwargs:
+                    return call(*args, **kwargs)
+                return call(*args)
             finally:  # LatencyHistogram.record, inlined
                 append(clock() - t0)
                 left -= 1
