@@ -653,3 +653,21 @@ async def test_a_profiled_slow_call_is_listed_once() -> None:
     await node.process(10)
     await node.process(10)
     assert len(node.profiler.report().slowest_calls) == 2
+
+
+def test_composing_and_calling_with_profiling_off_imports_no_profiler() -> None:
+    import subprocess
+    import sys
+
+    code = ("import asyncio, sys\n"
+            "from onex_compose import NodeCompute, compose\n"
+            "class N(NodeCompute):\n"
+            "    async def process(self, x):\n"
+            "        return x\n"
+            "node = compose(N, ['profiling'])()\n"
+            "asyncio.run(node.process(1))\n"
+            "print(sorted(m for m in ('cProfile', 'pyinstrument', 'tracemalloc', 'opentelemetry')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stderr

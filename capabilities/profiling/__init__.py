@@ -69,7 +69,6 @@ import random
 import sys
 import threading
 import time
-import tracemalloc
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
@@ -577,6 +576,8 @@ class Profiler:
             run = _Running(label, mode, raw, ident)
             run.trace_id = self._trace_id()
             if memory:
+                import tracemalloc
+
                 if not tracemalloc.is_tracing():
                     tracemalloc.start(_MEMORY_FRAMES)
                     run.mem_started = True
@@ -604,6 +605,8 @@ class Profiler:
             memory: list[MemorySite] | None = None
             peak: int | None = None
             if run.mem_base is not None:
+                import tracemalloc
+
                 memory, peak = _memory_diff(run.mem_base, self.config.report_top)
                 if run.mem_started:
                     tracemalloc.stop()
@@ -655,6 +658,8 @@ def _load_modules() -> dict[str, Any]:
 
 def _memory_diff(base: Any, top: int) -> tuple[list[MemorySite], int]:
     """The top sites still allocated after the call (snapshot diff), and the traced peak."""
+    import tracemalloc
+
     _current, peak = tracemalloc.get_traced_memory()
     after = tracemalloc.take_snapshot()
     skip = (tracemalloc.__file__, __file__, "<frozen importlib._bootstrap>",
@@ -726,9 +731,11 @@ class MixinProfiling:
         cfg = coerce_config(ProfilingConfig, config, "profiling")
         old = getattr(self, "profiler", None)
         tracer = self.tracer if has_capability(self, "tracing") else None  # type: ignore[attr-defined]
-        from onex_compose.capabilities.logging import bind_logger
+        log = None
+        if cfg.slow_call_threshold is not None:  # the only records it writes (loguru is lazy)
+            from onex_compose.capabilities.logging import bind_logger
 
-        log = bind_logger(self, "profiling")  # node.log when logging is composed
+            log = bind_logger(self, "profiling")  # node.log when logging is composed
         node = getattr(self, "node_id", None) or type(self).__name__
         rng = old.rng if isinstance(old, Profiler) and cfg.seed is None else None
         prof = Profiler(cfg, metrics=self.metrics, tracer=tracer,  # type: ignore[attr-defined]
