@@ -104,6 +104,8 @@ def test_the_contract_mirrors_the_config_and_places_the_guard_at_rank_15() -> No
 def test_bad_config_values_name_the_field(field: str, value: Any) -> None:
     with pytest.raises(ValidationError, match=field):
         ProfilingConfig(**{field: value})
+    with pytest.raises(ConfigurationError, match=f"- {field}"):
+        make({field: value})
 
 
 def test_sampling_mode_without_pyinstrument_names_the_extra(monkeypatch: pytest.MonkeyPatch
@@ -195,11 +197,14 @@ def _toy_registry() -> Registry:
     return reg
 
 
-async def test_a_guard_that_burns_cpu_is_the_top_layer() -> None:
+@pytest.mark.parametrize("mode", ["deterministic",
+                                  pytest.param("sampling", marks=needs_pyinstrument)])
+async def test_a_guard_that_burns_cpu_is_the_top_layer(mode: str) -> None:
     reg = _toy_registry()
     cls = compose(Work, ["profiling", "burn"], registry=reg)
-    node = cls(capability_config={"profiling": {"sample_rate": 1.0}})
-    for _ in range(3):
+    node = cls(capability_config={"profiling": {"sample_rate": 1.0, "mode": mode,
+                                                "interval": 0.0005}})
+    for _ in range(5):
         await node.process(10)
     layers = node.profiler.report().capabilities
     assert next(iter(layers)) == "burn", layers
