@@ -71,7 +71,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,6 +111,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _correlation = _context.correlation_id
 _busy_threads: set[int] = set()  # threads with a running profile (of any node)
@@ -376,7 +377,7 @@ class Profiler:
             _require_pyinstrument()
         return Capture(self, label, m, self.config.memory if memory is None else bool(memory))
 
-    def profiled(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def profiled(self, name: str) -> Callable[[F], F]:
         """Decorate a sync or async function: latency quantiles under ``name``, and sampled
         profiles at ``sample_rate`` (the slow-call rules apply too).
 
@@ -393,17 +394,17 @@ class Profiler:
             raise ValueError(f"profiled() needs an operation name (a non-empty string), "
                              f"got {name!r}")
 
-        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def decorate(fn: F) -> F:
             if inspect.iscoroutinefunction(fn):
                 @functools.wraps(fn)
                 async def timed(*args: Any, **kwargs: Any) -> Any:
                     return await self._run_async(fn, args, kwargs, self._hist(name), name)
-                return timed
+                return cast(F, timed)
 
             @functools.wraps(fn)
             def timed_sync(*args: Any, **kwargs: Any) -> Any:
                 return self._run_sync(fn, args, kwargs, self._hist(name), name)
-            return timed_sync
+            return cast(F, timed_sync)
 
         return decorate
 
@@ -678,7 +679,7 @@ def _memory_diff(base: Any, top: int) -> tuple[list[MemorySite], int]:
     return sites, peak
 
 
-def profiled(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def profiled(name: str) -> Callable[[F], F]:
     """Decorator for methods of a node with profiling: latency (and sampling) in
     ``self.profiler`` under ``name``.
 
@@ -696,19 +697,19 @@ def profiled(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"profiled() needs an operation name (a non-empty string), got {name!r}")
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
                 p: Profiler = self.profiler
                 return await p._run_async(fn, (self, *args), kwargs, p._hist(name), name)
-            return timed
+            return cast(F, timed)
 
         @functools.wraps(fn)
         def timed_sync(self: Any, *args: Any, **kwargs: Any) -> Any:
             p: Profiler = self.profiler
             return p._run_sync(fn, (self, *args), kwargs, p._hist(name), name)
-        return timed_sync
+        return cast(F, timed_sync)
 
     return decorate
 
