@@ -583,6 +583,21 @@ def test_cli_profile_prints_the_top_functions_and_writes_json(
     assert all(re.fullmatch(r"[^ ]+ \d+", ln) for ln in out_collapsed.read_text().splitlines())
 
 
+def test_cli_profile_runs_a_sync_node_and_one_that_already_has_profiling(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inputs = tmp_path / "inputs.jsonl"
+    inputs.write_text("50000\n")
+    assert cli_main(["profile", "tests.test_profiling:SyncWork", "--inputs", str(inputs)]) == 0
+    assert "slow_part" in capsys.readouterr().out
+    assert cli_main(["profile", "tests.test_profiling:ProfiledWork", "--inputs", str(inputs),
+                     "--calls", "2", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 profile(s)" in out and "slow_part" in out
+
+
+ProfiledWork = compose(Work, ["profiling"])
+
+
 def test_cli_profile_bad_module_path_exits_2(tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     inputs = tmp_path / "inputs.jsonl"

@@ -37,7 +37,11 @@ __all__ = ["FunctionStat", "LayerStat", "MemorySite", "Profile", "ProfileReport"
 
 
 class FunctionStat(NamedTuple):
-    """One function's share of the profiled time (``share`` = self time / all self time)."""
+    """One function's share of the profiled time (``share`` = self time / all self time).
+
+    ``calls`` is exact in deterministic mode; a sampling profile sees stacks, not calls, so there
+    it counts the distinct places the function was seen in per profile (a lower bound).
+    """
 
     qualname: str
     location: str
