@@ -313,7 +313,7 @@ class Backend:
         self.owns_provider = cfg.provider is None
         self.memory: InMemorySpanExporter | None = None
         self.exporter: SpanExporter | None = None
-        self.id_generator = None
+        self.id_generator: ReservingIdGenerator | None = None
         if cfg.provider is not None:
             if cfg.exporter != "none":
                 raise ConfigurationError(
@@ -341,7 +341,7 @@ class Backend:
                                      "telemetry.sdk.language": "python"}
             if instance_id is not None:
                 attrs["service.instance.id"] = str(instance_id)
-            self.id_generator: ReservingIdGenerator | None = ReservingIdGenerator()
+            self.id_generator = ReservingIdGenerator()
             provider = TracerProvider(
                 sampler=CountingSampler(make_sampler(cfg), unsampled),
                 id_generator=self.id_generator,
