@@ -908,3 +908,20 @@ async def test_with_an_injected_provider_the_correlation_id_is_still_the_trace_i
     (span,) = INJECTED_EXPORTER.get_finished_spans()
     assert span.attributes["onex.correlation_id"] == hex_trace(span)
     INJECTED_EXPORTER.clear()
+
+
+def test_the_console_exporter_and_a_hand_written_class() -> None:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from onex_compose.capabilities.metrics import MixinMetrics
+
+    assert isinstance(Tracing({"exporter": "console"}).exporter, ConsoleSpanExporter)
+
+    class Traced(NodeCompute, MixinTracing, MixinMetrics):
+        async def process(self, x: int) -> int:
+            return x + 1
+
+    node = Traced(capability_config={"tracing": MEMORY}, node_id="hand")
+    assert asyncio.run(node.process(1)) == 2
+    (span,) = spans(node)
+    assert span.name == "Traced.process" and span.attributes["onex.node_id"] == "hand"
