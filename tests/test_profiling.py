@@ -484,9 +484,11 @@ async def test_with_tracing_profiles_carry_the_trace_id_and_slow_calls_add_a_spa
 @pytest.mark.parametrize("mode", ["deterministic",
                                   pytest.param("sampling", marks=needs_pyinstrument)])
 async def test_output_formats(mode: str) -> None:
-    node = make({"sample_rate": 1.0, "mode": mode})
+    # calls of ~30 ms against a 0.5 ms sampling interval: a sampling profile misses at most the
+    # part of one interval at the end of each call
+    node = make({"sample_rate": 1.0, "mode": mode, "interval": 0.0005})
     for _ in range(3):
-        await node.process(300_000)
+        await node.process(600_000)
     report = node.profiler.report()
     lines = report.to_collapsed().splitlines()
     assert lines and all(re.fullmatch(r"[^ ]+ \d+", line) for line in lines)
