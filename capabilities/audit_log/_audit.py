@@ -221,10 +221,13 @@ class AuditLog:
         self._action_path = config.action_from_input.split(".") if config.action_from_input \
             else None
         self._insert_sql = f"INSERT INTO {self.table} ({_COLS}) VALUES ({_PARAMS})"
+        # the conditional insert: only while the head this process wrote last is still the
+        # head (one statement instead of a head read and an insert)
+        typed = _PARAMS.replace(":seq", "CAST(:seq AS BIGINT)", 1)
         self._insert_checked_sql = (
-            f"INSERT INTO {self.table} ({_COLS}) SELECT {_PARAMS} WHERE "
-            f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE chain_id = :chain_id) "
-            f"= :expect")
+            f"INSERT INTO {self.table} ({_COLS}) SELECT {typed} WHERE "
+            f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE chain_id = :chain_key) "
+            f"= CAST(:expect AS BIGINT)")
 
     # -- configuration helpers -------------------------------------------------------------
 
@@ -363,7 +366,8 @@ class AuditLog:
         first = True
         for row in rows:
             if first and checked:
-                done = await tx.execute(self._insert_checked_sql, {**row, "expect": head[0]})
+                done = await tx.execute(self._insert_checked_sql,
+                                        {**row, "expect": head[0], "chain_key": row["chain_id"]})
                 if done != 1:  # another writer appended since this process last did
                     self._head = None
                     return await self._append_tx(tx, prepared)
