@@ -585,13 +585,8 @@ class AuditLog:
                     {"c": chain, "s": start_seq - 1})
             verifier = ChainVerifier(chain, self.hasher, start_seq=begin, prev_hash=prev,
                                      at_genesis=at_genesis, anchors=loaded)
-            where = "chain_id = :c AND seq >= :b" + (" AND seq <= :e" if end_seq else "")
-            params: dict[str, Any] = {"c": chain, "b": begin}
-            if end_seq:
-                params["e"] = end_seq
             feeding = True
-            async for row in tx.stream(f"SELECT {_COLS} FROM {self.table} WHERE {where} "
-                                       "ORDER BY seq", params, batch=2000):
+            async for row in self._pages(tx, chain, begin, end_seq):
                 if feeding:
                     feeding = verifier.feed(row)
                 else:
@@ -599,6 +594,23 @@ class AuditLog:
         report = verifier.report(end_seq=end_seq)
         self._inc("audit_verify_total", 1, {"result": "ok" if report.ok else "tampered"})
         return report
+
+    async def _pages(self, tx: Any, chain: str, begin: int, end_seq: int | None,
+                     page: int = 5000) -> AsyncIterator[Mapping[str, Any]]:
+        """The chain's rows from ``begin`` in seq order, a page per round trip (keyset
+        pagination: one statement per ``page`` rows instead of a cursor hop per row)."""
+        sql = (f"SELECT {_COLS} FROM {self.table} WHERE chain_id = :c AND seq >= :b"
+               + (" AND seq <= :e" if end_seq is not None else "") + " ORDER BY seq LIMIT :n")
+        params: dict[str, Any] = {"c": chain, "b": begin, "n": page}
+        if end_seq is not None:
+            params["e"] = end_seq
+        while True:
+            rows = await tx.fetch_all(sql, params)
+            for row in rows:
+                yield row
+            if len(rows) < page:
+                return
+            params["b"] = int(rows[-1]["seq"]) + 1
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -60,19 +60,7 @@ def _enc(value: Any) -> bytes:
     raise TypeError(f"audit envelope field of unexpected type {type(value).__name__}")
 
 
-def record_body(row: Mapping[str, Any], seq: int | None = None) -> bytes:
-    """The canonical JSON of a record without its ``hash`` (``details`` taken as stored).
-
-    ``seq`` overrides the row's own (the verifier asks "would this row verify at seq N?").
-
-    Example:
-        >>> body = record_body({"seq": 1, "chain_id": "c", "id": "i", "at": "t", "actor": None,
-        ...     "actor_scheme": None, "action": "a", "resource": None, "outcome": "success",
-        ...     "reason": None, "node_id": None, "correlation_id": None, "trace_id": None,
-        ...     "details": '{"k":1}', "prev_hash": "p"})
-        >>> body[:60]
-        b'{"action":"a","actor":null,"actor_scheme":null,"at":"t","cha'
-    """
+def _record_body_parts(row: Mapping[str, Any], seq: int | None = None) -> bytes:
     details = row["details"]
     return b"".join((
         b'{"action":', _enc(row["action"]),
@@ -92,6 +80,46 @@ def record_body(row: Mapping[str, Any], seq: int | None = None) -> bytes:
         b',"trace_id":', _enc(row["trace_id"]),
         b"}",
     ))
+
+
+_ENVELOPE = tuple(c for c in COLUMNS if c not in ("details", "hash"))
+
+
+def _record_body_orjson(row: Mapping[str, Any], seq: int | None = None) -> bytes:
+    body = {k: row[k] for k in _ENVELOPE}
+    details = row["details"]
+    body["details"] = None if details is None else _fragment(details.encode())
+    if seq is not None:
+        body["seq"] = seq
+    elif type(body["seq"]) is not int:
+        raise TypeError(f"audit record seq must be an integer, got {body['seq']!r}")
+    return _dumps(body, option=_SORT)
+
+
+try:  # one C call: orjson sorts the (ASCII) keys and splices the stored details verbatim
+    from orjson import OPT_SORT_KEYS as _SORT
+    from orjson import Fragment as _fragment
+    from orjson import dumps as _dumps
+
+    _record_body = _record_body_orjson
+except ImportError:  # pragma: no cover - older orjson or none
+    _record_body = _record_body_parts
+
+
+def record_body(row: Mapping[str, Any], seq: int | None = None) -> bytes:
+    """The canonical JSON of a record without its ``hash`` (``details`` taken as stored).
+
+    ``seq`` overrides the row's own (the verifier asks "would this row verify at seq N?").
+
+    Example:
+        >>> body = record_body({"seq": 1, "chain_id": "c", "id": "i", "at": "t", "actor": None,
+        ...     "actor_scheme": None, "action": "a", "resource": None, "outcome": "success",
+        ...     "reason": None, "node_id": None, "correlation_id": None, "trace_id": None,
+        ...     "details": '{"k":1}', "prev_hash": "p"})
+        >>> body[:60]
+        b'{"action":"a","actor":null,"actor_scheme":null,"at":"t","cha'
+    """
+    return _record_body(row, seq)
 
 
 class Hasher:
