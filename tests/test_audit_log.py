@@ -721,6 +721,39 @@ def test_the_four_security_capabilities_compose_together() -> None:
     missing = [n for n in names if n not in MANIFEST["capabilities"]]
     if missing:
         pytest.skip(f"not merged on this branch yet: {missing}")
+    from onex_compose import explain
+
     cls = compose(NodeOrchestratorService, names)
-    text = str(__import__("onex_compose").explain(cls))
-    assert text.index("authentication") < text.index("audit_log")
+    pipeline = explain(cls).to_dict()["pipeline"]
+    assert pipeline.index("authentication") < pipeline.index("audit_log") < pipeline.index(
+        "authorization")
+
+
+def test_the_guard_sits_inside_logging_and_metrics_and_outside_validation() -> None:
+    from onex_compose import explain
+
+    pipeline = explain(compose(NodeEffect, ["audit_log", "validation", "logging", "caching"])
+                       ).to_dict()["pipeline"]
+    assert pipeline.index("metrics") < pipeline.index("audit_log") < pipeline.index(
+        "validation") < pipeline.index("caching")
+
+
+async def test_records_carry_the_trace_id_when_tracing_is_composed(
+        memory: dict[str, Any]) -> None:
+    class Tracer:
+        def current_trace_id(self) -> str:
+            return "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    class FakeNode:
+        node_id = "n-1"
+        tracer = Tracer()
+
+    base = make(memory)
+    fake = FakeNode()
+    audit = AuditLog(AuditLogConfig(), db=base.db, serializer=base.serializer, node=fake,
+                     tracing=True)
+    rec = await audit.record("x", outcome="success")
+    assert (rec.trace_id, rec.node_id) == ("4bf92f3577b34da6a3ce929d0e0e4736", "n-1")
+    fake.tracer = None  # type: ignore[assignment]  # a broken tracer never breaks auditing
+    assert (await audit.record("y", outcome="success")).trace_id is None
+    assert (await audit.verify()).checked == 2
