@@ -274,6 +274,9 @@ async def test_tail_truncation_is_found_only_against_a_newer_anchor(
     assert "seq 10" in report.detail
     older = Anchor("default", 5, (await rows(node.db, node.audit.table))[4]["hash"], anchor.at)
     assert (await node.audit.verify(anchors=[older.to_dict()])).ok  # older than the cut
+    counters = node.metrics.snapshot()["counters"]
+    assert counters['audit_verify_total{result="tampered"}'] == 1
+    assert counters['audit_verify_total{result="ok"}'] == 2
 
 
 async def test_rewriting_the_whole_sha256_chain_is_undetectable_without_anchors(
@@ -685,13 +688,16 @@ def test_a_bad_anchor_sink_fails_at_setup(memory: dict[str, Any], tmp_path: Path
 def test_config_mirrors_the_contract_and_hides_the_key() -> None:
     import yaml
 
-    path = Path(MixinAuditLog.__module__.replace(".", "/"))
     from onex_compose.capabilities import audit_log
 
     contract = yaml.safe_load((Path(audit_log.__file__).parent / "mixin_audit_log.yaml"
                                ).read_text())
     assert contract["audit_log_config"] == json.loads(AuditLogConfig().model_dump_json())
-    assert path
+    assert contract["composition"]["guard_rank"] == 25
+    assert {m["name"] for m in contract["metrics"]} == {
+        "audit_records_total", "audit_write_errors_total", "audit_verify_total",
+        "audit_append_duration_seconds"}
+    assert MixinAuditLog.__slots__ == ()
     cfg = AuditLogConfig(hmac_key="topsecret")
     assert "topsecret" not in repr(cfg) and "topsecret" not in str(cfg)
 
