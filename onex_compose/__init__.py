@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         register_contract,
     )
     from onex_compose._contracts import ModelMixinContract
+    from onex_compose._ops import ops_app
     from onex_compose._node_contracts import (
         ModelContract,
         ModelContractCompute,
@@ -96,6 +97,7 @@ _LAZY = {
     "load_contract": "onex_compose._contract_compose",
     "register_contract": "onex_compose._contract_compose",
     "validate_contract": "onex_compose._validate",
+    "ops_app": "onex_compose._ops",
     "ValidationReport": "onex_compose._validate",
 }
 
@@ -151,6 +153,7 @@ __all__ = [
     "has_capability",
     "load_contract",
     "load_node",
+    "ops_app",
     "register_contract",
     "validate_contract",
 ]
