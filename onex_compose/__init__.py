@@ -55,7 +55,6 @@ if TYPE_CHECKING:
         register_contract,
     )
     from onex_compose._contracts import ModelMixinContract
-    from onex_compose._ops import ops_app
     from onex_compose._node_contracts import (
         ModelContract,
         ModelContractCompute,
@@ -64,6 +63,7 @@ if TYPE_CHECKING:
         ModelContractReducer,
         ModelSubcontractReference,
     )
+    from onex_compose._ops import ops_app
     from onex_compose._seed import MixinDependencyResolver, create_service_with_capabilities
     from onex_compose._services import (
         NodeComputeService,

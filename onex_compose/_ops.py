@@ -110,7 +110,7 @@ class _NodeView:
             raise TypeError(
                 f"ops_app() takes node instances (NodeCompute, a composed class's instance...), "
                 f"got {type(node).__name__} {node!r:.80}")
-        self.node = node
+        self.node: Any = node  # capability facilities are read by name (metrics, health...)
         cls = type(node)
         comp = cls.__composition__
         self.capabilities = ",".join(sorted(comp.capabilities))
@@ -414,7 +414,7 @@ class OpsApp:
             if not views:
                 return _json(404, {"error": f"no node {wanted[0]!r} with profiling here",
                                    "nodes": [v.node_id for v in self._views if v.has_profiling]})
-        if len(self._views) == 1 or wanted and len(views) == 1:
+        if len(self._views) == 1 or (wanted and len(views) == 1):
             return _json(200, views[0].profile(top))
         return _json(200, {v.node_id: v.profile(top) for v in views})
 
@@ -813,7 +813,10 @@ def load_service(target: str, *, service_config: Mapping[str, Any] | None = None
             raise TargetError(f"{target!r} is neither a contract file nor module:Class "
                               "(e.g. myapp.nodes:OrderService)")
         model = onex_compose.load_contract(str(path), kind="node")
-        base = getattr(onex_compose, _SERVICE_BASES[model.node_type.value])
+        node_type = getattr(model, "node_type", None)
+        if node_type is None:
+            raise TargetError(f"{target} is not a node contract (no node_type)")
+        base = getattr(onex_compose, _SERVICE_BASES[node_type.value])
         return onex_compose.load_node(str(path), base=base, node_id=node_id,
                                       capability_config={"node_service": overrides})
     module_name, _, attr = target.partition(":")
