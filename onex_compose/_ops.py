@@ -201,6 +201,7 @@ class _Scrape:
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily, Metric
+        from prometheus_client.samples import Sample
 
         info = GaugeMetricFamily(
             "onex_node_info", "the node: its id, type and capabilities (always 1)",
@@ -230,22 +231,24 @@ class _Scrape:
                     self._conflict(nid, key, f"it is a {fam.type} here but a {target.type} on "
                                    "an earlier node")
                     continue
-                names = {s.name for s in fam.samples}
-                taken = next((owner[n] for n in names if owner.get(n, key) != key), None)
-                if taken is not None:
-                    self._conflict(nid, key, f"its series clash with family {taken!r}")
-                    continue
                 if target is None:
+                    names = _series_names(key, fam.type)
+                    taken = next((owner[n] for n in names if n in owner), None)
+                    if taken is not None:
+                        self._conflict(nid, key, f"its series clash with family {taken!r}")
+                        continue
                     target = merged[key] = Metric(key, fam.documentation, fam.type, fam.unit)
-                for n in names:
-                    owner[n] = key
+                    for n in names:
+                        owner[n] = key
                 add = target.samples.append
+                new = tuple.__new__
                 for sample in fam.samples:
-                    labels = sample.labels
+                    labels = sample[1]
                     if "node" in labels:
                         labels = {("exported_node" if k == "node" else k): v
                                   for k, v in labels.items()}
-                    add(sample._replace(labels={"node": nid, **labels}))
+                    # Sample(name, {"node": ..., **labels}, value, ...) without _replace's cost
+                    add(new(Sample, (sample[0], {"node": nid, **labels}, *sample[2:])))
         wanted = self._names
         for key, fam in merged.items():
             if wanted is None or key in wanted or any(s.name in wanted for s in fam.samples):
@@ -417,6 +420,20 @@ class OpsApp:
         if len(self._views) == 1 or (wanted and len(views) == 1):
             return _json(200, views[0].profile(top))
         return _json(200, {v.node_id: v.profile(top) for v in views})
+
+
+_SUFFIXES = {
+    "counter": ("", "_total", "_created"),
+    "histogram": ("", "_bucket", "_count", "_sum", "_created", "_gsum", "_gcount"),
+    "gaugehistogram": ("", "_bucket", "_gsum", "_gcount"),
+    "summary": ("", "_count", "_sum", "_created"),
+    "info": ("", "_info"),
+}
+
+
+def _series_names(family: str, kind: str) -> tuple[str, ...]:
+    """Every sample name a family of this type may write (a family claims them all)."""
+    return tuple(family + suffix for suffix in _SUFFIXES.get(kind, ("",)))
 
 
 def _route_path(scope: Scope) -> str:
