@@ -307,7 +307,7 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def _cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import asyncio
 
-    from onex_compose._ops import TargetError, load_service, run_service
+    from onex_compose._serve import TargetError, load_service, run_service
 
     config: dict[str, Any] = {"ops_host": args.ops_host, "ops_server": args.ops_server}
     if args.ops_port is not None:
