@@ -75,7 +75,12 @@ def load_service(target: str, *, service_config: Mapping[str, Any] | None = None
     if isinstance(obj, type) and issubclass(obj, NodeCoreBase):
         cls = obj if has_capability(obj, "node_service") else compose(
             obj, ["node_service"])
-        return cls(capability_config={"node_service": overrides}, node_id=node_id)
+        try:
+            return cls(capability_config={"node_service": overrides}, node_id=node_id)
+        except TypeError as exc:
+            raise TargetError(f"cannot create {target}: {exc} (onex serve calls it with "
+                              "capability_config= and node_id=, as NodeCoreBase takes them)"
+                              ) from None
     if isinstance(obj, NodeCoreBase):
         if not has_capability(obj, "node_service"):
             raise TargetError(f"{target} is a node without node_service; point at its class "

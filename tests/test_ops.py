@@ -530,3 +530,42 @@ def test_ops_app_is_lazy_and_the_app_type_is_public() -> None:
             "from onex_compose import ops_app; assert 'uvicorn' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=BOUND)
     assert isinstance(NodeCompute().ops_app(), OpsApp)
+
+
+def test_without_uvicorn_the_stdlib_server_is_used(monkeypatch: Any) -> None:
+    import onex_compose._ops as ops_module
+
+    monkeypatch.setattr(ops_module, "uvicorn_available", lambda: False)
+    app = ops_app(NodeCompute())
+    assert OpsServer(app).kind == "stdlib"
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[ops\]'"):
+        OpsServer(app, server="uvicorn")
+
+
+def test_without_prometheus_client_metrics_nodes_need_the_extra(monkeypatch: Any) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "prometheus_client" else real(name, *a))
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[ops\]'"):
+        compose(NodeCompute, ["metrics"])().ops_app()
+    assert NodeCompute().ops_app().probe("livez")[0]  # probes alone need nothing
+
+
+def test_onex_serve_bad_config_and_bad_class(capsys: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    from onex_compose._cli import main
+
+    (tmp_path / "oddnode.py").write_text(textwrap.dedent("""
+        from onex_compose import NodeCompute
+
+        class Odd(NodeCompute):
+            def __init__(self, only):
+                super().__init__()
+    """))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # onex serve adds the current folder
+    assert main(["serve", "oddnode:Odd"]) == 2
+    assert "cannot create oddnode:Odd" in capsys.readouterr().err
+    assert main(["serve", "onex_compose:NodeCompute", "--ops-port", "-5"]) == 1
+    assert "ops_port" in capsys.readouterr().err
