@@ -24,7 +24,7 @@ import asyncio
 import inspect
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,6 +54,16 @@ class NodeServiceConfig(BaseModel):
     shutdown_timeout: float = Field(default=30.0, ge=0.0, le=3600.0,
                                     description="seconds in-flight work gets to finish on stop")
     handle_signals: bool = Field(default=True, description="install SIGTERM/SIGINT handlers in serve()")
+    ops_host: str = Field(default="127.0.0.1", min_length=1,
+                          description="address the operations endpoint listens on (0.0.0.0 in "
+                                      "a container, so the kubelet and Prometheus reach it)")
+    ops_port: int | None = Field(default=None, ge=0, le=65535,
+                                 description="port of the operations endpoint (/metrics, /livez, "
+                                             "/readyz, /startupz) served by serve(); None: off; "
+                                             "0: a free port, logged and in service.ops_url")
+    ops_server: Literal["auto", "uvicorn", "stdlib"] = Field(
+        default="auto", description="uvicorn (the [ops] extra) when installed, else the stdlib "
+                                    "asyncio server; or force one")
 
 
 class NodeServiceProtocol(Protocol):
@@ -85,6 +95,8 @@ class ServiceRuntime:
         # in-flight calls a stop() does not wait for: its own, when process() itself calls stop()
         self._drain_floor = 0
         self.signals_received = 0
+        self.ops: Any = None  # the OpsServer serve() runs while ops_port is set
+        self.ops_url: str | None = None  # its URL (http://host:port) while it listens
 
     def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
         loop = asyncio.get_running_loop()
@@ -137,7 +149,8 @@ class ServiceRuntime:
 
     def __repr__(self) -> str:
         state = "stopping" if self.stopping else "running" if self.running else "idle"
-        return f"<ServiceRuntime {state} in_flight={self.in_flight}>"
+        ops = f" ops={self.ops_url}" if self.ops_url else ""
+        return f"<ServiceRuntime {state} in_flight={self.in_flight}{ops}>"
 
 
 class MixinNodeService:
@@ -215,10 +228,25 @@ class MixinNodeService:
         self.service.callbacks.append(callback)
 
     async def serve(self) -> None:
-        """Start the node and block until ``stop()`` or SIGTERM/SIGINT, then shut down."""
+        """Start the node and block until ``stop()`` or SIGTERM/SIGINT, then shut down.
+
+        With ``ops_port`` set, the operations endpoint (``self.ops_app()``: ``/metrics``,
+        ``/livez``, ``/readyz``, ``/startupz``) listens first, so probes answer while
+        ``start()`` runs (startup and readiness 503 until it is done) and through the drain
+        (readiness 503); it stops last, within ``shutdown_timeout``.
+
+        Raises:
+            OpsServerError: the operations endpoint cannot listen (address in use...).
+        """
         rt = self.service
-        await self.start()  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
+        if rt.config.ops_port is not None and rt.ops is None:
+            await self._start_ops()
+        try:
+            await self.start()  # type: ignore[attr-defined]
+        except BaseException:
+            await self._stop_ops(rt.config.shutdown_timeout)
+            raise
         installed: list[int] = []
         if rt.config.handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,14 +259,41 @@ class MixinNodeService:
             shutdown, _ = rt._events()
             await shutdown.wait()
         finally:
+            deadline = loop.time() + rt.config.shutdown_timeout
             try:
                 # waits for a shutdown already under way (a signal, another task's stop());
                 # the handlers stay installed until it is complete, so a repeated signal
                 # during the drain is ignored instead of killing the process
                 await self.stop()
             finally:
-                for sig in installed:
-                    loop.remove_signal_handler(sig)
+                try:
+                    await self._stop_ops(deadline - loop.time())
+                finally:
+                    for sig in installed:
+                        loop.remove_signal_handler(sig)
+
+    async def _start_ops(self) -> None:
+        from onex_compose._ops import OpsServer
+
+        rt = self.service
+        cfg = rt.config
+        server = OpsServer(self.ops_app(), host=cfg.ops_host,  # type: ignore[attr-defined]
+                           port=cfg.ops_port or 0, server=cfg.ops_server)
+        rt.ops_url = await server.start()
+        rt.ops = server
+        logger.info("node_service: operations endpoint of {} listening on {} ({}; /metrics "
+                    "/livez /readyz /startupz)", getattr(self, "node_id", "?"), rt.ops_url,
+                    server.kind)
+
+    async def _stop_ops(self, budget: float) -> None:
+        rt = self.service
+        server, rt.ops = rt.ops, None
+        if server is None:
+            return
+        try:
+            await server.stop(max(budget, 0.1))
+        finally:
+            rt.ops_url = None
 
     def _on_signal(self, sig: int) -> None:
         rt = self.service

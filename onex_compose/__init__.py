@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         ModelContractReducer,
         ModelSubcontractReference,
     )
+    from onex_compose._ops import ops_app
     from onex_compose._seed import MixinDependencyResolver, create_service_with_capabilities
     from onex_compose._services import (
         NodeComputeService,
@@ -96,6 +97,7 @@ _LAZY = {
     "load_contract": "onex_compose._contract_compose",
     "register_contract": "onex_compose._contract_compose",
     "validate_contract": "onex_compose._validate",
+    "ops_app": "onex_compose._ops",
     "ValidationReport": "onex_compose._validate",
 }
 
@@ -151,6 +153,7 @@ __all__ = [
     "has_capability",
     "load_contract",
     "load_node",
+    "ops_app",
     "register_contract",
     "validate_contract",
 ]

@@ -17,6 +17,11 @@ Commands::
     onex demo [--json] [ARGS...]             run the demo (onex_compose._demo)
     onex profile MODULE:Class --inputs FILE.jsonl [--calls N] [--mode M] [--json OUT]
                  [--collapsed OUT]           profile process() over the inputs, print the report
+    onex serve CONTRACT_OR_MODULE:CLASS [--ops-port N] [--ops-host H]
+                                             run a node service until SIGTERM/SIGINT, with its
+                                             operations endpoint (/metrics, /livez, /readyz)
+    onex audit verify EXPORT.jsonl [--hmac-key-env VAR] [--json]
+                                             check an audit export offline (exit 1: tampered)
 
 Every command with ``--format`` also takes ``--json`` as a short form of ``--format json``.
 
@@ -309,6 +314,22 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return int(result or 0)
 
 
+def _cmd_serve(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+
+    from onex_compose._serve import TargetError, load_service, run_service
+
+    config: dict[str, Any] = {"ops_host": args.ops_host, "ops_server": args.ops_server}
+    if args.ops_port is not None:
+        config["ops_port"] = args.ops_port
+    try:
+        node = load_service(args.target, service_config=config, node_id=args.node_id)
+    except TargetError as exc:
+        raise _UsageError(str(exc)) from None
+    asyncio.run(run_service(node, out))
+    return 0
+
+
 # -- parser -----------------------------------------------------------------------------------
 
 
@@ -430,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the environment variable holding the chain's HMAC key")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_audit)
+    p = sub.add_parser("serve", help="run a node service with its operations endpoint")
+    p.add_argument("target", metavar="CONTRACT_OR_MODULE:CLASS",
+                   help="a node contract file, or module:Class (node_service is added if absent)")
+    p.add_argument("--ops-port", type=int, default=None, metavar="N",
+                   help="serve /metrics /livez /readyz /startupz on port N (0: a free port)")
+    p.add_argument("--ops-host", default="127.0.0.1", metavar="HOST",
+                   help="address of the operations endpoint (0.0.0.0 in a container)")
+    p.add_argument("--ops-server", choices=("auto", "uvicorn", "stdlib"), default="auto")
+    p.add_argument("--node-id", default=None, help="the node's id (its 'node' metric label)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("args", nargs="*", help="arguments for the demo")

@@ -461,6 +461,26 @@ class NodeCoreBase:
             f"{type(self).__qualname__} does not define process(input_data); subclass it and "
             "define the node's operation there.")
 
+    # -- operations endpoint ------------------------------------------------------------------
+
+    def ops_app(self) -> Any:
+        """This node's operations endpoint: an ASGI app serving ``/metrics`` and the probes.
+
+        ``GET /metrics`` (Prometheus text, or OpenMetrics when ``Accept`` asks for it),
+        ``GET /livez``, ``/readyz``, ``/startupz`` (200 or 503 with a JSON body naming what
+        fails) and ``GET /debug/profile`` when the node composes ``profiling``. Mount it in
+        Starlette or FastAPI, or let ``node_service`` serve it (``ops_port``). See
+        :func:`onex_compose.ops_app` for several nodes in one scrape.
+
+        Example:
+            >>> from onex_compose import NodeCompute
+            >>> NodeCompute(node_id="n").ops_app().probe("readyz")[1]["failing"]
+            ['n: started']
+        """
+        from onex_compose._ops import ops_app
+
+        return ops_app(self)
+
     # -- pickling -----------------------------------------------------------------------------
 
     def __reduce__(self) -> tuple[Any, ...]:

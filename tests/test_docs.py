@@ -36,6 +36,7 @@ MODULES = [
     "onex_compose._loading",
     "onex_compose._validate",
     "onex_compose._contract_compose",
+    "onex_compose._ops",
 ]
 
 
