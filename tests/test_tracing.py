@@ -792,7 +792,7 @@ async def test_otlp_export_retries_a_503_and_the_spans_arrive() -> None:
 
 
 async def test_a_receiver_down_counts_errors_logs_once_degrades_health_and_process_succeeds(
-        receiver: Receiver) -> None:
+        receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     url = receiver.url
     receiver.close()  # nothing listens there any more
     lines: list[str] = []
@@ -809,6 +809,7 @@ async def test_a_receiver_down_counts_errors_logs_once_degrades_health_and_proce
     assert report["checks"]["tracing"]["status"] == "degraded"
     assert "span export failing" in report["checks"]["tracing"]["reason"]
     assert sum("cannot export spans" in line for line in lines) == 1  # once per outage
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
     # recovery: a working exporter ends the outage
     node.tracer._exported(True, None)
     assert node.tracer.health()["status"] == "healthy"
