@@ -185,8 +185,11 @@ def _build(node: Any, cfg: WebhookConfig) -> Webhooks:
     if isinstance(old, Webhooks):
         kept = {"clock": old.clock, "resolver": old.resolver, "transport": old.transport,
                 "rng": old.rng}
-    return Webhooks(cfg, db=node.db, serializer=node.serializer, metrics=node.metrics, node=node,
+    hooks = Webhooks(cfg, db=node.db, serializer=node.serializer, metrics=node.metrics, node=node,
                     tracing=has_capability(node, "tracing"),
                     event_bus=has_capability(node, "event_bus"),
                     logging=has_capability(node, "logging"),
                     authentication=has_capability(node, "authentication"), **kept)
+    if isinstance(old, Webhooks):
+        hooks.autostart = old.autostart
+    return hooks

@@ -96,7 +96,7 @@ def _migration_sql(ns: str) -> dict[str, list[str]]:
         "subscription_id VARCHAR(40) NOT NULL, event_type VARCHAR(200) NOT NULL, body TEXT NOT NULL, "
         "status VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION, "
         "lease_until DOUBLE PRECISION NOT NULL, last_status_code INTEGER, last_error TEXT, "
-        "idempotency_key VARCHAR(200), created_at DOUBLE PRECISION NOT NULL)",
+        "idempotency_key VARCHAR(200), trace_headers TEXT, created_at DOUBLE PRECISION NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {d}_due ON {d} (status, next_attempt_at)",
         f"CREATE UNIQUE INDEX IF NOT EXISTS {d}_idem ON {d} (subscription_id, idempotency_key)",
         f"CREATE TABLE IF NOT EXISTS {r} (id VARCHAR(200) PRIMARY KEY, "
@@ -133,8 +133,9 @@ class Webhooks:
         transport: an httpx transport for the client (tests record requests with one).
         rng: a ``random.Random`` for the jitter.
 
-    ``clock``, ``resolver``, ``transport`` and ``rng`` are plain attributes: assign them to
-    inject (a reconfiguration keeps them).
+    ``clock``, ``resolver``, ``transport``, ``rng`` and ``autostart`` (``False``: publish does
+    not start the worker; tests drive :meth:`step` themselves) are plain attributes: assign
+    them to inject (a reconfiguration keeps them).
     """
 
     def __init__(self, config: WebhookConfig, *, db: Any, serializer: Any, metrics: Any = None,
@@ -149,13 +150,16 @@ class Webhooks:
         self.resolver = resolver
         self.transport = transport
         self.rng = rng or random.Random()
+        self.autostart = True
         self.policy = TargetPolicy.from_config(config)
         self._node_ref = weakref.ref(node) if node is not None else None
         self._event_bus = event_bus
         self._authentication = authentication
         self._log = node.log if (logging and node is not None) else logger
-        self._tracer = None
+        self._tracer = None      # spans (tracing composed, "webhook" instrumented)
+        self._propagator = None  # the publisher's trace context travels with the delivery
         if tracing and node is not None:
+            self._propagator = node.tracer
             self._tracer = node.tracer.for_capability("webhook")
         ns = db.config.namespace
         self.subs_table = f"{ns}_webhook_subscriptions"
@@ -388,6 +392,9 @@ class Webhooks:
         body = self._body(event_type, data).decode()
         await self._migrated()
         now = self.clock()
+        trace = None
+        if self._propagator is not None:
+            trace = json.dumps(self._propagator.inject({})) or None
         async with self.db.transaction() as tx:
             if idempotency_key is not None:
                 done = await tx.fetch_all(
@@ -404,12 +411,13 @@ class Webhooks:
                 await tx.execute(
                     f"INSERT INTO {self.deliveries_table} (id, msg_id, subscription_id, "
                     "event_type, body, status, attempts, next_attempt_at, lease_until, "
-                    "idempotency_key, created_at) VALUES (:id, :msg, :sub, :type, :body, "
-                    "'pending', 0, :now, 0, :k, :now)",
+                    "idempotency_key, trace_headers, created_at) VALUES (:id, :msg, :sub, :type, "
+                    ":body, 'pending', 0, :now, 0, :k, :trace, :now)",
                     {"id": did, "msg": "msg_" + uuid.uuid4().hex, "sub": sub["id"],
-                     "type": event_type, "body": body, "now": now, "k": idempotency_key})
+                     "type": event_type, "body": body, "now": now, "k": idempotency_key,
+                     "trace": trace})
                 ids.append(did)
-        if ids:
+        if ids and self.autostart:
             self.ensure_worker()
         return ids
 
@@ -441,7 +449,8 @@ class Webhooks:
             {"id": delivery_id, "now": self.clock()})
         if changed == 0:
             raise WebhookNotFoundError(f"no webhook delivery {delivery_id!r}", id=delivery_id)
-        self.ensure_worker()
+        if self.autostart:
+            self.ensure_worker()
 
     async def drain(self, timeout: float = 10) -> bool:
         """Wait until no delivery is due or in flight on this loop; ``False`` on timeout."""
@@ -510,7 +519,7 @@ class Webhooks:
             f"UPDATE {d} SET lease_until = :lease, attempts = attempts + 1 WHERE id IN "
             f"(SELECT id FROM {d} WHERE status = 'pending' AND next_attempt_at <= :now AND "
             f"lease_until <= :now ORDER BY next_attempt_at, id LIMIT :n{lock}) "
-            "RETURNING id, msg_id, subscription_id, event_type, body, attempts",
+            "RETURNING id, msg_id, subscription_id, event_type, body, attempts, trace_headers",
             {"lease": lease, "now": now, "n": n})
         if not rows:
             return 0
@@ -563,19 +572,19 @@ class Webhooks:
         code: int | None = None
         error: str | None = None
         retry_after: float | None = None
+        stored = json.loads(row["trace_headers"]) if row["trace_headers"] else {}
         tracer = self._tracer
-        span = tracer.span("webhook.deliver", kind="client", attributes={
-            "webhook.event_type": row["event_type"], "webhook.id": row["msg_id"],
-            "webhook.attempt": int(row["attempts"]), "server.address": target.host}) \
-            if tracer is not None else None
-        try:
-            if span is not None:
-                span.__enter__()
-                tracer.inject(headers)  # type: ignore[union-attr]
+        if tracer is not None:  # a CLIENT span per attempt, child of the publisher's span
+            with tracer.span("webhook.deliver", kind="client", headers=stored, attributes={
+                    "webhook.event_type": row["event_type"], "webhook.id": row["msg_id"],
+                    "webhook.attempt": int(row["attempts"]), "server.address": target.host}) as span:
+                tracer.inject(headers)
+                code, retry_after, error = await self._send(state, target, headers, body)
+                if code is not None:
+                    span.set_attribute("http.response.status_code", code)
+        else:
+            headers.update(stored)
             code, retry_after, error = await self._send(state, target, headers, body)
-        finally:
-            if span is not None:
-                span.__exit__(None, None, None)
         self._hist("webhook_delivery_duration_seconds", time.perf_counter() - t0)
         self._inc("webhook_delivery_attempts_total", 1, {"status_class": _status_class(code)})
         if code is not None and 200 <= code < 300:
@@ -612,6 +621,8 @@ class Webhooks:
                         break
                     chunks.append(chunk[:limit - size])
                     size += len(chunks[-1])
+            except httpx.StreamConsumed:  # a transport that answered with a read body
+                chunks = [response.content[:limit]]
             except httpx.HTTPError:
                 pass
             text = b"".join(chunks).decode("utf-8", "replace")
