@@ -110,8 +110,9 @@ class WebhookSubscription:
     """A subscription. ``secret`` is returned once, by ``subscribe`` (elsewhere ``None``).
 
     Example:
-        >>> WebhookSubscription("s1", "https://x.test/h", ("a.*",), "whsec_AAAA", True)
-        WebhookSubscription(id='s1', url='https://x.test/h', events=('a.*',), secret=***, active=True, description='')
+        >>> sub = WebhookSubscription("s1", "https://x.test/h", ("a.*",), "whsec_AAAA", True)
+        >>> "whsec" in repr(sub), repr(sub)[:48]
+        (False, "WebhookSubscription(id='s1', url='https://x.te")
     """
 
     id: str

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from onex_compose.capabilities import _context
 from onex_compose.capabilities._log import logger
 from onex_compose.capabilities.webhook._model import (
     DELIVERY_STATUSES,
@@ -281,7 +280,7 @@ class Webhooks:
                                       {"id": sub_id})
         if row is None:
             raise WebhookNotFoundError(f"no webhook subscription {sub_id!r}", id=sub_id)
-        return row
+        return dict(row)
 
     async def subscribe(self, url: str, events: Sequence[str], secret: str | None = None,
                         description: str = "") -> WebhookSubscription:
@@ -321,7 +320,7 @@ class Webhooks:
         secrets = [[new, None], *([[current, now + overlap]] if overlap > 0 else []), *kept]
         await self.db.execute(f"UPDATE {self.subs_table} SET secrets = :s WHERE id = :id",
                               {"s": json.dumps(secrets), "id": subscription_id})
-        return new
+        return str(new)
 
     async def update(self, subscription_id: str, *, events: Sequence[str] | None = None,
                      url: str | None = None, description: str | None = None,
@@ -541,10 +540,10 @@ class Webhooks:
         if attempts > len(schedule):
             return None
         if retry_after is not None:
-            return min(retry_after, self.config.max_retry_after)
+            return float(min(retry_after, self.config.max_retry_after))
         base = schedule[attempts - 1]
         j = self.config.jitter
-        return base * (1 + self.rng.uniform(-j, j)) if j else base
+        return float(base * (1 + self.rng.uniform(-j, j)) if j else base)
 
     async def _attempt(self, state: _LoopState, row: Mapping[str, Any],
                        sub: Mapping[str, Any] | None) -> None:
@@ -595,8 +594,9 @@ class Webhooks:
             await self._finish(row, sub, "failed", code, error, None, outcome="failed")
             await self._disable(sub, "the endpoint answered 410 Gone")
         else:
-            why = f"redirects are not followed ({error})" if 300 <= code < 400 else error
-            await self._finish(row, sub, "failed", code, why, None, outcome="failed")
+            reason: str | None = f"redirects are not followed ({error})" if 300 <= code < 400 \
+                else error
+            await self._finish(row, sub, "failed", code, reason, None, outcome="failed")
 
     async def _send(self, state: _LoopState, target: Any, headers: dict[str, str], body: bytes
                     ) -> tuple[int | None, float | None, str | None]:
@@ -718,7 +718,7 @@ class Webhooks:
             if store == "memory":
                 payload = self._verifier.verify(body, headers, secrets)
             else:
-                msg_id, now, raw = self._verifier.check(
+                msg_id, _, raw = self._verifier.check(
                     body, headers, None if secrets is None else tuple(secret_key(s) for s in secrets))
                 payload = Verifier.parse(raw)
                 if not self._redis_add_sync(msg_id):
@@ -799,7 +799,10 @@ class Webhooks:
         sender retries; another path 404, another method 405, a body over
         ``max_payload_bytes`` 413.
         """
-        return _Receiver(self, handler, path, secret)
+        from onex_compose.capabilities.webhook._receiver import Receiver
+
+        receiver: Callable[..., Awaitable[None]] = Receiver(self, handler, path, secret)
+        return receiver
 
     # -- health ------------------------------------------------------------------------------
 
@@ -829,120 +832,6 @@ class Webhooks:
             out["status"] = "degraded"
             out["reason"] = f"the delivery worker cannot read the outbox ({self._outage})"
         return out
-
-
-class _Receiver:
-    """The ASGI app of :meth:`Webhooks.asgi_receiver`."""
-
-    def __init__(self, hooks: Webhooks, handler: Callable[..., Any], path: str,
-                 secret: str | Sequence[str] | None) -> None:
-        self.hooks = hooks
-        self.handler = handler
-        self.path = path
-        self.secret = secret
-        if secret is None:
-            hooks._secrets_for(None)  # fail now, not at the first request
-
-    def __repr__(self) -> str:
-        return f"WebhookReceiver(path={self.path!r}, handler={getattr(self.handler, '__name__', self.handler)!r})"
-
-    async def __call__(self, scope: Mapping[str, Any], receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[Any], Awaitable[None]]) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] != "http":
-            return
-        if scope.get("path", "/") != self.path:
-            await _respond(send, 404, b"not found")
-            return
-        if scope.get("method") != "POST":
-            await _respond(send, 405, b"method not allowed", [(b"allow", b"POST")])
-            return
-        limit = self.hooks.config.max_payload_bytes
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            part = msg.get("body", b"")
-            size += len(part)
-            if size > limit:
-                await _respond(send, 413, b"payload too large")
-                return
-            chunks.append(part)
-            if not msg.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                   for k, v in scope.get("headers", ())}
-        hooks = self.hooks
-        try:
-            payload = await hooks.averify(body, headers, self.secret)
-        except WebhookVerificationError as exc:
-            code = 400 if exc.reason in ("missing_headers", "malformed") else 401
-            await _respond(send, code, exc.reason.encode())
-            return
-        try:
-            await self._handle(payload, headers)
-        except Exception as exc:
-            hooks._log.warning("webhook: receiver handler failed for {}: {!r}",
-                               headers.get("webhook-id"), exc)
-            await _respond(send, 500, b"handler failed")
-            return
-        await _respond(send, 204, b"")
-
-    async def _handle(self, payload: Any, headers: Mapping[str, str]) -> None:
-        hooks = self.hooks
-        token = None
-        if hooks._authentication:
-            creds = _credentials_from(headers)
-            if creds is not None:
-                token = _context.credentials.set(creds)
-        try:
-            if hooks._tracer is not None:
-                with hooks._tracer.continue_from(headers, kind="server"):
-                    with hooks._tracer.span("webhook.receive", kind="internal", attributes={
-                            "webhook.id": headers.get("webhook-id", "")}):
-                        await self._call(payload)
-            else:
-                await self._call(payload)
-        finally:
-            if token is not None:
-                _context.credentials.reset(token)
-
-    async def _call(self, payload: Any) -> None:
-        result = self.handler(payload)
-        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            await result
-
-
-def _credentials_from(headers: Mapping[str, str]) -> _context.Credentials | None:
-    auth = headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return _context.Credentials("bearer", value.strip())
-        if scheme.lower() in ("apikey", "api-key", "api_key") and value.strip():
-            return _context.Credentials("api_key", value.strip())
-    key = headers.get("x-api-key")
-    if key:
-        return _context.Credentials("api_key", key)
-    return None
-
-
-async def _respond(send: Callable[[Any], Awaitable[None]], status: int, body: bytes,
-                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"),
-               (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 __all__ = ["DISABLED_EVENT", "OWNER", "SECRET_ENV", "Webhooks", "check_url", "parse_retry_after"]
