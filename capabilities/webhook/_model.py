@@ -112,7 +112,7 @@ class WebhookSubscription:
     Example:
         >>> sub = WebhookSubscription("s1", "https://x.test/h", ("a.*",), "whsec_AAAA", True)
         >>> "whsec" in repr(sub), repr(sub)[:48]
-        (False, "WebhookSubscription(id='s1', url='https://x.te")
+        (False, "WebhookSubscription(id='s1', url='https://x.test")
     """
 
     id: str
