@@ -674,6 +674,8 @@ async def test_ssrf_table_refused_again_at_every_attempt_with_no_connection(
             f"INSERT INTO {loose.webhooks.subs_table} (id, url, events, secrets, description, "
             "active, failures, created_at) VALUES ('sub_raw', :url, '[\"*\"]', :s, '', 1, 0, 0)",
             {"url": url, "s": json.dumps([[generate_secret(), None]])})
+        await loose.db.execute(f"INSERT INTO {loose.webhooks.patterns_table} "
+                               "(subscription_id, pattern) VALUES ('sub_raw', '*')")
     strict = WebhookNode(capability_config={"database": {"namespace": namespace}, "webhook": {
         "allow_http": allow_http, "allow_private_networks": False, "jitter": 0}})
     strict.webhooks.resolver = _ssrf_resolver()
@@ -1050,3 +1052,21 @@ def test_secrets_never_appear_in_reprs() -> None:
     assert secret not in repr(Signer([secret])) and secret not in repr(Verifier([secret]))
     key = base64.b64decode(secret[6:])
     assert key.hex() not in repr(Signer([secret]))
+
+
+async def test_patterns_are_case_sensitive_globs_without_character_classes(closing: list[Any]
+                                                                          ) -> None:
+    node = make(autostart=False)
+    closing.append(node)
+    await node.webhooks.subscribe("https://hooks.example.com/a", ["order.?aid", "user_%"])
+    assert len(await node.webhooks.publish("order.paid", 1)) == 1
+    assert await node.webhooks.publish("order.PAID", 1) == []     # case-sensitive
+    assert await node.webhooks.publish("Order.paid", 1) == []
+    assert await node.webhooks.publish("user_x", 1) == []         # % and _ are literal
+    assert len(await node.webhooks.publish("user_%", 1)) == 1
+    with pytest.raises(ValueError, match="'\\*'"):
+        await node.webhooks.subscribe("https://hooks.example.com/a", ["order.[ab]"])
+    sub = (await node.webhooks.subscriptions())[0]
+    await node.webhooks.update(sub.id, events=["user.*"])
+    assert await node.webhooks.publish("order.paid", 1) == []
+    assert len(await node.webhooks.publish("user.created", 1)) == 1

@@ -201,3 +201,17 @@ async def test_server_killed_mid_run_publish_raises_and_pending_deliveries_resum
         await node.webhooks.aclose()
         await _sql.dispose_engines()
         server.close()
+
+
+async def test_patterns_match_alike_on_postgres(pg: dict[str, Any]) -> None:
+    node = make(pg)
+    try:
+        await node.webhooks.subscribe("http://127.0.0.1:9/a", ["order.?aid", "user_%", "a\\b*"])
+        assert len(await node.webhooks.publish("order.paid", 1)) == 1
+        assert await node.webhooks.publish("order.PAID", 1) == []
+        assert await node.webhooks.publish("user_x", 1) == []
+        assert len(await node.webhooks.publish("user_%", 1)) == 1
+        assert len(await node.webhooks.publish("a\\bcd", 1)) == 1
+        assert await node.webhooks.publish("axbcd", 1) == []
+    finally:
+        await node.webhooks.aclose()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import secrets as _secrets
@@ -54,8 +53,7 @@ except ImportError:  # pragma: no cover - orjson is in the serialization extra
     _loads = json.loads
     _DECODE_ERRORS = (ValueError,)
 
-_new = hmac.new
-_sha256 = hashlib.sha256
+_digest = hmac.digest  # one-shot HMAC in C (OpenSSL), several times cheaper than hmac.new
 _b64 = base64.b64encode
 _compare = hmac.compare_digest
 
@@ -101,7 +99,7 @@ def sign(msg_id: str, timestamp: int, body: bytes | str, secret: str | bytes) ->
     """
     raw = body.encode() if isinstance(body, str) else body
     content = f"{msg_id}.{timestamp}.".encode() + raw
-    return "v1," + _b64(_new(secret_key(secret), content, _sha256).digest()).decode()
+    return "v1," + _b64(_digest(secret_key(secret), content, "sha256")).decode()
 
 
 class Signer:
@@ -123,9 +121,11 @@ class Signer:
 
     def signature(self, msg_id: str, timestamp: int, body: bytes) -> str:
         """The ``webhook-signature`` value: every key's ``v1,`` signature, space-separated."""
-        content = f"{msg_id}.{timestamp}.".encode() + body
-        return " ".join("v1," + _b64(_new(k, content, _sha256).digest()).decode()
-                        for k in self._keys)
+        content = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
+        keys = self._keys
+        if len(keys) == 1:
+            return "v1," + _b64(_digest(keys[0], content, "sha256")).decode()
+        return " ".join("v1," + _b64(_digest(k, content, "sha256")).decode() for k in keys)
 
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """The three Standard Webhooks headers for one attempt."""
@@ -236,7 +236,7 @@ class Verifier:
         raw = body.encode() if isinstance(body, str) else bytes(body)
         content = f"{msg_id}.{stamp}.".encode() + raw
         keys = self._keys if keys is None else keys
-        expected = [_b64(_new(k, content, _sha256).digest()) for k in keys]
+        expected = [_b64(_digest(k, content, "sha256")) for k in keys]
         wellformed = False
         for part in sigs.split(" "):
             version, sep, value = part.partition(",")

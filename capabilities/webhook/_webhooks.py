@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import fnmatch
 import json
 import random
 import time
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities.database import DatabaseIntegrityError
 from onex_compose.capabilities.webhook._model import (
     DELIVERY_STATUSES,
     Delivery,
@@ -42,6 +42,7 @@ DISABLED_EVENT = "webhook.subscription_disabled"
 SECRET_ENV = "ONEX_WEBHOOK_SECRET"
 _POLL = 1.0
 _LEASE_MARGIN = 30.0
+_BATCH = 8  # a step claims up to _BATCH * workers deliveries
 _DELIVERY_COLS = ("id, msg_id, subscription_id, event_type, status, attempts, last_status_code, "
                   "last_error, next_attempt_at, created_at")
 
@@ -85,13 +86,22 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+def _like(pattern: str) -> str:
+    """A ``*`` / ``?`` pattern as a LIKE pattern (escape ``\\``)."""
+    out = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return out.replace("*", "%").replace("?", "_")
+
+
 def _migration_sql(ns: str) -> dict[str, list[str]]:
     s, d, r = f"{ns}_webhook_subscriptions", f"{ns}_webhook_deliveries", f"{ns}_webhook_replay"
+    p = f"{ns}_webhook_patterns"
     common = [
         f"CREATE TABLE IF NOT EXISTS {s} (id VARCHAR(40) PRIMARY KEY, url TEXT NOT NULL, "
         "events TEXT NOT NULL, secrets TEXT NOT NULL, description TEXT NOT NULL, "
         "active INTEGER NOT NULL, failures INTEGER NOT NULL, created_at DOUBLE PRECISION NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {d} (id VARCHAR(40) PRIMARY KEY, msg_id VARCHAR(64) NOT NULL, "
+        f"CREATE TABLE IF NOT EXISTS {p} (subscription_id VARCHAR(40) NOT NULL, "
+        "pattern VARCHAR(400) NOT NULL, PRIMARY KEY (subscription_id, pattern))",
+        f"CREATE TABLE IF NOT EXISTS {d} (id VARCHAR(80) PRIMARY KEY, msg_id VARCHAR(80) NOT NULL, "
         "subscription_id VARCHAR(40) NOT NULL, event_type VARCHAR(200) NOT NULL, body TEXT NOT NULL, "
         "status VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, next_attempt_at DOUBLE PRECISION, "
         "lease_until DOUBLE PRECISION NOT NULL, last_status_code INTEGER, last_error TEXT, "
@@ -164,6 +174,7 @@ class Webhooks:
         self.subs_table = f"{ns}_webhook_subscriptions"
         self.deliveries_table = f"{ns}_webhook_deliveries"
         self.replay_table = f"{ns}_webhook_replay"
+        self.patterns_table = f"{ns}_webhook_patterns"
         from onex_compose.capabilities.database import Migration
 
         db.register_migrations(OWNER, [Migration("001_webhook", _migration_sql(ns))])
@@ -267,6 +278,9 @@ class Webhooks:
             if not isinstance(e, str) or not e or len(e) > 200:
                 raise ValueError(f"an event pattern must be a non-empty string of at most 200 "
                                  f"characters, got {e!r}")
+            if "[" in e or "]" in e:
+                raise ValueError(f"event patterns use '*' (any run) and '?' (one character) "
+                                 f"only, got {e!r}")
             out.append(e)
         return out
 
@@ -284,7 +298,8 @@ class Webhooks:
 
     async def subscribe(self, url: str, events: Sequence[str], secret: str | None = None,
                         description: str = "") -> WebhookSubscription:
-        """Subscribe ``url`` to event types matching ``events`` (``fnmatch`` patterns).
+        """Subscribe ``url`` to event types matching ``events`` (patterns with ``*`` for any
+        run of characters and ``?`` for one, case-sensitive).
 
         The URL is checked against the SSRF policy now (and again at every attempt).
         ``secret`` (``whsec_…``) is generated when ``None``; it is returned only here.
@@ -299,12 +314,14 @@ class Webhooks:
         secret_key(secret)
         await self._migrated()
         sub_id = "sub_" + uuid.uuid4().hex
-        await self.db.execute(
-            f"INSERT INTO {self.subs_table} (id, url, events, secrets, description, active, "
-            "failures, created_at) VALUES (:id, :url, :events, :secrets, :description, 1, 0, :at)",
-            {"id": sub_id, "url": url, "events": json.dumps(patterns),
-             "secrets": json.dumps([[secret, None]]), "description": description,
-             "at": self.clock()})
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                f"INSERT INTO {self.subs_table} (id, url, events, secrets, description, active, "
+                "failures, created_at) VALUES (:id, :url, :events, :secrets, :description, 1, 0, "
+                ":at)", {"id": sub_id, "url": url, "events": json.dumps(patterns),
+                         "secrets": json.dumps([[secret, None]]), "description": description,
+                         "at": self.clock()})
+            await self._write_patterns(tx, sub_id, patterns)
         return WebhookSubscription(sub_id, url, tuple(patterns), secret, True, description)
 
     async def rotate_secret(self, subscription_id: str, overlap: float = 86400) -> str:
@@ -328,8 +345,9 @@ class Webhooks:
         """Change a subscription's events, URL (checked again), description or ``active``
         (re-activating also resets its count of consecutive failed deliveries)."""
         row = dict(await self._sub_row(subscription_id))
-        if events is not None:
-            row["events"] = json.dumps(self._events(events))
+        patterns = None if events is None else self._events(events)
+        if patterns is not None:
+            row["events"] = json.dumps(patterns)
         if url is not None:
             await vet(url, self.policy, resolver=self.resolver)
             row["url"] = url
@@ -339,9 +357,12 @@ class Webhooks:
             row["active"] = 1 if active else 0
             if active:
                 row["failures"] = 0
-        await self.db.execute(
-            f"UPDATE {self.subs_table} SET events = :events, url = :url, description = "
-            ":description, active = :active, failures = :failures WHERE id = :id", row)
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                f"UPDATE {self.subs_table} SET events = :events, url = :url, description = "
+                ":description, active = :active, failures = :failures WHERE id = :id", row)
+            if patterns is not None:
+                await self._write_patterns(tx, subscription_id, patterns)
         return self._to_sub(row)
 
     async def unsubscribe(self, subscription_id: str) -> None:
@@ -349,10 +370,23 @@ class Webhooks:
         await self._sub_row(subscription_id)
         async with self.db.transaction() as tx:
             await tx.execute(f"DELETE FROM {self.subs_table} WHERE id = :id", {"id": subscription_id})
+            await tx.execute(f"DELETE FROM {self.patterns_table} WHERE subscription_id = :id",
+                             {"id": subscription_id})
             await tx.execute(
                 f"UPDATE {self.deliveries_table} SET status = 'failed', last_error = "
                 "'unsubscribed', next_attempt_at = NULL WHERE subscription_id = :id AND "
                 "status = 'pending'", {"id": subscription_id})
+
+    async def _write_patterns(self, tx: Any, sub_id: str, patterns: Sequence[str]) -> None:
+        """The subscription's patterns, as the dialect matches them in ``publish``: GLOB
+        patterns on SQLite (case-sensitive ``*`` / ``?``), LIKE patterns on PostgreSQL."""
+        await tx.execute(f"DELETE FROM {self.patterns_table} WHERE subscription_id = :id",
+                         {"id": sub_id})
+        pg = self.db.dialect == "postgresql"
+        for pattern in dict.fromkeys(patterns):
+            stored = _like(pattern) if pg else pattern
+            await tx.execute(f"INSERT INTO {self.patterns_table} (subscription_id, pattern) "
+                             "VALUES (:id, :p)", {"id": sub_id, "p": stored})
 
     async def subscriptions(self) -> list[WebhookSubscription]:
         """Every subscription (secrets are not returned)."""
@@ -394,31 +428,53 @@ class Webhooks:
         trace = None
         if self._propagator is not None:
             trace = json.dumps(self._propagator.inject({})) or None
-        async with self.db.transaction() as tx:
-            if idempotency_key is not None:
-                done = await tx.fetch_all(
-                    f"SELECT id FROM {self.deliveries_table} WHERE idempotency_key = :k "
-                    "ORDER BY id", {"k": idempotency_key})
-                if done:
-                    return [r["id"] for r in done]
-            subs = await tx.fetch_all(f"SELECT id, events FROM {self.subs_table} WHERE active = 1")
-            ids = []
-            for sub in subs:
-                if not any(fnmatch.fnmatchcase(event_type, p) for p in json.loads(sub["events"])):
-                    continue
-                did = "dlv_" + uuid.uuid4().hex
-                await tx.execute(
-                    f"INSERT INTO {self.deliveries_table} (id, msg_id, subscription_id, "
-                    "event_type, body, status, attempts, next_attempt_at, lease_until, "
-                    "idempotency_key, trace_headers, created_at) VALUES (:id, :msg, :sub, :type, "
-                    ":body, 'pending', 0, :now, 0, :k, :trace, :now)",
-                    {"id": did, "msg": "msg_" + uuid.uuid4().hex, "sub": sub["id"],
-                     "type": event_type, "body": body, "now": now, "k": idempotency_key,
-                     "trace": trace})
-                ids.append(did)
+        db = self.db
+        if idempotency_key is not None:
+            done = await self._idempotent(idempotency_key)
+            if done:
+                return done
+        # one statement: the matching (GLOB / LIKE on the patterns table) and the insert, so
+        # it is atomic on its own, and joins the caller's open transaction when there is one
+        try:
+            rows = await db.fetch_all(self._publish_sql, {
+                "pub": uuid.uuid4().hex, "type": event_type, "body": body, "now": now,
+                "k": idempotency_key, "trace": trace})
+        except DatabaseIntegrityError:
+            if idempotency_key is None:
+                raise
+            return await self._idempotent(idempotency_key)  # a concurrent publish won
+        ids = [r["id"] for r in rows]
         if ids and self.autostart:
             self.ensure_worker()
         return ids
+
+    @property
+    def _publish_sql(self) -> str:
+        sql = self.__dict__.get("_publish_sql_text")
+        if sql is None:
+            pg = self.db.dialect == "postgresql"
+            match = "CAST(:type AS TEXT) LIKE p.pattern ESCAPE '\\'" if pg \
+                else ":type GLOB p.pattern"
+            t, d = "VARCHAR(200)", "DOUBLE PRECISION"
+            sql = (
+                f"INSERT INTO {self.deliveries_table} (id, msg_id, subscription_id, event_type, "
+                "body, status, attempts, next_attempt_at, lease_until, idempotency_key, "
+                "trace_headers, created_at) "
+                f"SELECT 'dlv_' || CAST(:pub AS TEXT) || '_' || SUBSTR(s.id, 5), "
+                f"'msg_' || CAST(:pub AS TEXT) || '_' || SUBSTR(s.id, 5), s.id, "
+                f"CAST(:type AS {t}), CAST(:body AS TEXT), "
+                f"'pending', 0, CAST(:now AS {d}), 0, CAST(:k AS {t}), CAST(:trace AS TEXT), "
+                f"CAST(:now AS {d}) FROM {self.subs_table} s WHERE s.active = 1 AND EXISTS "
+                f"(SELECT 1 FROM {self.patterns_table} p WHERE p.subscription_id = s.id AND "
+                f"{match}) RETURNING id")
+            self.__dict__["_publish_sql_text"] = sql
+        return sql
+
+    async def _idempotent(self, key: str) -> list[str]:
+        rows = await self.db.fetch_all(
+            f"SELECT id FROM {self.deliveries_table} WHERE idempotency_key = :k ORDER BY id",
+            {"k": key})
+        return [r["id"] for r in rows]
 
     async def deliveries(self, subscription_id: str | None = None, status: str | None = None,
                          limit: int = 100) -> list[Delivery]:
@@ -505,13 +561,20 @@ class Webhooks:
                 pass
 
     async def step(self, limit: int | None = None) -> int:
-        """Claim the due deliveries (up to ``limit``, default ``workers``) and attempt them,
-        concurrently; the number attempted. The worker calls it in a loop; tests call it
-        directly with an injected clock to walk a retry schedule."""
+        """Claim the due deliveries (up to ``limit``, default ``8 * workers``) and attempt
+        them, ``workers`` at a time; the number attempted. The worker calls it in a loop; tests
+        call it directly with an injected clock to walk a retry schedule.
+
+        The lease covers every round of the batch (``ceil(n / workers)`` attempts of at most
+        ``connect_timeout + timeout`` each, plus a margin), so no other process takes a
+        claimed delivery while this one may still attempt it. Successful deliveries are
+        marked in one statement per batch."""
         await self._migrated()
-        n = limit or self.config.workers
+        cfg = self.config
+        workers = cfg.workers
+        n = limit or workers * _BATCH
         now = self.clock()
-        lease = now + self.config.timeout + self.config.connect_timeout + _LEASE_MARGIN
+        lease = now + -(-n // workers) * (cfg.timeout + cfg.connect_timeout) + _LEASE_MARGIN
         d = self.deliveries_table
         lock = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         rows = await self.db.fetch_all(
@@ -523,17 +586,51 @@ class Webhooks:
         if not rows:
             return 0
         state = self._state()
-        subs: dict[str, Mapping[str, Any] | None] = {}
-        for sid in {r["subscription_id"] for r in rows}:
-            subs[sid] = await self.db.fetch_one(f"SELECT * FROM {self.subs_table} WHERE id = :id",
-                                                {"id": sid})
+        wanted = sorted({r["subscription_id"] for r in rows})
+        names = {f"s{k}": sid for k, sid in enumerate(wanted)}
+        found = await self.db.fetch_all(
+            f"SELECT * FROM {self.subs_table} WHERE id IN "
+            f"({', '.join(':' + n for n in names)})", names)
+        subs: dict[str, Mapping[str, Any] | None] = dict.fromkeys(wanted)
+        subs.update((r["id"], r) for r in found)
         state.inflight += len(rows)
+        delivered: list[tuple[str, int, str]] = []
         try:
-            await asyncio.gather(*(self._attempt(state, r, subs[r["subscription_id"]])
-                                   for r in rows))
+            if len(rows) <= workers:
+                await asyncio.gather(*(self._attempt(state, r, subs[r["subscription_id"]],
+                                                     delivered) for r in rows))
+            else:
+                gate = asyncio.Semaphore(workers)
+
+                async def gated(row: Mapping[str, Any]) -> None:
+                    async with gate:
+                        await self._attempt(state, row, subs[row["subscription_id"]], delivered)
+
+                await asyncio.gather(*(gated(r) for r in rows))
         finally:
-            state.inflight -= len(rows)
+            try:
+                await self._mark_delivered(delivered, subs)
+            finally:
+                state.inflight -= len(rows)
         return len(rows)
+
+    async def _mark_delivered(self, delivered: list[tuple[str, int, str]],
+                              subs: Mapping[str, Mapping[str, Any] | None]) -> None:
+        by_code: dict[int, list[str]] = {}
+        for did, code, _ in delivered:
+            by_code.setdefault(code, []).append(did)
+        for code, ids in by_code.items():
+            names = [f"i{k}" for k in range(len(ids))]
+            await self.db.execute(
+                f"UPDATE {self.deliveries_table} SET status = 'delivered', last_status_code = "
+                ":code, last_error = NULL, next_attempt_at = NULL, lease_until = 0 WHERE id IN "
+                f"({', '.join(':' + n for n in names)})",
+                {"code": code, **dict(zip(names, ids, strict=True))})
+        for sid in {sid for _, _, sid in delivered}:
+            sub = subs.get(sid)
+            if sub is not None and sub["failures"]:
+                await self.db.execute(f"UPDATE {self.subs_table} SET failures = 0 WHERE id = :id",
+                                      {"id": sid})
 
     def _delay(self, attempts: int, retry_after: float | None) -> float | None:
         schedule = self.config.retry_schedule
@@ -546,7 +643,8 @@ class Webhooks:
         return float(base * (1 + self.rng.uniform(-j, j)) if j else base)
 
     async def _attempt(self, state: _LoopState, row: Mapping[str, Any],
-                       sub: Mapping[str, Any] | None) -> None:
+                       sub: Mapping[str, Any] | None,
+                       delivered: list[tuple[str, int, str]]) -> None:
         t0 = time.perf_counter()
         if sub is None or not sub["active"]:
             why = "subscription removed" if sub is None else "subscription disabled"
@@ -587,7 +685,8 @@ class Webhooks:
         self._hist("webhook_delivery_duration_seconds", time.perf_counter() - t0)
         self._inc("webhook_delivery_attempts_total", 1, {"status_class": _status_class(code)})
         if code is not None and 200 <= code < 300:
-            await self._finish(row, sub, "delivered", code, None, None, outcome="delivered")
+            self._inc("webhook_deliveries_total", 1, {"outcome": "delivered"})
+            delivered.append((row["id"], code, sub["id"]))  # marked in one statement per step
         elif code is None or code in (408, 429) or code >= 500:
             await self._retry(row, sub, code, error, retry_after)
         elif code == 410:
@@ -776,8 +875,6 @@ class Webhooks:
         return bool(await client.set(self._redis_key(msg_id), b"1", nx=True, px=px))
 
     async def _db_add(self, msg_id: str, now: float) -> bool:
-        from onex_compose.capabilities.database import DatabaseIntegrityError
-
         await self._migrated()
         await self.db.execute(f"DELETE FROM {self.replay_table} WHERE expires_at <= :now",
                               {"now": now})
