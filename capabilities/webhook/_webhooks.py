@@ -42,6 +42,7 @@ DISABLED_EVENT = "webhook.subscription_disabled"
 SECRET_ENV = "ONEX_WEBHOOK_SECRET"
 _POLL = 1.0
 _LEASE_MARGIN = 30.0
+_SUB_COLS = ("id", "url", "secrets", "active", "failures")
 _BATCH = 8  # a step claims up to _BATCH * workers deliveries
 _DELIVERY_COLS = ("id, msg_id, subscription_id, event_type, status, attempts, last_status_code, "
                   "last_error, next_attempt_at, created_at")
@@ -581,18 +582,19 @@ class Webhooks:
             f"UPDATE {d} SET lease_until = :lease, attempts = attempts + 1 WHERE id IN "
             f"(SELECT id FROM {d} WHERE status = 'pending' AND next_attempt_at <= :now AND "
             f"lease_until <= :now ORDER BY next_attempt_at, id LIMIT :n{lock}) "
-            "RETURNING id, msg_id, subscription_id, event_type, body, attempts, trace_headers",
+            "RETURNING id, msg_id, subscription_id, event_type, body, attempts, trace_headers, "
+            + ", ".join(f"(SELECT s.{c} FROM {self.subs_table} s WHERE s.id = "
+                        f"{d}.subscription_id) AS sub_{c}" for c in _SUB_COLS),
             {"lease": lease, "now": now, "n": n})
         if not rows:
             return 0
         state = self._state()
-        wanted = sorted({r["subscription_id"] for r in rows})
-        names = {f"s{k}": sid for k, sid in enumerate(wanted)}
-        found = await self.db.fetch_all(
-            f"SELECT * FROM {self.subs_table} WHERE id IN "
-            f"({', '.join(':' + n for n in names)})", names)
-        subs: dict[str, Mapping[str, Any] | None] = dict.fromkeys(wanted)
-        subs.update((r["id"], r) for r in found)
+        subs: dict[str, Mapping[str, Any] | None] = {}
+        for r in rows:  # the subscription's row, read by the claim itself
+            sid = r["subscription_id"]
+            if sid not in subs:
+                subs[sid] = None if r["sub_id"] is None else \
+                    {c: r[f"sub_{c}"] for c in _SUB_COLS}
         state.inflight += len(rows)
         delivered: list[tuple[str, int, str]] = []
         try:
