@@ -169,7 +169,9 @@ class MemoryKeeper:
     database lives as long as any of them does, across event loops.
     """
 
-    _lock = threading.Lock()
+    # reentrant: release() runs from weakref finalizers, which the garbage collector may call
+    # inside acquire()/release() on the same thread (a plain Lock deadlocked there)
+    _lock = threading.RLock()
     _open: dict[str, tuple[sqlite3.Connection, int]] = {}
 
     @classmethod

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import hashlib
 import hmac
 import json
 import secrets as _secrets
@@ -53,9 +55,41 @@ except ImportError:  # pragma: no cover - orjson is in the serialization extra
     _loads = json.loads
     _DECODE_ERRORS = (ValueError,)
 
-_digest = hmac.digest  # one-shot HMAC in C (OpenSSL), several times cheaper than hmac.new
+_sha256 = hashlib.sha256
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+
+
+class _Mac:
+    """HMAC-SHA256 with the key's inner and outer hash states computed once (RFC 2104): a
+    message costs two ``sha256.copy()`` instead of a fresh HMAC (about 4x cheaper here than
+    ``hmac.new``, whose OpenSSL context setup dominates for webhook-sized bodies)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > 64:
+            key = _sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = _sha256(key.translate(_IPAD))
+        self._outer = _sha256(key.translate(_OPAD))
+
+    def __repr__(self) -> str:
+        return "_Mac(***)"
+
+    def digest(self, content: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(content)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 _b64 = base64.b64encode
 _compare = hmac.compare_digest
+
+
+@functools.lru_cache(maxsize=256)
+def _mac_of(secret: str | bytes) -> _Mac:
+    return _Mac(secret_key(secret))
 
 
 def generate_secret(nbytes: int = 24) -> str:
@@ -79,6 +113,7 @@ def secret_key(secret: str | bytes) -> bytes:
     if isinstance(secret, bytes):
         return secret
     text = secret[len(SECRET_PREFIX):] if secret.startswith(SECRET_PREFIX) else secret
+    text += "=" * (-len(text) % 4)  # unpadded base64 is accepted, as the reference library does
     try:
         key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -99,7 +134,7 @@ def sign(msg_id: str, timestamp: int, body: bytes | str, secret: str | bytes) ->
     """
     raw = body.encode() if isinstance(body, str) else body
     content = f"{msg_id}.{timestamp}.".encode() + raw
-    return "v1," + _b64(_digest(secret_key(secret), content, "sha256")).decode()
+    return "v1," + _b64(hmac.digest(secret_key(secret), content, "sha256")).decode()
 
 
 class Signer:
@@ -112,7 +147,7 @@ class Signer:
     __slots__ = ("_keys",)
 
     def __init__(self, secrets: Iterable[str | bytes]) -> None:
-        self._keys = tuple(secret_key(s) for s in secrets)
+        self._keys = tuple(_Mac(secret_key(s)) for s in secrets)
         if not self._keys:
             raise ValueError("Signer needs at least one secret")
 
@@ -124,8 +159,8 @@ class Signer:
         content = b"%s.%d.%s" % (msg_id.encode(), timestamp, body)
         keys = self._keys
         if len(keys) == 1:
-            return "v1," + _b64(_digest(keys[0], content, "sha256")).decode()
-        return " ".join("v1," + _b64(_digest(k, content, "sha256")).decode() for k in keys)
+            return "v1," + _b64(keys[0].digest(content)).decode()
+        return " ".join("v1," + _b64(k.digest(content)).decode() for k in keys)
 
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """The three Standard Webhooks headers for one attempt."""
@@ -192,7 +227,7 @@ class Verifier:
     def __init__(self, secrets: Iterable[str | bytes], *, tolerance: float = 300.0,
                  replay_window: float = 600.0, replay: Any = None,
                  clock: Callable[[], float] | None = None, parse: bool = True) -> None:
-        self._keys = tuple(secret_key(s) for s in secrets)
+        self._keys = tuple(_Mac(secret_key(s)) for s in secrets)
         self.tolerance = tolerance
         self.replay_window = replay_window
         self.replay = replay if replay is not None else MemoryReplayStore()
@@ -204,7 +239,7 @@ class Verifier:
                 f"replay_window={self.replay_window})")
 
     def check(self, body: bytes | str, headers: Mapping[str, str],
-              keys: tuple[bytes, ...] | None = None) -> tuple[str, float, bytes]:
+              keys: tuple[_Mac, ...] | None = None) -> tuple[str, float, bytes]:
         """Everything but the replay check: ``(msg_id, now, body bytes)``.
 
         Raises:
@@ -236,7 +271,7 @@ class Verifier:
         raw = body.encode() if isinstance(body, str) else bytes(body)
         content = f"{msg_id}.{stamp}.".encode() + raw
         keys = self._keys if keys is None else keys
-        expected = [_b64(_digest(k, content, "sha256")) for k in keys]
+        expected = [_b64(k.digest(content)) for k in keys]
         wellformed = False
         for part in sigs.split(" "):
             version, sep, value = part.partition(",")
@@ -266,14 +301,18 @@ class Verifier:
             WebhookVerificationError: with ``reason`` ``missing_headers``, ``malformed``,
                 ``expired``, ``future``, ``bad_signature`` or ``replayed``.
         """
-        keys = None if secrets is None else tuple(secret_key(s) for s in secrets)
-        msg_id, now, raw = self.check(body, headers, keys)
+        msg_id, now, raw = self.check(body, headers, self.keys(secrets))
         payload = self.parse(raw) if self._parse else raw
         if self.replay_window > 0 and not self.replay.add(msg_id, now, self.replay_window):
             raise WebhookVerificationError(f"webhook-id {msg_id!r} was already accepted within "
                                            f"the last {self.replay_window:g} s",
                                            reason="replayed")
         return payload
+
+    @staticmethod
+    def keys(secrets: Iterable[str | bytes] | None) -> tuple[_Mac, ...] | None:
+        """The MAC keys of ``secrets`` (``None`` stays ``None``: the verifier's own)."""
+        return None if secrets is None else tuple(_mac_of(s) for s in secrets)
 
     @staticmethod
     def parse(raw: bytes) -> Any:

@@ -820,7 +820,7 @@ class Webhooks:
                 payload = self._verifier.verify(body, headers, secrets)
             else:
                 msg_id, _, raw = self._verifier.check(
-                    body, headers, None if secrets is None else tuple(secret_key(s) for s in secrets))
+                    body, headers, Verifier.keys(secrets))
                 payload = Verifier.parse(raw)
                 if not self._redis_add_sync(msg_id):
                     raise self._replayed(msg_id)
@@ -839,7 +839,7 @@ class Webhooks:
         secrets = self._secrets_for(secret)
         try:
             msg_id, now, raw = self._verifier.check(
-                body, headers, None if secrets is None else tuple(secret_key(s) for s in secrets))
+                body, headers, Verifier.keys(secrets))
             payload = Verifier.parse(raw)
             fresh = await (self._db_add(msg_id, now) if store == "database"
                            else self._redis_add(msg_id))
