@@ -147,7 +147,7 @@ class Signer:
     __slots__ = ("_keys",)
 
     def __init__(self, secrets: Iterable[str | bytes]) -> None:
-        self._keys = tuple(_Mac(secret_key(s)) for s in secrets)
+        self._keys = tuple(_mac_of(s) for s in secrets)
         if not self._keys:
             raise ValueError("Signer needs at least one secret")
 

@@ -44,6 +44,7 @@ _POLL = 1.0
 _LEASE_MARGIN = 30.0
 _SUB_COLS = ("id", "url", "secrets", "active", "failures")
 _BATCH = 8  # a step claims up to _BATCH * workers deliveries
+_COALESCE = 0.005  # seconds the worker waits after a wake-up before claiming
 _DELIVERY_COLS = ("id, msg_id, subscription_id, event_type, status, attempts, last_status_code, "
                   "last_error, next_attempt_at, created_at")
 
@@ -553,13 +554,15 @@ class Webhooks:
                     self._log.warning("webhook: delivery worker cannot read the outbox: {}", exc)
                 self._outage = f"{type(exc).__name__}: {exc}"
             state.idle.set()
-            if done:
-                continue
+            if done and (done >= self.config.workers * _BATCH or state.wake.is_set()):
+                continue  # a full batch, or rows published meanwhile: claim again at once
             wait = min(30.0, 0.25 * 2 ** failures) if failures else _POLL
             try:
                 await asyncio.wait_for(state.wake.wait(), wait)
             except TimeoutError:
-                pass
+                continue
+            # woken by a publish: let a burst gather so one claim takes several rows
+            await asyncio.sleep(_COALESCE)
 
     async def step(self, limit: int | None = None) -> int:
         """Claim the due deliveries (up to ``limit``, default ``8 * workers``) and attempt
