@@ -153,11 +153,19 @@ async def ours_split(node: object, n: int) -> tuple[float, float]:
     return (t1 - t0) / n, (t2 - t1) / n
 
 
-async def ours_loop(node: object, n: int) -> float:
+async def ours_loop(node: object, n: int, publishers: int = 4) -> float:
+    """``publishers`` tasks publish ``n`` events (as the peer's workers post them), then the
+    outbox drains; the worker delivers meanwhile."""
     hooks = node.webhooks  # type: ignore[attr-defined]
+    queue = list(range(n))
+
+    async def publisher() -> None:
+        while queue:
+            i = queue.pop()
+            await hooks.publish("order.created", {"id": i, "total": "9.99"})
+
     t0 = time.perf_counter()
-    for i in range(n):
-        await hooks.publish("order.created", {"id": i, "total": "9.99"})
+    await asyncio.gather(*(publisher() for _ in range(publishers)))
     ok = await hooks.drain(timeout=120)
     took = (time.perf_counter() - t0) / n
     assert ok, "deliveries did not drain"
