@@ -102,9 +102,12 @@ def cpu_cases(table: Table, number: int, repeats: int) -> None:
     t_ours, t_peer, ratio = time_paired(ours_verify, peer_verify, number=number, repeats=repeats,
                                         clock=time.thread_time)
     table.add("standardwebhooks Webhook.verify", t_peer)
+    # the "<= 5 µs" was set where Webhook.verify took 7.6 µs: scaled to this machine's
+    # speed it is a ratio of 5 / 7.6 = 0.66
     table.add("ours node.webhooks.verify (+ replay window, metrics)", t_ours, baseline=t_peer,
-              target="<= 1.0x (<= 5 µs)",
-              note="meets target" if ratio <= 1.0 and t_ours <= 5e-6 else "MISSES target")
+              target="<= 1.0x (<= 5 µs at a 7.6 µs peer: <= 0.66x)",
+              note=("meets target" if ratio <= 5 / 7.6 else "MISSES target")
+              + f" ({t_ours * 1e6:.1f} µs here, peer {t_peer * 1e6:.1f} µs)")
 
     at = datetime.fromtimestamp(now, UTC)
     text = BODY.decode()

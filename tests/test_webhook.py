@@ -961,9 +961,9 @@ async def test_asgi_receiver_sets_credentials_for_authentication() -> None:
 async def test_traceparent_goes_into_the_request_under_a_client_span(closing: list[Any]) -> None:
     rec = Recorder()
     Traced = compose(NodeEffect, ["webhook", "tracing"])
-    node = make(Traced, autostart=False, extra={"tracing": {
-        "exporter": "memory", "processor": "simple",
-        "instrument": ["webhook", "database"]}})
+    node = make(Traced, autostart=False, extra={"tracing": {    # "webhook" is instrumented by
+        "exporter": "memory", "processor": "simple"}})           # default
+    assert "webhook" in node.tracer.config.instrument
     closing.append(node)
     node.webhooks.transport = rec.transport()
     await node.webhooks.subscribe("https://hooks.example.com/in", ["*"])
@@ -978,6 +978,23 @@ async def test_traceparent_goes_into_the_request_under_a_client_span(closing: li
     assert client.kind.name == "CLIENT"
     assert client.parent.span_id == spans["checkout"].context.span_id
     assert tp.split("-")[2] == f"{client.context.span_id:016x}"
+
+
+async def test_without_webhook_instrumented_the_publishers_traceparent_travels(
+        closing: list[Any]) -> None:
+    rec = Recorder()
+    Traced = compose(NodeEffect, ["webhook", "tracing"])
+    node = make(Traced, autostart=False, extra={"tracing": {
+        "exporter": "memory", "processor": "simple", "instrument": ["database"]}})
+    closing.append(node)
+    node.webhooks.transport = rec.transport()
+    await node.webhooks.subscribe("https://hooks.example.com/in", ["*"])
+    with node.tracer.span("checkout") as parent:
+        await node.webhooks.publish("order.created", 1)
+        span_id = f"{parent.get_span_context().span_id:016x}"
+    await node.webhooks.step()
+    assert rec.requests[0].headers["traceparent"].split("-")[2] == span_id
+    assert "webhook.deliver" not in {s.name for s in node.tracer.exporter.get_finished_spans()}
 
 
 # -- health, config, errors ----------------------------------------------------------------------

@@ -268,8 +268,9 @@ class Verifier:
             raise WebhookVerificationError(
                 f"webhook-timestamp is {ts - now:.0f} s in the future (tolerance "
                 f"{self.tolerance:g} s)", reason="future")
-        raw = body.encode() if isinstance(body, str) else bytes(body)
-        content = f"{msg_id}.{stamp}.".encode() + raw
+        raw = body if type(body) is bytes else body.encode() if isinstance(body, str) \
+            else bytes(body)
+        content = b"%s.%s.%s" % (msg_id.encode(), stamp.encode(), raw)
         keys = self._keys if keys is None else keys
         expected = [_b64(k.digest(content)) for k in keys]
         wellformed = False

@@ -185,6 +185,7 @@ class Webhooks:
         self._inc = m.increment if m is not None else _no_metric
         self._hist = m.histogram if m is not None else _no_metric
         self._gauge = m.gauge if m is not None else _no_metric
+        self._verify_counters: dict[str, Callable[..., Any]] = {}
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = \
             weakref.WeakKeyDictionary()
         self._memory_replay = MemoryReplayStore()
@@ -200,9 +201,12 @@ class Webhooks:
         self._verifier = Verifier(
             [self._incoming_secret] if self._incoming_secret else [],
             tolerance=config.verify_tolerance, replay_window=config.replay_window,
-            replay=self._memory_replay, clock=lambda: self.clock())
+            replay=self._memory_replay, clock=self._now)
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self.clock()
 
     def __repr__(self) -> str:
         return (f"Webhooks(db={self.db.dialect}, table={self.deliveries_table!r}, "
@@ -795,7 +799,13 @@ class Webhooks:
         return [secret] if isinstance(secret, str) else list(secret)
 
     def _count_verify(self, outcome: str) -> None:
-        self._inc("webhook_verifications_total", 1, {"outcome": outcome})
+        bound = self._verify_counters.get(outcome)
+        if bound is None:
+            m = self._metrics
+            bound = m.bind_counter("webhook_verifications_total", {"outcome": outcome}) \
+                if m is not None and hasattr(m, "bind_counter") else _no_metric
+            self._verify_counters[outcome] = bound
+        bound(1)
 
     def verify(self, body: bytes | str, headers: Mapping[str, str],
                secret: str | Sequence[str] | None = None) -> Any:
