@@ -1087,3 +1087,59 @@ async def test_patterns_are_case_sensitive_globs_without_character_classes(closi
     await node.webhooks.update(sub.id, events=["user.*"])
     assert await node.webhooks.publish("order.paid", 1) == []
     assert len(await node.webhooks.publish("user.created", 1)) == 1
+
+
+@pytest.mark.slow
+async def test_two_worker_processes_on_one_sqlite_file_never_overlap_on_one_delivery(
+        tmp_path: Any, closing: list[Any]) -> None:
+    """The claim is one ``UPDATE … RETURNING`` statement, atomic under SQLite's write lock: two
+    processes draining one file outbox attempt every delivery exactly once."""
+    import subprocess
+    import sys
+
+    from test_webhook_postgres import WORKER, CountingServer
+
+    server = CountingServer(delay=0.01)
+    db = {"url": f"sqlite:///{tmp_path / 'outbox.db'}", "namespace": "t"}
+    node = WebhookNode(capability_config={"database": db, "webhook": {
+        "allow_http": True, "allow_private_networks": True}})
+    node.webhooks.autostart = False
+    closing.append(node)
+    try:
+        await node.webhooks.subscribe(server.url, ["*"])
+        for i in range(60):
+            await node.webhooks.publish("tick", {"i": i})
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(db), "90"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(2)]
+        outs = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err.decode()[-2000:]
+        assert sum(int(out.decode().split()[-1]) for out, _ in outs) == 60
+        assert server.concurrent == []
+        assert len(server.seen) == 60 and set(server.seen.values()) == {1}
+    finally:
+        server.close()
+
+
+async def test_node_aclose_leaves_no_worker_task_behind(hook: Hook) -> None:
+    node = make()
+    await node.webhooks.subscribe(hook.url, ["*"])
+    await node.webhooks.publish("a", 1)
+    assert any(t.get_name() == "onex-webhook-worker" for t in asyncio.all_tasks())
+    await node.aclose()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "onex-webhook-worker"]
+
+
+async def test_start_starts_the_worker_which_delivers_without_drain(hook: Hook) -> None:
+    node = make()
+    await node.webhooks.subscribe(hook.url, ["*"])
+    await node.start()
+    try:
+        await node.webhooks.publish("a", 1)
+        deadline = time.monotonic() + 30
+        while not hook.requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(hook.requests) == 1
+    finally:
+        await node.aclose()
