@@ -1143,3 +1143,21 @@ async def test_start_starts_the_worker_which_delivers_without_drain(hook: Hook) 
         assert len(hook.requests) == 1
     finally:
         await node.aclose()
+
+
+async def test_aclose_mid_batch_releases_the_claimed_deliveries(hook: Hook) -> None:
+    node = make(autostart=False, workers=1)
+    hook.script = [(200, {}, 1.0)]                     # the first attempt hangs a while
+    await node.webhooks.subscribe(hook.url, ["*"])
+    for i in range(3):
+        await node.webhooks.publish("a", i)
+    node.webhooks.ensure_worker()
+    deadline = time.monotonic() + 30
+    while not hook.requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await node.webhooks.aclose()                       # cancels the batch mid-attempt
+    rows = await node.webhooks.deliveries()
+    assert {d.status for d in rows} == {"pending"}
+    assert sorted(d.attempts for d in rows) == [0, 0, 1]   # never-started ones not counted
+    assert await node.webhooks.step() == 3             # released now, not after the lease
+    await node.webhooks.aclose()

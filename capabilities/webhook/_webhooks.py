@@ -256,7 +256,7 @@ class Webhooks:
         loop = asyncio.get_running_loop()
         state = self._loops.pop(loop, None)
         if state is None:
-            return
+            state = _LoopState()  # nothing ran on this loop; the clients may still be open
         if state.task is not None and not state.task.done():
             state.task.cancel()
             try:
@@ -268,6 +268,9 @@ class Webhooks:
         client = self._redis_async.pop(id(loop), None)
         if client is not None:
             await client.aclose()
+        if self._redis_sync is not None:
+            self._redis_sync.close()
+            self._redis_sync = None
 
     async def _migrated(self) -> None:
         await self.db.ensure_migrated(OWNER)
@@ -604,24 +607,42 @@ class Webhooks:
                     {c: r[f"sub_{c}"] for c in _SUB_COLS}
         state.inflight += len(rows)
         delivered: list[tuple[str, int, str]] = []
+        started: set[str] = set()
+        gate = asyncio.Semaphore(workers)
+
+        async def gated(row: Mapping[str, Any]) -> None:
+            async with gate:
+                started.add(row["id"])
+                await self._attempt(state, row, subs[row["subscription_id"]], delivered)
+
         try:
-            if len(rows) <= workers:
-                await asyncio.gather(*(self._attempt(state, r, subs[r["subscription_id"]],
-                                                     delivered) for r in rows))
-            else:
-                gate = asyncio.Semaphore(workers)
-
-                async def gated(row: Mapping[str, Any]) -> None:
-                    async with gate:
-                        await self._attempt(state, row, subs[row["subscription_id"]], delivered)
-
-                await asyncio.gather(*(gated(r) for r in rows))
+            await asyncio.gather(*(gated(r) for r in rows))
+        except asyncio.CancelledError:
+            # stopped (aclose): successes are still marked below; the rest are released at
+            # once instead of waiting out the lease, and a never-started one is not counted
+            await self._release([r["id"] for r in rows], started, lease)
+            raise
         finally:
             try:
                 await self._mark_delivered(delivered, subs)
             finally:
                 state.inflight -= len(rows)
         return len(rows)
+
+    async def _release(self, ids: list[str], started: set[str], lease: float) -> None:
+        d = self.deliveries_table
+        for group, undo in (([i for i in ids if i not in started], 1),
+                            ([i for i in ids if i in started], 0)):
+            if not group:
+                continue
+            names = {f"i{k}": i for k, i in enumerate(group)}
+            try:
+                await self.db.execute(
+                    f"UPDATE {d} SET lease_until = 0, attempts = attempts - {undo} WHERE "
+                    f"status = 'pending' AND lease_until = :lease AND id IN "
+                    f"({', '.join(':' + n for n in names)})", {"lease": lease, **names})
+            except Exception as exc:  # the lease expires by itself
+                self._log.warning("webhook: could not release claimed deliveries: {}", exc)
 
     async def _mark_delivered(self, delivered: list[tuple[str, int, str]],
                               subs: Mapping[str, Mapping[str, Any] | None]) -> None:
