@@ -274,8 +274,7 @@ def test_a_node_without_keys_fails_at_setup_naming_every_missing_piece() -> None
     (["HS256", "ES256"], "algorithm confusion")])
 def test_bad_algorithm_lists_are_refused_at_setup(algs: list[str], needle: str) -> None:
     with pytest.raises(ConfigurationError, match=needle):
-        Authenticator(AuthenticationConfig(jwt_algorithms=algs, **{
-            k: v for k, v in RS_CFG.items()}))
+        Authenticator(AuthenticationConfig(jwt_algorithms=algs, **RS_CFG))
 
 
 def test_hs_with_a_pem_is_refused_and_a_short_or_pem_secret_too() -> None:

@@ -150,7 +150,7 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
     def target() -> None:
         try:
             box.append((True, asyncio.run(coro)))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:
             box.append((False, exc))
 
     thread = threading.Thread(target=target, name="onex-auth-sync")
@@ -477,7 +477,7 @@ class Authenticator:
         try:
             await self._audit().record("authenticate", outcome="denied", reason=exc.reason,
                                        details={"scheme": exc.scheme, "message": exc.detail})
-        except Exception as audit_exc:  # noqa: BLE001 - the rejection stands either way
+        except Exception as audit_exc:
             from onex_compose.capabilities._log import logger
 
             logger.warning("authentication: could not audit a rejection ({}): {}",
@@ -721,9 +721,9 @@ class MixinAuthentication:
         @functools.wraps(call)
         async def guarded(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None:
-                if principal_var.get() is not None or not node.authenticator.required:
-                    return await call(*args, **kwargs)
+            if creds is None and (principal_var.get() is not None
+                                  or not node.authenticator.required):
+                return await call(*args, **kwargs)
             who = await node.authenticator.authenticate(creds)
             token = principal_var.set(who)
             try:
@@ -742,9 +742,9 @@ class MixinAuthentication:
         @functools.wraps(call)
         def guarded_sync(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None:
-                if principal_var.get() is not None or not node.authenticator.required:
-                    return call(*args, **kwargs)
+            if creds is None and (principal_var.get() is not None
+                                  or not node.authenticator.required):
+                return call(*args, **kwargs)
             who = node.authenticator.authenticate_sync(creds)
             token = principal_var.set(who)
             try:

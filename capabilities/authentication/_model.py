@@ -23,10 +23,6 @@ REASONS = ("missing", "malformed", "bad_signature", "algorithm_not_allowed", "ex
            "not_yet_valid", "too_old", "wrong_issuer", "wrong_audience", "missing_claim",
            "unknown_key", "revoked", "unknown_api_key")
 
-# the RFC 6750 error code a reason maps to in a WWW-Authenticate challenge
-_RFC6750 = {"missing": None}
-
-
 class AuthenticationError(OnexError, PermissionError):
     """Credentials were missing or did not verify.
 
