@@ -339,7 +339,7 @@ class JwtVerifier:
             if self.clock() < entry[1]:
                 self._hit()
                 return digest, entry[0]
-            del self.cache[digest]
+            self.cache.pop(digest, None)
         self._miss()
         return digest, None
 
@@ -355,7 +355,10 @@ class JwtVerifier:
                 until = iat + self.max_age + self.leeway
         cache = self.cache
         if len(cache) >= self.cache_size:
-            del cache[next(iter(cache))]
+            try:  # oldest first; sync guards in threads may race on the same entry
+                del cache[next(iter(cache))]
+            except (KeyError, RuntimeError, StopIteration):
+                pass
         cache[digest] = (who, until)
 
     # -- parsing and checks ------------------------------------------------------------------
