@@ -468,7 +468,7 @@ class Authenticator:
         except AuthenticationError as exc:
             self._counter(exc.scheme, exc.reason)()
             if self._audit is not None:
-                _run_sync(self._audit_rejection(exc))
+                self._audit_rejection_sync(exc)
             raise
 
     async def _audit_rejection(self, exc: AuthenticationError) -> None:
@@ -478,6 +478,22 @@ class Authenticator:
             await self._audit().record("authenticate", outcome="denied", reason=exc.reason,
                                        details={"scheme": exc.scheme, "message": exc.detail})
         except Exception as audit_exc:
+            from onex_compose.capabilities._log import logger
+
+            logger.warning("authentication: could not audit a rejection ({}): {}",
+                           exc.reason, type(audit_exc).__name__)
+
+    def _audit_rejection_sync(self, exc: AuthenticationError) -> None:
+        assert self._audit is not None
+        try:
+            audit = self._audit()
+            record_sync = getattr(audit, "record_sync", None)
+            if record_sync is None:
+                _run_sync(self._audit_rejection(exc))
+                return
+            record_sync("authenticate", outcome="denied", reason=exc.reason,
+                        details={"scheme": exc.scheme, "message": exc.detail})
+        except Exception as audit_exc:  # noqa: BLE001 - the rejection stands either way
             from onex_compose.capabilities._log import logger
 
             logger.warning("authentication: could not audit a rejection ({}): {}",
