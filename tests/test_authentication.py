@@ -591,7 +591,7 @@ async def test_api_key_comparison_uses_hmac_compare_digest(
     monkeypatch.setattr(hmac, "compare_digest", spy)
     await auth.authenticate(Credentials("api_key", key))
     assert len(seen) == 1
-    stored = auth.hash_api_key(key).encode()
+    stored = bytes.fromhex(auth.hash_api_key(key))
     assert seen[0][1] == stored and key.encode() not in seen[0]  # hash vs hash, never the key
 
 

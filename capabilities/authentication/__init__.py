@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib.util
 import secrets
 import threading
@@ -125,6 +126,7 @@ T = TypeVar("T")
 _INSTALL = "pip install 'onex-compose[auth]'"
 _HEADER = {"bearer": "bearer", "apikey": "api_key", "api-key": "api_key", "api_key": "api_key"}
 _CHALLENGE = {"jwt": "Bearer", "api_key": "ApiKey"}
+_sha256 = hashlib.sha256
 _SAFE_SCHEME = frozenset({"bearer", "api_key", "basic", "digest", "trusted", "none"})
 
 
@@ -276,6 +278,10 @@ class Authenticator:
         self._jwt_on = jwt_on
         self._api_on = "api_key" in self.schemes
         self._prefix = config.api_key_prefix
+        # a bearer value with this prefix is an API key (None: never)
+        self._bearer_key_prefix = (config.api_key_prefix
+                                   if self._api_on and config.api_key_prefix else None)
+        self._config_store = self._store if type(self._store) is ConfigKeyStore else None
         self._ok_jwt = self._counter("jwt", "ok")
         self._ok_api = self._counter("api_key", "ok")
 
@@ -359,7 +365,8 @@ class Authenticator:
         else:
             scheme, value = credentials.scheme, credentials.value
         if scheme == "bearer":
-            if self._api_on and self._prefix and value.startswith(self._prefix):
+            prefix = self._bearer_key_prefix
+            if prefix is not None and value.startswith(prefix):
                 return "api_key", value
             if self._jwt_on:
                 return "jwt", value
@@ -376,6 +383,31 @@ class Authenticator:
                                   f"(schemes: {', '.join(self.schemes)})",
                                   scheme=self.schemes[0])
 
+    def _fast(self, credentials: Credentials) -> Principal | None:
+        """The guard's synchronous fast path: a verify-cache hit, or a config-store API key;
+        ``None`` sends the call to :meth:`authenticate` (misses, failures, database keys)."""
+        scheme = credentials.scheme
+        value = credentials.value
+        prefix = self._bearer_key_prefix
+        if scheme == "bearer" and self._jwt_on and (prefix is None
+                                                    or not value.startswith(prefix)):
+            verifier = self._verifier
+            entry = verifier.cache.get(_sha256(value.encode()).digest())
+            if entry is not None and self.clock() < entry[1]:
+                verifier._hit()
+                self._ok_jwt()
+                return entry[0]
+            return None
+        store = self._config_store
+        if store is not None and (scheme == "api_key" or scheme == "bearer"):
+            try:
+                who = store.verify(value)
+            except AuthenticationError:
+                return None  # counted and audited on the slow path
+            self._ok_api()
+            return who
+        return None
+
     async def authenticate(self, credentials: Credentials | str | None) -> Principal:
         """Verify ``credentials`` (a :class:`Credentials`, or ``"Bearer <jwt>"`` /
         ``"ApiKey <key>"``) and return the principal.
@@ -385,15 +417,6 @@ class Authenticator:
                 is counted and, with audit_log composed, recorded).
         """
         try:
-            if type(credentials) is Credentials and credentials.scheme == "bearer" \
-                    and self._jwt_on:
-                value = credentials.value
-                if not (self._api_on and value.startswith(self._prefix)):
-                    digest, who = self._verifier.cached(value)
-                    if who is not None:
-                        self._ok_jwt()
-                        return who
-                    return await self._verify_jwt(value, digest)
             kind, value = self._route(credentials)
             if kind == "jwt":
                 digest, who = self._verifier.cached(value)
@@ -493,7 +516,7 @@ class Authenticator:
                 return
             record_sync("authenticate", outcome="denied", reason=exc.reason,
                         details={"scheme": exc.scheme, "message": exc.detail})
-        except Exception as audit_exc:  # noqa: BLE001 - the rejection stands either way
+        except Exception as audit_exc:  # the rejection stands either way
             from onex_compose.capabilities._log import logger
 
             logger.warning("authentication: could not audit a rejection ({}): {}",
@@ -737,10 +760,15 @@ class MixinAuthentication:
         @functools.wraps(call)
         async def guarded(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None and (principal_var.get() is not None
-                                  or not node.authenticator.required):
-                return await call(*args, **kwargs)
-            who = await node.authenticator.authenticate(creds)
+            auth = node.authenticator
+            if creds is None:
+                if principal_var.get() is not None or not auth.required:
+                    return await call(*args, **kwargs)
+                who = await auth.authenticate(None)  # raises "missing"
+            else:
+                who = auth._fast(creds)
+                if who is None:
+                    who = await auth.authenticate(creds)
             token = principal_var.set(who)
             try:
                 return await call(*args, **kwargs)
@@ -758,10 +786,15 @@ class MixinAuthentication:
         @functools.wraps(call)
         def guarded_sync(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None and (principal_var.get() is not None
-                                  or not node.authenticator.required):
-                return call(*args, **kwargs)
-            who = node.authenticator.authenticate_sync(creds)
+            auth = node.authenticator
+            if creds is None:
+                if principal_var.get() is not None or not auth.required:
+                    return call(*args, **kwargs)
+                who = auth.authenticate_sync(None)  # raises "missing"
+            else:
+                who = auth._fast(creds)
+                if who is None:
+                    who = auth.authenticate_sync(creds)
             token = principal_var.set(who)
             try:
                 return call(*args, **kwargs)

@@ -74,6 +74,12 @@ class ApiKeyHasher:
         h.update(secret.encode())
         return h.hexdigest()
 
+    def raw_digest(self, secret: str) -> bytes:
+        """HMAC-SHA256(pepper, secret), 32 bytes."""
+        h = self._base.copy()
+        h.update(secret.encode())
+        return h.digest()
+
     def hash_key(self, key: str) -> str:
         """The stored hash for a whole key (what ``api_keys.<id>.hash`` holds)."""
         try:
@@ -95,9 +101,9 @@ class ConfigKeyStore:
 
     def __init__(self, entries: Mapping[str, ApiKeyEntry], hasher: ApiKeyHasher) -> None:
         self.hasher = hasher
-        # key_id -> (hash bytes, principal): the principal is immutable, so it is built once
-        self.entries = {kid: (e.hash.encode(), _principal(kid, e.subject, e.roles, e.scopes,
-                                                           e.tenant))
+        # key_id -> (32-byte hash, principal): the principal is immutable, so it is built once
+        self.entries = {kid: (bytes.fromhex(e.hash), _principal(kid, e.subject, e.roles,
+                                                                e.scopes, e.tenant))
                         for kid, e in entries.items()}
 
     def verify(self, key: str) -> Principal:
@@ -105,7 +111,7 @@ class ConfigKeyStore:
         entry = self.entries.get(key_id)
         if entry is None:
             raise _fail("unknown_api_key", f"no API key with id {key_id[:32]!r}")
-        if not hmac.compare_digest(self.hasher.digest(secret).encode(), entry[0]):
+        if not hmac.compare_digest(self.hasher.raw_digest(secret), entry[0]):
             raise _fail("unknown_api_key", f"API key {key_id[:32]!r} does not match its hash")
         return entry[1]
 
