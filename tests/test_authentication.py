@@ -601,6 +601,10 @@ def test_api_key_hashes_are_hmac_sha256_of_the_secret_under_the_pepper() -> None
     assert auth.hash_api_key(key) == hmac.new(PEPPER.encode(), secret.encode(),
                                               hashlib.sha256).hexdigest()
     assert secret not in auth.hash_api_key(key)
+    long_pepper = "p" * 100  # longer than the SHA-256 block: hashed first (RFC 2104)
+    long = Authenticator(AuthenticationConfig(schemes=["api_key"], api_key_pepper=long_pepper))
+    assert long.hash_api_key(key) == hmac.new(long_pepper.encode(), secret.encode(),
+                                              hashlib.sha256).hexdigest()
 
 
 async def test_create_and_revoke_with_the_config_store_point_to_hash_api_key() -> None:

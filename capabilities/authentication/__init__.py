@@ -383,21 +383,25 @@ class Authenticator:
                                   f"(schemes: {', '.join(self.schemes)})",
                                   scheme=self.schemes[0])
 
-    def _fast(self, credentials: Credentials) -> Principal | None:
-        """The guard's synchronous fast path: a verify-cache hit, or a config-store API key;
-        ``None`` sends the call to :meth:`authenticate` (misses, failures, database keys)."""
+    def _fast(self, credentials: Credentials) -> Principal | bytes | None:
+        """The guard's synchronous fast path: a verify-cache hit, or a config-store API key.
+
+        Anything else goes to :meth:`_authenticate` with what this returned: the token's
+        digest after a verify-cache miss (so it is not hashed twice), else ``None``.
+        """
         scheme = credentials.scheme
         value = credentials.value
         prefix = self._bearer_key_prefix
         if scheme == "bearer" and self._jwt_on and (prefix is None
                                                     or not value.startswith(prefix)):
             verifier = self._verifier
-            entry = verifier.cache.get(_sha256(value.encode()).digest())
+            digest = _sha256(value.encode()).digest()
+            entry = verifier.cache.get(digest)
             if entry is not None and self.clock() < entry[1]:
                 verifier._hit()
                 self._ok_jwt()
                 return entry[0]
-            return None
+            return digest
         store = self._config_store
         if store is not None and (scheme == "api_key" or scheme == "bearer"):
             try:
@@ -416,31 +420,44 @@ class Authenticator:
             AuthenticationError: the credentials are missing or do not verify (the rejection
                 is counted and, with audit_log composed, recorded).
         """
+        return await self._authenticate(credentials, None)
+
+    async def _authenticate(self, credentials: Credentials | str | None,
+                            digest: bytes | None) -> Principal:
+        """:meth:`authenticate`; ``digest``: the token's SHA-256 when the guard's fast path
+        already missed the verify cache with it."""
         try:
             kind, value = self._route(credentials)
             if kind == "jwt":
-                digest, who = self._verifier.cached(value)
-                if who is not None:
-                    self._ok_jwt()
-                    return who
-                return await self._verify_jwt(value, digest)
+                if digest is None:
+                    digest, who = self._verifier.cached(value)
+                    if who is not None:
+                        self._ok_jwt()
+                        return who
+                else:
+                    self._verifier._miss()
+                who = self._verify_jwt_now(value, digest, refresh=False)
+                if who is None:  # an unknown kid and a JWKS refresh is allowed
+                    await self._jwks.refresh()
+                    who = self._verify_jwt_now(value, digest, refresh=True)
+                return who  # type: ignore[return-value]
             return await self._verify_api_key(value)
         except AuthenticationError as exc:
             self._counter(exc.scheme, exc.reason)()
             await self._audit_rejection(exc)
             raise
 
-    async def _verify_jwt(self, token: str, digest: bytes) -> Principal:
+    def _verify_jwt_now(self, token: str, digest: bytes, *, refresh: bool) -> Principal | None:
+        """Verify a JWT; ``None`` when its kid is unknown and a JWKS refresh may find it
+        (``refresh``: the refresh just ran, so an unknown kid is final)."""
         verifier = self._verifier
         header, alg, signing_input, signature, body = verifier.parse(token)
         key = verifier.key_for(header, alg)
         if key is None:
             jwks = self._jwks
-            if jwks.configured and jwks.may_refresh():
-                await jwks.refresh()
-                key = verifier.key_for(header, alg)
-            if key is None:
-                raise verifier.unknown_key(header)
+            if not refresh and jwks.configured and jwks.may_refresh():
+                return None
+            raise verifier.unknown_key(header)
         who, now = verifier.finish(alg, key, signing_input, signature, body, header)
         verifier.remember(digest, who, now, who.expires_at)
         self._ok_jwt()
@@ -767,8 +784,8 @@ class MixinAuthentication:
                 who = await auth.authenticate(None)  # raises "missing"
             else:
                 who = auth._fast(creds)
-                if who is None:
-                    who = await auth.authenticate(creds)
+                if type(who) is not Principal:
+                    who = await auth._authenticate(creds, who)
             token = principal_var.set(who)
             try:
                 return await call(*args, **kwargs)
@@ -793,7 +810,7 @@ class MixinAuthentication:
                 who = auth.authenticate_sync(None)  # raises "missing"
             else:
                 who = auth._fast(creds)
-                if who is None:
+                if type(who) is not Principal:
                     who = auth.authenticate_sync(creds)
             token = principal_var.set(who)
             try:
