@@ -126,7 +126,7 @@ class CompositionError(OnexError):
 SEED_PLANNED: frozenset[str] = frozenset({
     "service_protocol", "service_registry", "tracing", "profiling", "message_queue",
     "notification", "webhook", "database", "serialization", "validation", "encryption",
-    "authentication", "authorization", "audit_log", "secure_storage"})
+    "authentication", "audit_log"})
 _PLANNED_NOTE = "a seed capability that is not available yet (planned)"
 
 
