@@ -401,9 +401,11 @@ class Authorizer:
         self._deny = tuple(enumerate(cfg.deny))
         self._condition_patterns = tuple(cfg.conditions.items())
         self._uses_conditions = bool(cfg.conditions) or any(r.condition for r in cfg.deny)
-        self._cache: dict[tuple[frozenset[str], str], Decision] = {}
+        self._cache: dict[tuple[frozenset[str], str], tuple[Decision, Callable[[], Any]]] = {}
+        self._require_scope = cfg.require_scope
+        self._label_permissions = cfg.label_permissions
         self._roles_cache: dict[frozenset[str], frozenset[str]] = {}
-        self._counters: dict[tuple[bool, str], Callable[..., Any]] = {}
+        self._counters: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._pending: set[asyncio.Task[Any]] = set()
 
     def _close(self, name: str) -> frozenset[str]:
@@ -498,28 +500,30 @@ class Authorizer:
             self._roles_cache[roles] = found
         return found
 
-    def _count(self, decision: Decision, permission: str) -> None:
+    def _counter(self, decision: Decision, permission: str) -> Callable[[], Any]:
+        """A bound counter for ``authz_decisions_total`` with this decision's labels."""
         metrics = self.metrics
         if metrics is None:
-            return
-        if self.config.label_permissions:
-            metrics.increment("authz_decisions_total", 1, {
-                "outcome": "allow" if decision.allowed else "deny", "reason": decision.reason,
-                "permission": permission})
-            return
-        key = (decision.allowed, decision.reason)
+            return _nothing
+        labels = {"outcome": "allow" if decision.allowed else "deny", "reason": decision.reason}
+        key: tuple[Any, ...] = (decision.allowed, decision.reason)
+        if self._label_permissions:
+            labels["permission"] = permission
+            key = (*key, permission)
         counter = self._counters.get(key)
         if counter is None:
-            labels = {"outcome": "allow" if decision.allowed else "deny",
-                      "reason": decision.reason}
             bind = getattr(metrics, "bind_counter", None)
             if bind is not None:
                 counter = bind("authz_decisions_total", labels=labels)
             else:
                 def counter(_labels: dict[str, str] = labels) -> None:
                     metrics.increment("authz_decisions_total", 1, _labels)
-            self._counters[key] = counter
-        counter()
+            if len(self._counters) < 4 * max(self.config.cache_size, 64):
+                self._counters[key] = counter
+        return cast(Callable[[], Any], counter)
+
+    def _count(self, decision: Decision, permission: str) -> None:
+        self._counter(decision, permission)()
 
     def check(self, permission: str, principal: Principal | None = None,
               resource: Any = None) -> Decision:
@@ -540,16 +544,20 @@ class Authorizer:
                 self._count(_UNAUTHENTICATED, permission)
                 return _UNAUTHENTICATED
         key = (principal.roles, permission)
-        decision = self._cache.get(key)
-        if decision is None:
+        hit = self._cache.get(key)
+        if hit is not None and not self._require_scope:  # the fast path: one lookup, one count
+            hit[1]()
+            return hit[0]
+        if hit is not None:
+            decision = hit[0]
+        else:
             decision, cacheable = self._decide(principal, permission, resource)
-            if cacheable:
+            if cacheable and self.config.cache_size:
                 cache = self._cache
                 if len(cache) >= self.config.cache_size:
                     cache.clear()
-                if self.config.cache_size:
-                    cache[key] = decision
-        if decision.allowed and self.config.require_scope and principal.scheme == "jwt":
+                cache[key] = (decision, self._counter(decision, permission))
+        if decision.allowed and self._require_scope and principal.scheme == "jwt":
             decision = self._scoped(principal, permission, decision)
         self._count(decision, permission)
         return decision
@@ -721,6 +729,10 @@ class Authorizer:
             principal.roles if principal else (),
             detail=(f"action {shown!r} has no entry in action_permissions (mapped: {mapped}); "
                     "unmapped actions are denied"))
+
+
+def _nothing() -> None:
+    return None
 
 
 def _lookup(data: Any, path: str) -> Any:
