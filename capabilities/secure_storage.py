@@ -347,6 +347,8 @@ class SecureStorage:
         self.wall_clock = wall_clock
         self._name = re.compile(cfg.name_pattern)
         self._cache: dict[tuple[str, int | None], tuple[float, Secret]] = {}
+        self._ttl = cfg.read_cache_ttl
+        self._counters: dict[tuple[str, str], Callable[[], Any]] = {}
         self.table = f"{db.config.namespace}_secrets"
         db.register_migrations(OWNER, _migrations(self.table))
 
@@ -376,8 +378,20 @@ class SecureStorage:
         return f"{self.db.config.namespace}|{name}|{version}".encode()
 
     def _count(self, op: str, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.increment("secrets_operations_total", 1, {"op": op, "outcome": outcome})
+        counter = self._counters.get((op, outcome))
+        if counter is None:
+            metrics = self.metrics
+            if metrics is None:
+                return
+            labels = {"op": op, "outcome": outcome}
+            bind = getattr(metrics, "bind_counter", None)
+            if bind is not None:
+                counter = bind("secrets_operations_total", labels=labels)
+            else:
+                def counter(_labels: dict[str, str] = labels) -> None:
+                    metrics.increment("secrets_operations_total", 1, _labels)
+            self._counters[(op, outcome)] = counter
+        counter()
 
     def _require(self, action: str, name: str | None) -> None:
         if not self._authorize:
@@ -493,14 +507,15 @@ class SecureStorage:
             SecretCorruptedError: the row did not decrypt (names the key id).
             PermissionDeniedError: with authorization, no ``<prefix>:read:<name>``.
         """
-        self._check_name(name)
-        self._require("read", name)
-        ttl = self.config.read_cache_ttl
-        if ttl:
+        ttl = self._ttl
+        if ttl:  # only valid names are ever cached, so a hit skips the name check
             hit = self._cache.get((name, version))
             if hit is not None and hit[0] > self.clock():
+                self._require("read", name)
                 self._count("get", "cached")
                 return hit[1]
+        self._check_name(name)
+        self._require("read", name)
         await self._ready()
         t = self.table
         cols = ("version, created_at, created_by, kek_id, wrapped_dek, nonce, ciphertext, "
