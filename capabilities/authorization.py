@@ -805,15 +805,20 @@ def _audit_hook(node: Any) -> Callable[[str, Principal | None, str, Any], None]:
         if _inside_pipeline(node):
             return  # the audit guard records the process() call's outcome
         authz: Authorizer = node.authorizer
-        coro = node.audit.record(
-            "authorize", resource=permission, outcome="denied",
-            details={"reason": reason}, actor=principal)
+        audit = node.audit
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(coro)
+        except RuntimeError:  # sync code: the audit log's sync path, or a private loop
+            sync = getattr(audit, "record_sync", None)
+            if sync is not None:
+                sync("authorize", resource=permission, outcome="denied", reason=reason,
+                     actor=principal)
+            else:
+                asyncio.run(audit.record("authorize", resource=permission, outcome="denied",
+                                         reason=reason, actor=principal))
             return
-        task = loop.create_task(coro)
+        task = loop.create_task(audit.record("authorize", resource=permission,
+                                             outcome="denied", reason=reason, actor=principal))
         authz._pending.add(task)
         task.add_done_callback(_finished(authz))
 

@@ -492,8 +492,8 @@ class _Recorder:
         self.records: list[tuple[Any, ...]] = []
 
     async def record(self, action: str, *, resource: Any = None, outcome: str = "success",
-                     details: Any = None, actor: Any = None) -> None:
-        self.records.append((action, resource, outcome, dict(details or {}), actor))
+                     reason: str | None = None, details: Any = None, actor: Any = None) -> None:
+        self.records.append((action, resource, outcome, reason, actor))
 
 
 async def test_a_denied_direct_require_is_recorded_once_and_none_inside_process() -> None:
@@ -503,8 +503,7 @@ async def test_a_denied_direct_require_is_recorded_once_and_none_inside_process(
     with acting_as(ALICE), pytest.raises(PermissionDeniedError):
         n.authorizer.require("orders:write")
     await n.authorizer.drain()
-    assert recorder.records == [("authorize", "orders:write", "denied",
-                                 {"reason": "no_permission"}, ALICE)]
+    assert recorder.records == [("authorize", "orders:write", "denied", "no_permission", ALICE)]
 
 
 class _AuditNode:

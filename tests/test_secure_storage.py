@@ -360,10 +360,10 @@ class _Recorder:
         self.records: list[dict[str, Any]] = []
 
     async def record(self, action: str, *, resource: Any = None, outcome: str = "success",
-                     details: Any = None, actor: Any = None) -> None:
+                     reason: str | None = None, details: Any = None, actor: Any = None) -> None:
         p = _context.principal.get()
         self.records.append({"action": action, "resource": resource, "outcome": outcome,
-                             "details": dict(details or {}),
+                             "reason": reason, "details": dict(details or {}),
                              "actor": actor or (p.subject if p else None)})
 
 
