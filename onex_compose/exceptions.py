@@ -126,7 +126,7 @@ class CompositionError(OnexError):
 SEED_PLANNED: frozenset[str] = frozenset({
     "service_protocol", "service_registry", "tracing", "profiling", "message_queue",
     "notification", "webhook", "database", "serialization", "validation", "encryption",
-    "authentication", "audit_log"})
+    "audit_log"})
 _PLANNED_NOTE = "a seed capability that is not available yet (planned)"
 
 
@@ -134,7 +134,7 @@ class UnknownCapabilityError(CompositionError, LookupError):
     """A capability name (or alias/bundle) that nobody registered.
 
     A name seed 000 lists but no release implements yet (:data:`SEED_PLANNED`, such as
-    ``authentication``) is reported as planned rather than given a look-alike suggestion.
+    ``authorization``) is reported as planned rather than given a look-alike suggestion.
 
     Attributes:
         name: the unknown name.

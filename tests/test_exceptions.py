@@ -213,7 +213,7 @@ def test_errors_pickle_with_their_message_and_data(err: Any) -> None:
             assert getattr(back, key) == value, key
 
 
-@pytest.mark.parametrize("name", ["authentication",
+@pytest.mark.parametrize("name", [
                                   "tracing", "profiling", "audit_log",
                                   "message_queue", "webhook", "notification",
                                   "service_registry", "service_protocol"])
@@ -235,9 +235,9 @@ def test_real_typos_keep_their_suggestion_and_a_typo_of_a_planned_name_says_plan
         compose(NodeCompute, ["cachng"])
     assert not info.value.planned
     with pytest.raises(UnknownCapabilityError) as info:
-        compose(NodeCompute, ["authentcation"])
+        compose(NodeCompute, ["notificaton"])
     assert info.value.suggestion is None
-    assert "Close to 'authentication', a seed capability that is not available yet" in str(
+    assert "Close to 'notification', a seed capability that is not available yet" in str(
         info.value)
 
 
