@@ -288,6 +288,12 @@ def _cmd_keygen(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from onex_compose.capabilities.audit_log._chain import cli_verify
+
+    return int(cli_verify(args.path, args.hmac_key_env, out, err, as_json=bool(args.json)))
+
+
 def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         module = importlib.import_module("onex_compose._demo")
@@ -405,6 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, metavar="N",
                    help="print N entries, comma-separated (ids KEY_ID-1..N)")
     p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("audit", help="audit log tools (onex audit verify EXPORT.jsonl)")
+    audit = p.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
+    p = audit.add_parser("verify", help="verify an audit export offline (exit 1 if tampered)")
+    p.add_argument("path", help="a file written by node.audit.export() or archive()")
+    p.add_argument("--hmac-key-env", default=None, metavar="VAR",
+                   help="the environment variable holding the chain's HMAC key")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("args", nargs="*", help="arguments for the demo")

@@ -125,8 +125,7 @@ class CompositionError(OnexError):
 #: yet: asking for one says so instead of suggesting an unrelated registered name
 SEED_PLANNED: frozenset[str] = frozenset({
     "service_protocol", "service_registry", "tracing", "profiling", "message_queue",
-    "notification", "webhook", "database", "serialization", "validation", "encryption",
-    "audit_log"})
+    "notification", "webhook", "database", "serialization", "validation", "encryption"})
 _PLANNED_NOTE = "a seed capability that is not available yet (planned)"
 
 
