@@ -325,21 +325,32 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
         async def process(self, x: int) -> int:
             return 2 * x
 
+    from onex_compose.capabilities._context import Principal
+
     names = [spec.name for spec in default_registry]
-    node: Any = compose(Doubler, names)()  # built outside any event loop, never started
+    # the security capabilities need a verification key and grant nothing by default: a test
+    # secret, and a role allowed to call process() for the trusted principal the calls run as
+    security = {"authentication": {"jwt_algorithms": ["HS256"], "jwt_secret": "s" * 32},
+                "authorization": {"roles": {"svc": {"permissions": ["node:process"]}}}}
+    # built outside any event loop, never started
+    node: Any = compose(Doubler, names)(capability_config=security)
+    svc = Principal.system(roles=["svc"])
 
     async def use(i: int) -> tuple[Any, ...]:
         await node.cache.set("k", i)
         node.metrics.increment("calls")
         await node.health_check()
-        return await node.process(i), await node.cache.get("k"), node.is_healthy()
+        with node.authenticator.as_principal(svc):
+            result = await node.process(i)
+        return result, await node.cache.get("k"), node.is_healthy()
 
     for i in range(3):  # each asyncio.run() is a new loop
         assert asyncio.run(use(i)) == (2 * i, i, True)
 
     async def lifecycle(i: int) -> int:
         async with node:
-            return int(await node.process(i))
+            with node.authenticator.as_principal(svc):
+                return int(await node.process(i))
 
     assert asyncio.run(lifecycle(4)) == 8
     assert asyncio.run(lifecycle(5)) == 10  # started, closed and started again on a new loop
