@@ -633,7 +633,13 @@ class Authorizer:
         who = principal if principal is not None else _context.principal.get()
         err = self.denied(permission, who, decision)
         if self._audit is not None:
-            self._audit(permission, who, decision.reason, resource)
+            try:
+                self._audit(permission, who, decision.reason, resource)
+            except Exception as exc:  # the caller is told about the denial, never hidden by it
+                from onex_compose.capabilities._log import logger
+
+                logger.warning("authorization: could not audit a denied require() ({}): {}",
+                               decision.reason, type(exc).__name__)
         raise err
 
     def denied(self, permission: str, principal: Principal | None,

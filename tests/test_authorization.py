@@ -540,3 +540,48 @@ async def test_principals_stay_separate_under_concurrency() -> None:
 
     await asyncio.gather(*(one(i) for i in range(100)))
     assert sorted(seen) == sorted((f"user{i}", bool(i % 2)) for i in range(100))
+
+
+# ------------------------------------------------------------------------------------------------
+# with the real audit log: every denial recorded exactly once
+
+
+class Refunds(NodeCompute):
+    async def process(self, input_data: dict[str, Any]) -> str:
+        if input_data.get("refund"):
+            self.authorizer.require("orders:refund")  # type: ignore[attr-defined]
+        return "ok"
+
+
+Audited = compose(Refunds, ["authorization", "audit_log"], registry=REG)
+
+
+async def test_denials_are_audited_once_with_the_real_audit_log() -> None:
+    n = Audited(capability_config={"authorization": {"roles": ROLES},
+                                   "database": {"namespace": "authzaudit"}})
+    with acting_as(ALICE):
+        assert await n.process({}) == "ok"
+        with pytest.raises(PermissionDeniedError):
+            await n.process({"refund": True})  # require() inside process(): the guard records
+        with pytest.raises(PermissionDeniedError):
+            n.authorizer.require("orders:delete")  # outside process(): authorization records
+    with acting_as(Principal("x", "jwt", roles=["auditor"])), pytest.raises(
+            PermissionDeniedError):
+        await n.process({})  # the guard itself denies
+    await n.authorizer.drain()
+    records = [(r.actor, r.action, r.resource, r.outcome, r.reason)
+               async for r in n.audit.query()]
+    assert [r[3] for r in records].count("denied") == 3
+    assert ("alice", "process", None, "success", None) in [
+        (a, b, c, d, None) for a, b, c, d, _ in records]
+    assert ("alice", "authorize", "orders:delete", "denied", "no_permission") in records
+    assert sum(1 for r in records if r[0] == "alice" and r[3] == "denied") == 2
+    assert sum(1 for r in records if r[0] == "x") == 1
+    assert (await n.audit.verify()).ok
+    await n.aclose()
+
+
+def test_a_failing_audit_never_hides_the_denial() -> None:
+    authz = Authorizer({"roles": ROLES}, audit=lambda *_: 1 / 0)
+    with pytest.raises(PermissionDeniedError):
+        authz.require("orders:write", ALICE)

@@ -552,3 +552,23 @@ async def test_a_server_killed_mid_rotation_then_rotate_again_completes(
     assert (report.rewrapped, report.failed) == (20, 0)
     for i in range(30):
         assert (await node.secrets.get(f"s{i:02d}")).reveal() == f"value-{i}"
+
+
+async def test_accesses_are_recorded_in_the_real_audit_log_with_the_actor(
+        db_config: dict[str, Any]) -> None:
+    node = vault(db_config, cls=compose(NodeEffect, ["secure_storage", "audit_log"]))
+    with acting_as(Principal("olga", "jwt", roles=["ops"])):
+        await node.secrets.put("db/password", MARKER)
+        assert (await node.secrets.get("db/password")).reveal() == MARKER
+        await node.secrets.delete("db/password")
+    node.setup_encryption({"keys": [K2, K1]})
+    await node.secrets.rotate_keys()
+    records = [r async for r in node.audit.query()]
+    assert [(r.actor, r.action, r.resource, r.outcome) for r in records] == [
+        ("olga", "secret.write", "secret:db/password", "success"),
+        ("olga", "secret.read", "secret:db/password", "success"),
+        ("olga", "secret.delete", "secret:db/password", "success"),
+        (None, "keys.rotate", "kek:k2", "success")]
+    assert records[1].details == {"name": "db/password", "version": 1}
+    assert MARKER not in repr(records)
+    assert (await node.audit.verify()).ok
