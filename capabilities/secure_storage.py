@@ -35,7 +35,9 @@ suspected DEK compromise).
 
 **Integration.** With ``authorization`` composed, ``get`` needs ``<prefix>:read:<name>`` and
 ``put``/``delete`` need ``<prefix>:write:<name>`` (``permission_prefix``, default ``secrets``);
-``rotate_keys``/``reencrypt`` need ``<prefix>:rotate``. With ``audit_log`` composed (and
+``list`` needs ``<prefix>:list`` and ``rotate_keys``/``reencrypt`` need ``<prefix>:rotate``.
+Permission grants are lower-case (authorization's syntax), so a secret whose name has capitals
+is granted through a wildcard (``secrets:read:*``). With ``audit_log`` composed (and
 ``audit_access``), reads, writes, deletes and rotations are recorded as ``secret.read``,
 ``secret.write``, ``secret.delete`` and ``keys.rotate`` with the name and version only. With
 ``health_check``, the ``secure_storage`` check reports rows waiting for rotation (degraded) and
@@ -513,6 +515,9 @@ class SecureStorage:
             if hit is not None and hit[0] > self.clock():
                 self._require("read", name)
                 self._count("get", "cached")
+                if self._audit:  # every read is audited, cached or not
+                    await self._record("secret.read", f"secret:{name}", "success",
+                                       {"name": name, "version": hit[1].version, "cached": True})
                 return hit[1]
         self._check_name(name)
         self._require("read", name)
