@@ -585,3 +585,22 @@ def test_a_failing_audit_never_hides_the_denial() -> None:
     authz = Authorizer({"roles": ROLES}, audit=lambda *_: 1 / 0)
     with pytest.raises(PermissionDeniedError):
         authz.require("orders:write", ALICE)
+
+
+def test_requires_passes_a_resource_to_conditions() -> None:
+    class Docs(NodeCompute):
+        async def process(self, input_data: Any) -> Any:
+            return input_data
+
+        @requires("docs:read", resource=lambda self, owner: {"owner": owner})
+        def read(self, owner: str) -> str:
+            return f"doc of {owner}"
+
+    n = compose(Docs, ["authorization"], registry=REG)(capability_config={"authorization": {
+        "roles": {"r": {"permissions": ["docs:read"]}}, "conditions": {"docs:read": "own"}}})
+    n.authorizer.condition("own")(lambda p, res, perm: res["owner"] == p.subject)
+    with acting_as(Principal("ann", "jwt", roles=["r"])):
+        assert n.read("ann") == "doc of ann"
+        with pytest.raises(PermissionDeniedError) as info:
+            n.read("bob")
+    assert info.value.reason == "condition_failed"
