@@ -501,7 +501,13 @@ async def test_the_plaintext_never_leaks(db_config: dict[str, Any], log_lines: l
         with pytest.raises(Exception) as info:  # noqa: PT011 - each kind of failure
             await attempt()
         texts += [str(info.value), repr(info.value)]
-    texts += [str(explain(Full)), str(explain(node)), node.metrics.exposition(),
+    from onex_compose import NodeOrchestratorService
+
+    secure_service = compose(NodeOrchestratorService, ["authentication", "authorization",
+                                                       "audit_log", "encryption",
+                                                       "secure_storage"])
+    texts += [str(explain(Full)), str(explain(node)), str(explain(secure_service)),
+              node.metrics.exposition(),
               json.dumps(node.metrics.snapshot(), default=str),
               json.dumps(await node.health_check(), default=str), *log_lines]
     blob = pickle.dumps(node)
