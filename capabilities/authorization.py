@@ -43,7 +43,9 @@ permission and shows the configuration line that would grant it.
 ``conditions`` maps a permission pattern to a condition name; the resource passed is the value
 at ``resource_from_input`` (a dotted path into ``process()``'s input) or ``check(resource=...)``.
 Names are checked at ``start()`` and on first use: an unknown name is a
-:class:`~onex_compose.ConfigurationError` naming it.
+:class:`~onex_compose.ConfigurationError` naming it. Conditions live in code, not in the
+configuration: ``setup_authorization`` called again keeps them, but a node rebuilt from a pickle
+must register them again (until then a check that needs one raises that error).
 
 **Caching.** Decisions that involve no condition are cached per ``(roles, permission)``, so a
 repeated check is a dictionary lookup; the cache holds at most ``cache_size`` entries (it is
@@ -400,7 +402,6 @@ class Authorizer:
             for name, role in cfg.roles.items()}
         self._deny = tuple(enumerate(cfg.deny))
         self._condition_patterns = tuple(cfg.conditions.items())
-        self._uses_conditions = bool(cfg.conditions) or any(r.condition for r in cfg.deny)
         self._cache: dict[tuple[frozenset[str], str], tuple[Decision, Callable[[], Any]]] = {}
         self._require_scope = cfg.require_scope
         self._label_permissions = cfg.label_permissions
