@@ -899,16 +899,27 @@ class MixinAuthorization:
         fixed = cfg.process_permission if cfg.action_key is None else None
         with_resource = cfg.resource_from_input is not None
 
+        if fixed is not None and not with_resource:  # one permission, no resource: inlined
+            permission: str = fixed
+
+            @functools.wraps(call)
+            async def authorized_fixed(*args: Any, **kwargs: Any) -> T:
+                if node.authorizer is not authz:
+                    node._onex_chain = None
+                    return await MixinAuthorization._guard_authorization(node, call)(
+                        *args, **kwargs)
+                decision = check(permission)
+                if decision[0]:
+                    return await call(*args, **kwargs)
+                raise authz.denied(permission, _context.principal.get(), decision)
+
+            return authorized_fixed
+
         @functools.wraps(call)
         async def authorized(*args: Any, **kwargs: Any) -> T:
             if node.authorizer is not authz:
                 node._onex_chain = None
                 return await MixinAuthorization._guard_authorization(node, call)(*args, **kwargs)
-            if fixed is not None and not with_resource:
-                decision = check(fixed)
-                if not decision.allowed:
-                    raise authz.denied(fixed, _context.principal.get(), decision)
-                return await call(*args, **kwargs)
             _authorize(authz, args, kwargs)
             return await call(*args, **kwargs)
 
