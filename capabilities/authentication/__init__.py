@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import importlib.util
 import secrets
 import threading
@@ -125,6 +126,7 @@ T = TypeVar("T")
 _INSTALL = "pip install 'onex-compose[auth]'"
 _HEADER = {"bearer": "bearer", "apikey": "api_key", "api-key": "api_key", "api_key": "api_key"}
 _CHALLENGE = {"jwt": "Bearer", "api_key": "ApiKey"}
+_sha256 = hashlib.sha256
 _SAFE_SCHEME = frozenset({"bearer", "api_key", "basic", "digest", "trusted", "none"})
 
 
@@ -276,6 +278,10 @@ class Authenticator:
         self._jwt_on = jwt_on
         self._api_on = "api_key" in self.schemes
         self._prefix = config.api_key_prefix
+        # a bearer value with this prefix is an API key (None: never)
+        self._bearer_key_prefix = (config.api_key_prefix
+                                   if self._api_on and config.api_key_prefix else None)
+        self._config_store = self._store if type(self._store) is ConfigKeyStore else None
         self._ok_jwt = self._counter("jwt", "ok")
         self._ok_api = self._counter("api_key", "ok")
 
@@ -359,7 +365,8 @@ class Authenticator:
         else:
             scheme, value = credentials.scheme, credentials.value
         if scheme == "bearer":
-            if self._api_on and self._prefix and value.startswith(self._prefix):
+            prefix = self._bearer_key_prefix
+            if prefix is not None and value.startswith(prefix):
                 return "api_key", value
             if self._jwt_on:
                 return "jwt", value
@@ -376,6 +383,35 @@ class Authenticator:
                                   f"(schemes: {', '.join(self.schemes)})",
                                   scheme=self.schemes[0])
 
+    def _fast(self, credentials: Credentials) -> Principal | bytes | None:
+        """The guard's synchronous fast path: a verify-cache hit, or a config-store API key.
+
+        Anything else goes to :meth:`_authenticate` with what this returned: the token's
+        digest after a verify-cache miss (so it is not hashed twice), else ``None``.
+        """
+        scheme = credentials.scheme
+        value = credentials.value
+        prefix = self._bearer_key_prefix
+        if scheme == "bearer" and self._jwt_on and (prefix is None
+                                                    or not value.startswith(prefix)):
+            verifier = self._verifier
+            digest = _sha256(value.encode()).digest()
+            entry = verifier.cache.get(digest)
+            if entry is not None and self.clock() < entry[1]:
+                verifier._hit()
+                self._ok_jwt()
+                return entry[0]
+            return digest
+        store = self._config_store
+        if store is not None and (scheme == "api_key" or scheme == "bearer"):
+            try:
+                who = store.verify(value)
+            except AuthenticationError:
+                return None  # counted and audited on the slow path
+            self._ok_api()
+            return who
+        return None
+
     async def authenticate(self, credentials: Credentials | str | None) -> Principal:
         """Verify ``credentials`` (a :class:`Credentials`, or ``"Bearer <jwt>"`` /
         ``"ApiKey <key>"``) and return the principal.
@@ -384,40 +420,44 @@ class Authenticator:
             AuthenticationError: the credentials are missing or do not verify (the rejection
                 is counted and, with audit_log composed, recorded).
         """
+        return await self._authenticate(credentials, None)
+
+    async def _authenticate(self, credentials: Credentials | str | None,
+                            digest: bytes | None) -> Principal:
+        """:meth:`authenticate`; ``digest``: the token's SHA-256 when the guard's fast path
+        already missed the verify cache with it."""
         try:
-            if type(credentials) is Credentials and credentials.scheme == "bearer" \
-                    and self._jwt_on:
-                value = credentials.value
-                if not (self._api_on and value.startswith(self._prefix)):
+            kind, value = self._route(credentials)
+            if kind == "jwt":
+                if digest is None:
                     digest, who = self._verifier.cached(value)
                     if who is not None:
                         self._ok_jwt()
                         return who
-                    return await self._verify_jwt(value, digest)
-            kind, value = self._route(credentials)
-            if kind == "jwt":
-                digest, who = self._verifier.cached(value)
-                if who is not None:
-                    self._ok_jwt()
-                    return who
-                return await self._verify_jwt(value, digest)
+                else:
+                    self._verifier._miss()
+                who = self._verify_jwt_now(value, digest, refresh=False)
+                if who is None:  # an unknown kid and a JWKS refresh is allowed
+                    await self._jwks.refresh()
+                    who = self._verify_jwt_now(value, digest, refresh=True)
+                return who  # type: ignore[return-value]
             return await self._verify_api_key(value)
         except AuthenticationError as exc:
             self._counter(exc.scheme, exc.reason)()
             await self._audit_rejection(exc)
             raise
 
-    async def _verify_jwt(self, token: str, digest: bytes) -> Principal:
+    def _verify_jwt_now(self, token: str, digest: bytes, *, refresh: bool) -> Principal | None:
+        """Verify a JWT; ``None`` when its kid is unknown and a JWKS refresh may find it
+        (``refresh``: the refresh just ran, so an unknown kid is final)."""
         verifier = self._verifier
         header, alg, signing_input, signature, body = verifier.parse(token)
         key = verifier.key_for(header, alg)
         if key is None:
             jwks = self._jwks
-            if jwks.configured and jwks.may_refresh():
-                await jwks.refresh()
-                key = verifier.key_for(header, alg)
-            if key is None:
-                raise verifier.unknown_key(header)
+            if not refresh and jwks.configured and jwks.may_refresh():
+                return None
+            raise verifier.unknown_key(header)
         who, now = verifier.finish(alg, key, signing_input, signature, body, header)
         verifier.remember(digest, who, now, who.expires_at)
         self._ok_jwt()
@@ -468,7 +508,7 @@ class Authenticator:
         except AuthenticationError as exc:
             self._counter(exc.scheme, exc.reason)()
             if self._audit is not None:
-                _run_sync(self._audit_rejection(exc))
+                self._audit_rejection_sync(exc)
             raise
 
     async def _audit_rejection(self, exc: AuthenticationError) -> None:
@@ -478,6 +518,22 @@ class Authenticator:
             await self._audit().record("authenticate", outcome="denied", reason=exc.reason,
                                        details={"scheme": exc.scheme, "message": exc.detail})
         except Exception as audit_exc:
+            from onex_compose.capabilities._log import logger
+
+            logger.warning("authentication: could not audit a rejection ({}): {}",
+                           exc.reason, type(audit_exc).__name__)
+
+    def _audit_rejection_sync(self, exc: AuthenticationError) -> None:
+        assert self._audit is not None
+        try:
+            audit = self._audit()
+            record_sync = getattr(audit, "record_sync", None)
+            if record_sync is None:
+                _run_sync(self._audit_rejection(exc))
+                return
+            record_sync("authenticate", outcome="denied", reason=exc.reason,
+                        details={"scheme": exc.scheme, "message": exc.detail})
+        except Exception as audit_exc:  # the rejection stands either way
             from onex_compose.capabilities._log import logger
 
             logger.warning("authentication: could not audit a rejection ({}): {}",
@@ -721,10 +777,15 @@ class MixinAuthentication:
         @functools.wraps(call)
         async def guarded(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None and (principal_var.get() is not None
-                                  or not node.authenticator.required):
-                return await call(*args, **kwargs)
-            who = await node.authenticator.authenticate(creds)
+            auth = node.authenticator
+            if creds is None:
+                if principal_var.get() is not None or not auth.required:
+                    return await call(*args, **kwargs)
+                who = await auth.authenticate(None)  # raises "missing"
+            else:
+                who = auth._fast(creds)
+                if type(who) is not Principal:
+                    who = await auth._authenticate(creds, who)
             token = principal_var.set(who)
             try:
                 return await call(*args, **kwargs)
@@ -742,10 +803,15 @@ class MixinAuthentication:
         @functools.wraps(call)
         def guarded_sync(*args: Any, **kwargs: Any) -> T:
             creds = creds_var.get()
-            if creds is None and (principal_var.get() is not None
-                                  or not node.authenticator.required):
-                return call(*args, **kwargs)
-            who = node.authenticator.authenticate_sync(creds)
+            auth = node.authenticator
+            if creds is None:
+                if principal_var.get() is not None or not auth.required:
+                    return call(*args, **kwargs)
+                who = auth.authenticate_sync(None)  # raises "missing"
+            else:
+                who = auth._fast(creds)
+                if type(who) is not Principal:
+                    who = auth.authenticate_sync(creds)
             token = principal_var.set(who)
             try:
                 return call(*args, **kwargs)

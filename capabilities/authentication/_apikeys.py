@@ -42,13 +42,21 @@ def new_api_key(prefix: str) -> ApiKeyCreated:
 class ApiKeyHasher:
     """Splits keys and hashes their secret part under the pepper.
 
-    The pepper's HMAC state is prepared once; each hash copies it (cheaper than a new HMAC).
+    HMAC (RFC 2104) is computed from two SHA-256 states prepared once from the pepper (the
+    inner ``key ^ ipad`` and outer ``key ^ opad`` blocks); each hash copies them. That is the
+    same function as ``hmac.new(pepper, secret, "sha256")`` (a test checks it) at about half
+    the cost of copying an OpenSSL HMAC context.
     """
 
-    __slots__ = ("_base", "prefix")
+    __slots__ = ("_inner", "_outer", "prefix")
 
     def __init__(self, pepper: str, prefix: str) -> None:
-        self._base = hmac.new(pepper.encode(), digestmod=hashlib.sha256)
+        key = pepper.encode()
+        if len(key) > 64:  # the SHA-256 block size
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self.prefix = prefix
 
     def __repr__(self) -> str:
@@ -70,9 +78,15 @@ class ApiKeyHasher:
 
     def digest(self, secret: str) -> str:
         """Hex HMAC-SHA256(pepper, secret)."""
-        h = self._base.copy()
-        h.update(secret.encode())
-        return h.hexdigest()
+        return self.raw_digest(secret).hex()
+
+    def raw_digest(self, secret: str) -> bytes:
+        """HMAC-SHA256(pepper, secret), 32 bytes."""
+        inner = self._inner.copy()
+        inner.update(secret.encode())
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def hash_key(self, key: str) -> str:
         """The stored hash for a whole key (what ``api_keys.<id>.hash`` holds)."""
@@ -95,9 +109,9 @@ class ConfigKeyStore:
 
     def __init__(self, entries: Mapping[str, ApiKeyEntry], hasher: ApiKeyHasher) -> None:
         self.hasher = hasher
-        # key_id -> (hash bytes, principal): the principal is immutable, so it is built once
-        self.entries = {kid: (e.hash.encode(), _principal(kid, e.subject, e.roles, e.scopes,
-                                                           e.tenant))
+        # key_id -> (32-byte hash, principal): the principal is immutable, so it is built once
+        self.entries = {kid: (bytes.fromhex(e.hash), _principal(kid, e.subject, e.roles,
+                                                                e.scopes, e.tenant))
                         for kid, e in entries.items()}
 
     def verify(self, key: str) -> Principal:
@@ -105,7 +119,7 @@ class ConfigKeyStore:
         entry = self.entries.get(key_id)
         if entry is None:
             raise _fail("unknown_api_key", f"no API key with id {key_id[:32]!r}")
-        if not hmac.compare_digest(self.hasher.digest(secret).encode(), entry[0]):
+        if not hmac.compare_digest(self.hasher.raw_digest(secret), entry[0]):
             raise _fail("unknown_api_key", f"API key {key_id[:32]!r} does not match its hash")
         return entry[1]
 
