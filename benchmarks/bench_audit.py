@@ -8,8 +8,10 @@ transaction on the same engine (``async with engine.begin() as c: await c.execut
 with the row prepared in advance. Target: <= 1.5x, on SQLite memory, a SQLite file and
 PostgreSQL (skipped when ONEX_POSTGRES_DSN is unreachable).
 
-``verify()`` reads and re-hashes the whole chain (a server-side cursor on PostgreSQL); the
-number reported is records per second. Target: >= 50,000/s on SQLite.
+``verify()`` reads (keyset pages of 5,000 rows) and re-hashes the whole chain; the
+number reported is records per second, by wall-clock time and by the process's CPU time (on a
+busy machine the second says what the code costs, the first what the machine gave it). Target:
+>= 50,000/s on SQLite.
 
 Each round times ours and the baseline alternately (median of the rounds; the machine is
 noisy). Run: ``python benchmarks/bench_audit.py`` (``--smoke`` for a quick check that it runs).
@@ -95,14 +97,16 @@ async def _case(db_cfg: dict[str, Any], number: int, repeats: int, verify_n: int
              for _ in range(500)]
     while have < verify_n:
         have += len(await audit.record_many(batch))
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(3):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = await audit.verify()
-        took = time.perf_counter() - start
+        took, cpu_took = time.perf_counter() - start, time.process_time() - cpu
         assert report.ok, report
         rates.append(report.checked / took)
+        cpu_rates.append(report.checked / max(cpu_took, 1e-9))
     out["verify_rate"] = statistics.median(rates)
+    out["verify_cpu_rate"] = statistics.median(cpu_rates)
     out["verify_n"] = float(have)
     await node.db.aclose()
     return out
@@ -127,9 +131,9 @@ async def _postgres(number: int, repeats: int, verify_n: int) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    number = 30 if args.smoke else 200
-    repeats = 3 if args.smoke else 2 * args.repeats
-    verify_n = 300 if args.smoke else 50_000
+    number = 15 if args.smoke else 200
+    repeats = 2 if args.smoke else 2 * args.repeats
+    verify_n = 200 if args.smoke else 50_000
 
     async def run() -> dict[str, dict[str, float] | None]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         table.add(f"{dialect}: SQLAlchemy Core begin + INSERT same row", r["plain"])
         target = ">= 50,000/s" if dialect.startswith("sqlite") else "reported"
         table.add(f"{dialect}: verify() per record ({r['verify_rate']:,.0f} records/s over "
-                  f"{int(r['verify_n']):,})", 1.0 / r["verify_rate"], target=target)
+                  f"{int(r['verify_n']):,})", 1.0 / r["verify_rate"], target=target,
+                  note=f"{r['verify_cpu_rate']:,.0f}/s of this process's CPU time")
     table.finish(args.smoke)
     return 0
 

@@ -57,8 +57,11 @@ def utc_stamp(epoch: float) -> str:
         >>> utc_stamp(0.5)
         '1970-01-01T00:00:00.500000Z'
     """
-    moment = _dt.datetime.fromtimestamp(round(epoch, 6), tz=_dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    micros = round(epoch * 1_000_000)
+    seconds, micro = divmod(micros, 1_000_000)
+    t = time.gmtime(seconds)
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:"
+            f"{t.tm_sec:02d}.{micro:06d}Z")
 
 
 def _stamp_of(value: Any, name: str) -> str | None:
@@ -216,18 +219,20 @@ class AuditLog:
         self._runner_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, _stop_runner, self._runner)
         m = metrics
+        self._metrics = m
+        self._counted: dict[str, Callable[..., Any]] = {}
         self._inc = m.increment if m is not None else _no_metric
         self._hist = m.histogram if m is not None else _no_metric
         self._action_path = config.action_from_input.split(".") if config.action_from_input \
             else None
         self._insert_sql = f"INSERT INTO {self.table} ({_COLS}) VALUES ({_PARAMS})"
-        # the conditional insert: only while the head this process wrote last is still the
-        # head (one statement instead of a head read and an insert)
+        # the conditional insert: only while the record this process wrote last is still the
+        # head (one statement instead of a head read and an insert; a mismatch reads the head)
         typed = _PARAMS.replace(":seq", "CAST(:seq AS BIGINT)", 1)
         self._insert_checked_sql = (
             f"INSERT INTO {self.table} ({_COLS}) SELECT {typed} WHERE "
-            f"(SELECT COALESCE(MAX(seq), 0) FROM {self.table} WHERE chain_id = :chain_key) "
-            f"= CAST(:expect AS BIGINT)")
+            f"COALESCE((SELECT hash FROM {self.table} WHERE chain_id = :chain_key ORDER BY seq "
+            f"DESC LIMIT 1), '') = :expect")
 
     # -- configuration helpers -------------------------------------------------------------
 
@@ -294,8 +299,7 @@ class AuditLog:
             return None
         if not isinstance(details, Mapping):
             raise TypeError(f"details must be a mapping, got {type(details).__name__}")
-        clean = self._redactor.value(details)
-        return bytes(self.serializer.canonical(clean)).decode()
+        return bytes(self.serializer.canonical(self._redactor.value(details))).decode()
 
     def _prepare(self, action: str, *, outcome: str, resource: str | None = None,
                  reason: str | None = None, details: Mapping[str, Any] | None = None,
@@ -352,7 +356,7 @@ class AuditLog:
                          ) -> list[dict[str, Any]]:
         await self._lock(tx)
         head = self._head
-        checked = head is not None
+        checked = head is not None and head[0] > 0
         if head is None:
             head = await self._read_head(tx)
         rows: list[dict[str, Any]] = []
@@ -367,7 +371,7 @@ class AuditLog:
         for row in rows:
             if first and checked:
                 done = await tx.execute(self._insert_checked_sql,
-                                        {**row, "expect": head[0], "chain_key": row["chain_id"]})
+                                        {**row, "expect": head[1], "chain_key": row["chain_id"]})
                 if done != 1:  # another writer appended since this process last did
                     self._head = None
                     return await self._append_tx(tx, prepared)
@@ -396,7 +400,7 @@ class AuditLog:
         self._write_failure = None
         self._hist("audit_append_duration_seconds", time.perf_counter() - t0)
         for row in rows:
-            self._inc("audit_records_total", 1, {"outcome": row["outcome"]})
+            self._count(row["outcome"])
         every = self.config.anchor_every
         if every:
             for row in rows:
@@ -404,6 +408,15 @@ class AuditLog:
                     await self._emit(Anchor(self.chain_id, row["seq"], row["hash"],
                                             utc_stamp(self.clock())))
         return [self._to_record(row) for row in rows]
+
+    def _count(self, outcome: str) -> None:
+        bound = self._counted.get(outcome)
+        if bound is None:
+            m = self._metrics
+            bound = m.bind_counter("audit_records_total", {"outcome": outcome}) \
+                if m is not None and hasattr(m, "bind_counter") else _no_metric
+            self._counted[outcome] = bound
+        bound(1)
 
     def _failed(self, exc: BaseException) -> None:
         self._write_failed_at = self.monotonic()
@@ -570,7 +583,8 @@ class AuditLog:
         loaded = self._load_anchors(anchors)
         db = self.db
         await db.ensure_migrated(OWNER)
-        async with db.transaction(readonly=True) as tx:
+        # one snapshot for every page on PostgreSQL (SQLite reads one snapshot anyway)
+        async with db.transaction(isolation="repeatable_read", readonly=True) as tx:
             archived = await self._archive_anchor(tx, chain)
             prev: str | None
             at_genesis = False
