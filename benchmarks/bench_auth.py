@@ -23,6 +23,17 @@ baseline, ours...; the median of each side), so load from other processes hits b
 The async cases include one ``await`` per call on both sides.
 
 Run: ``python benchmarks/bench_auth.py`` (``--smoke`` for a quick check that it runs).
+
+Instruction counts (repeatable on a busy machine): ``--case NAME --n N`` runs one case N times
+(``decode_hs``, ``decode_rs``, ``auth_hs_cold``, ``auth_rs_cold``, ``auth_hs_warm``, ``auth_api``,
+``proc_base``, ``proc_hs_cold``, ``proc_rs_cold``, ``proc_hs_warm``, ``proc_api``); the count of
+``--n 400`` minus that of ``--n 0``, divided by 400, is the cost per call::
+
+    export ONEX_BENCH_RSA_PEM=/tmp/bench_rsa.pem PYTHONHASHSEED=0   # one RSA key for both runs
+    valgrind --tool=callgrind python benchmarks/bench_auth.py --case proc_hs_warm --n 400
+
+Valgrind hides SHA-NI from OpenSSL, so SHA-256 (the verify-cache key, the API key HMAC) counts
+several times what it costs on the real CPU.
 """
 
 from __future__ import annotations

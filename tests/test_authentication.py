@@ -883,3 +883,14 @@ def test_sync_guard_rejections_are_audited_too(tmp_path: Any) -> None:
 
     assert asyncio.run(read()) == [("authenticate", "denied", "malformed", None),
                                    ("process", "success", None, "sync-user")]
+
+
+def test_the_docstring_examples_run() -> None:
+    import doctest
+
+    from onex_compose.capabilities import authentication
+    from onex_compose.capabilities.authentication import _model
+
+    for module in (authentication, _model, _context):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -208,7 +208,7 @@ class Authenticator:
         self._counters: dict[tuple[str, str], Callable[..., None]] = {}
         problems = check_algorithms(config.jwt_algorithms)
         jwt_on = "jwt" in self.schemes
-        ring = KeyRing()
+        ring = self._ring = KeyRing()  # set first: the repr reads it, even after a failure
         self._issuer_key: Any = None
         self._issuer_kid: str | None = None
         families = {family_of(a) for a in config.jwt_algorithms}
@@ -268,7 +268,6 @@ class Authenticator:
         if problems:
             raise ConfigurationError("authentication: invalid configuration",
                                      capability="authentication", problems=problems)
-        self._ring = ring
         self._verifier = JwtVerifier(config, ring, self._jwks, clock=self.clock, metrics=metrics)
         self._store: ConfigKeyStore | DatabaseKeyStore | None = None
         if self._hasher is not None:
@@ -330,8 +329,9 @@ class Authenticator:
             keys.append("hmac")
         if self._ring.static:
             keys.append(f"{len(self._ring.static)} static")
-        if self._jwks.configured:
-            keys.append(f"jwks({len(self._jwks.keys)})")
+        jwks = getattr(self, "_jwks", None)
+        if jwks is not None and jwks.configured:
+            keys.append(f"jwks({len(jwks.keys)})")
         return (f"<Authenticator schemes={list(self.schemes)} "
                 f"algorithms={list(self.config.jwt_algorithms)} keys={'+'.join(keys) or 'none'} "
                 f"required={self.required}>")
