@@ -330,8 +330,11 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
             return 2 * x
 
     names = [spec.name for spec in default_registry]
+    # authorization grants nothing by default: a role allowed to call process() for the
+    # trusted principal the calls run as
     node: Any = compose(Doubler, names)(  # built outside any event loop, never started
-        capability_config={"authentication": {"jwt_algorithms": ["HS256"]}})
+        capability_config={"authentication": {"jwt_algorithms": ["HS256"]},
+                           "authorization": {"roles": {"svc": {"permissions": ["node:process"]}}}})
 
     async def use(i: int) -> tuple[Any, ...]:
         await node.cache.set("k", i)
@@ -343,7 +346,8 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
         async with node:
             return int(await node.process(i))
 
-    with PrincipalScope(Principal.system()):  # asyncio.run() copies it into each loop's task
+    # asyncio.run() copies the principal into each loop's task
+    with PrincipalScope(Principal.system(roles=["svc"])):
         for i in range(3):  # each asyncio.run() is a new loop
             assert asyncio.run(use(i)) == (2 * i, i, True)
         assert asyncio.run(lifecycle(4)) == 8

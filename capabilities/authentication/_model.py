@@ -189,6 +189,37 @@ class AuthenticationConfig(BaseModel):
             raise ValueError(f"api_keys ids must be letters and digits (no '_'): {bad}")
         return value
 
+    def missing_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Keys missing before setup can succeed, one line each with how to provide it (the
+        node asks every capability first and reports all missing keys in one error).
+
+        Example:
+            >>> AuthenticationConfig().missing_keys(environ={})[0][:32]
+            'no JWT verification key for RS25'
+        """
+        import os
+
+        env = os.environ if environ is None else environ
+        missing = []
+        if "jwt" in self.schemes:
+            if any(a.upper().startswith("HS") for a in self.jwt_algorithms):
+                if self.jwt_secret is None and not env.get("ONEX_JWT_SECRET", "").strip():
+                    missing.append(
+                        f"no JWT secret for {', '.join(self.jwt_algorithms)}: set "
+                        "authentication.jwt_secret or the environment variable ONEX_JWT_SECRET "
+                        "(at least 32 random bytes)")
+            elif not (self.jwt_public_keys or self.jwks_url or self.jwks_file
+                      or self.issuer_private_key):
+                missing.append(
+                    f"no JWT verification key for {', '.join(self.jwt_algorithms)}: set "
+                    "authentication.jwt_public_keys ({kid: PEM}), jwks_url or jwks_file (or "
+                    "issuer_private_key to verify the tokens this node issues)")
+        if "api_key" in self.schemes and self.api_key_pepper is None and not env.get(
+                "ONEX_API_KEY_PEPPER", "").strip():
+            missing.append("no API key pepper: set authentication.api_key_pepper or the "
+                           "environment variable ONEX_API_KEY_PEPPER")
+        return missing
+
 
 class ApiKeyCreated:
     """A newly created API key: ``key`` is shown once and stored only as a hash.
