@@ -27,7 +27,7 @@ from onex_compose.capabilities.caching._model import (
     _require_async,
     _running_loop,
 )
-from onex_compose.capabilities.caching._redis import _RedisLevel
+from onex_compose.capabilities.caching._redis import _redis_attributes, _RedisLevel
 
 __all__ = ["Cache"]
 
@@ -111,6 +111,10 @@ class Cache(_RedisLevel):
         self._l2_skipped = 0
         self._invalidations = 0
         self._legacy_logged = False
+        self._l2_failures = 0  # failed round trips (unavailable), for the spans
+        self._last_error: str | None = None  # the exception type of the last one
+        self._tracer: Any = None  # set by use_tracer(): L2 round trips become spans
+        self._span_attrs: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         level = "L1+redis" if self._l2 else "L1"
@@ -120,6 +124,21 @@ class Cache(_RedisLevel):
     def __reduce__(self) -> tuple[Any, ...]:
         # locks, futures and connections are rebuilt from configuration (metrics link dropped)
         return (Cache, (self.config,), None)
+
+    def use_tracer(self, tracer: Any) -> None:
+        """Report each Redis L2 round trip as a CLIENT span on ``tracer`` (``None``: stop).
+
+        The spans are ``cache.l2.get`` (with ``onex.cache.hit``), ``cache.l2.set``,
+        ``cache.l2.delete`` and ``cache.l2.clear``, with ``db.system.name=redis``, the
+        server's address, port and database index, and ``onex.cache.namespace``; never a key
+        or a value. A failed round trip (served from L1) has status ERROR and ``error.type``.
+        L1 hits and a memory-only cache report nothing. The mixin calls this in
+        ``setup_caching`` when the node composes tracing with ``caching`` in its
+        ``instrument`` list.
+        """
+        self._tracer = tracer
+        if tracer is not None and self._l2:
+            self._span_attrs = _redis_attributes(self.config)
 
     def __len__(self) -> int:
         """Entries in L1 right now (expired ones count until read or purged)."""

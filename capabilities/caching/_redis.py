@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from onex_compose.capabilities._codecs import Codec, looks_pickled
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._traced import mark_error
 from onex_compose.capabilities.caching._memory import _MemoryLevel
 from onex_compose.capabilities.caching._model import (
     _L2_HIT,
@@ -29,6 +30,8 @@ from onex_compose.capabilities.caching._model import (
     CachingConfig,
     _running_loop,
 )
+
+T = TypeVar("T")
 
 
 class _RedisLevel(_MemoryLevel):
@@ -55,6 +58,10 @@ class _RedisLevel(_MemoryLevel):
     _invalidations: int
     _legacy_logged: bool
     _inc: Callable[..., Any]
+    _tracer: Any
+    _span_attrs: dict[str, Any]
+    _l2_failures: int
+    _last_error: str | None
 
     def _dumps(self, key: str, value: Any) -> bytes | str:
         assert self._serializer is not None
@@ -151,6 +158,22 @@ class _RedisLevel(_MemoryLevel):
         gen = self._generation
         if not await self._l2_ready():
             return default
+        if self._tracer is not None:
+            return await self._l2_traced("cache.l2.get", self._l2_read(key, default, gen))
+        return await self._l2_read(key, default, gen)
+
+    async def _l2_traced(self, name: str, work: Awaitable[T]) -> T:
+        """Await one L2 operation inside a CLIENT span ``name`` (tracing is composed)."""
+        failures, hits = self._l2_failures, self._hits[1]
+        with self._tracer.span(name, kind="client", attributes=self._span_attrs) as span:
+            result = await work
+            if name == "cache.l2.get":
+                span.set_attribute("onex.cache.hit", self._hits[1] > hits)
+            if self._l2_failures != failures:  # Redis failed; L1 served the call
+                mark_error(span, self._last_error or "RedisError")
+        return result
+
+    async def _l2_read(self, key: str, default: Any, gen: int) -> Any:
         try:
             pipe = self._client().pipeline(transaction=True)
             pipe.get(self._prefix + key)
@@ -191,6 +214,12 @@ class _RedisLevel(_MemoryLevel):
         return value
 
     async def _l2_set(self, key: str, payload: bytes | str, ttl: float | None) -> None:
+        if self._tracer is not None:
+            await self._l2_traced("cache.l2.set", self._l2_write(key, payload, ttl))
+            return
+        await self._l2_write(key, payload, ttl)
+
+    async def _l2_write(self, key: str, payload: bytes | str, ttl: float | None) -> None:
         try:
             pipe = self._client().pipeline(transaction=False)
             if ttl is None or ttl >= _FOREVER:  # inf or beyond Redis' range: no expiry
@@ -207,6 +236,11 @@ class _RedisLevel(_MemoryLevel):
     async def _l2_delete(self, key: str) -> bool:
         if not await self._l2_ready():
             return False
+        if self._tracer is not None:
+            return await self._l2_traced("cache.l2.delete", self._l2_unlink(key))
+        return await self._l2_unlink(key)
+
+    async def _l2_unlink(self, key: str) -> bool:
         try:
             pipe = self._client().pipeline(transaction=False)
             pipe.unlink(self._prefix + key)
@@ -221,6 +255,12 @@ class _RedisLevel(_MemoryLevel):
     async def _l2_clear(self) -> None:
         if not await self._l2_ready():
             return
+        if self._tracer is not None:
+            await self._l2_traced("cache.l2.clear", self._l2_scan_unlink())
+            return
+        await self._l2_scan_unlink()
+
+    async def _l2_scan_unlink(self) -> None:
         try:
             client = self._client()
             batch: list[Any] = []
@@ -276,6 +316,8 @@ class _RedisLevel(_MemoryLevel):
             # session is replaced at the next ensure() (dropping L1: invalidations were missed)
             self._listener.suspect()
         self._l2_errors += 1
+        self._l2_failures += 1
+        self._last_error = type(exc).__name__
         self._inc("cache_l2_errors_total", 1, {"kind": "unavailable"})
         self._down_until = self.clock() + self.config.retry_interval
         if self._outage_since is None:
@@ -298,6 +340,27 @@ class _RedisLevel(_MemoryLevel):
 
 _RESUBSCRIBE_FIRST = 0.05  # seconds before the first resubscription attempt after a loss
 _FOREVER = 2.0 ** 52 / 1000  # seconds (~140,000 years): longer TTLs are stored without expiry
+
+
+def _redis_attributes(config: CachingConfig) -> dict[str, Any]:
+    """The attributes of every L2 span: the server and database (OpenTelemetry's database
+    conventions) and the cache namespace; never credentials, keys or values."""
+    from urllib.parse import urlsplit
+
+    from onex_compose.capabilities._redis import redis_url
+
+    parts = urlsplit(redis_url(config.redis_url))
+    attrs: dict[str, Any] = {"db.system.name": "redis", "onex.cache.namespace": config.namespace}
+    if parts.scheme == "unix":
+        attrs["server.address"] = parts.path
+        attrs["db.namespace"] = dict(p.split("=", 1) for p in parts.query.split("&")
+                                     if p.startswith("db=")).get("db", "0")
+    else:
+        attrs["server.address"] = parts.hostname or "127.0.0.1"
+        attrs["server.port"] = parts.port or 6379
+        index = parts.path.strip("/")
+        attrs["db.namespace"] = index if index.isdigit() else "0"
+    return attrs
 
 
 def _safe_url(url: str | None) -> str:
