@@ -165,7 +165,8 @@ class EventBusConfig(BaseModel):
 class EventBusProtocol(Protocol):
     """What nodes call on ``self.event_bus``."""
 
-    async def publish(self, topic: str, payload: Any) -> Event: ...
+    async def publish(self, topic: str, payload: Any = None, *,
+                      headers: Mapping[str, str] | None = None) -> Event: ...
 
     def subscribe(self, topic: str, handler: Handler) -> Subscription: ...
 
@@ -187,6 +188,8 @@ class Event:
         source: the publishing node's id (or the configured ``source``).
         correlation_id: the request being served when it was published
             (``onex_compose.capabilities._context.correlation_id``), or ``None``.
+        headers: transport headers (string to string), or ``None``: what the publisher passed,
+            plus ``traceparent`` (and ``tracestate``/``baggage``) when the node has tracing.
     """
 
     topic: str
@@ -195,19 +198,35 @@ class Event:
     timestamp: float
     source: str | None = None
     correlation_id: str | None = None
+    headers: Mapping[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The envelope as a plain dict (what the Redis backend sends)."""
-        return {"id": self.id, "topic": self.topic, "payload": self.payload,
+        """The envelope as a plain dict (what the Redis backend sends); ``headers`` only when
+        there are some, so envelopes without them look as they always did."""
+        data = {"id": self.id, "topic": self.topic, "payload": self.payload,
                 "timestamp": self.timestamp, "source": self.source,
                 "correlation_id": self.correlation_id}
+        if self.headers is not None:
+            data["headers"] = dict(self.headers)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Event:
-        """Rebuild an envelope from :meth:`to_dict` output."""
+        """Rebuild an envelope from :meth:`to_dict` output (an envelope without ``headers``, as
+        older publishers send, gives ``headers=None``; non-string header values are dropped).
+
+        Example:
+            >>> Event.from_dict({"id": "1", "topic": "t", "timestamp": 0.0}).headers is None
+            True
+        """
+        headers = data.get("headers")
+        if headers is not None:
+            headers = {k: v for k, v in headers.items()
+                       if isinstance(k, str) and isinstance(v, str)} \
+                if isinstance(headers, Mapping) else None
         return cls(topic=data["topic"], payload=data.get("payload"), id=data["id"],
                    timestamp=data["timestamp"], source=data.get("source"),
-                   correlation_id=data.get("correlation_id"))
+                   correlation_id=data.get("correlation_id"), headers=headers)
 
 
 # -- topics ----------------------------------------------------------------------------------
@@ -384,9 +403,13 @@ class Subscription:
             event = await queue.get()
             try:
                 if self.active:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
+                    tracer = bus._tracer
+                    if tracer is not None:
+                        await _consume_traced(tracer, handler, event)
+                    else:
+                        result = handler(event)
+                        if inspect.isawaitable(result):
+                            await result
                     bus._delivered()
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -397,6 +420,25 @@ class Subscription:
                 bus._failed(self, event, exc)
             finally:
                 queue.task_done()
+
+
+async def _consume_traced(tracer: Any, handler: Handler, event: Event) -> None:
+    """Run ``handler(event)`` in a CONSUMER span ``"{topic} process"`` whose parent is the
+    publisher's span (from ``event.headers``; a new trace without one), with the event's
+    correlation id current."""
+    attributes = {"messaging.system": "onex", "messaging.operation.type": "process",
+                  "messaging.destination.name": event.topic, "messaging.message.id": event.id}
+    if event.correlation_id is not None:
+        attributes["messaging.message.conversation_id"] = event.correlation_id
+    with tracer.span(f"{event.topic} process", kind="consumer", attributes=attributes,
+                     headers=event.headers or {}):
+        token = _context.correlation_id.set(event.correlation_id)
+        try:
+            result = handler(event)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            _context.correlation_id.reset(token)
 
 
 class _Router:
@@ -502,6 +544,23 @@ def _walk(value: Any) -> Any:
         return value
 
 
+def _check_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy of the publisher's headers (strings to strings).
+
+    Raises:
+        EventBusError: not a mapping of strings to strings.
+    """
+    if not isinstance(headers, Mapping):
+        raise EventBusError(f"headers must be a mapping of strings to strings, got "
+                            f"{type(headers).__name__}")
+    out = dict(headers)
+    for key, value in out.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise EventBusError(f"headers must map strings to strings; {key!r} maps to a "
+                                f"{type(value).__name__}")
+    return out
+
+
 # -- serializers -----------------------------------------------------------------------------
 
 
@@ -563,6 +622,19 @@ class EventBus:
                         "publish_errors": 0, "decode_errors": 0}
         self._listen_error: str | None = None
         self._publish_error: str | None = None
+        self._tracer: Any = None
+
+    def set_tracer(self, tracer: Any) -> None:
+        """Trace this bus with ``tracer`` (the node's :class:`~onex_compose.capabilities.tracing.Tracing`;
+        ``None`` stops): a PRODUCER span per publish that injects ``traceparent`` into the
+        event's headers, and a CONSUMER span around each handler call. The mixin calls it at
+        setup when the node has tracing and ``event_bus`` is in its ``instrument`` list; without
+        it, ``publish`` is the untraced method itself (no extra call on the hot path)."""
+        self._tracer = tracer
+        if tracer is None:
+            self.__dict__.pop("publish", None)
+        else:
+            self.publish = self._publish_traced  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return (f"<EventBus {self.config.backend} namespace={self.config.namespace!r} "
@@ -573,8 +645,25 @@ class EventBus:
 
     # -- API ------------------------------------------------------------------------------------
 
-    async def publish(self, topic: str, payload: Any = None) -> Event:
+    async def _publish_traced(self, topic: str, payload: Any = None, *,
+                              headers: Mapping[str, str] | None = None) -> Event:
+        """:meth:`publish` inside a PRODUCER span ``"{topic} publish"`` whose context is
+        injected into the event's headers (``traceparent``, ``tracestate``, ``baggage``)."""
+        tracer = self._tracer
+        attributes = {"messaging.system": "onex", "messaging.operation.type": "send",
+                      "messaging.destination.name": topic}
+        with tracer.span(f"{topic} publish", kind="producer", attributes=attributes) as span:
+            carried = tracer.inject(dict(headers) if headers else {})
+            event = await EventBus.publish(self, topic, payload, headers=carried)
+            span.set_attribute("messaging.message.id", event.id)
+            return event
+
+    async def publish(self, topic: str, payload: Any = None, *,
+                      headers: Mapping[str, str] | None = None) -> Event:
         """Publish ``payload`` to ``topic``; returns the :class:`Event` envelope sent.
+
+        ``headers`` (string to string) travel with the event (``Event.headers``); with
+        tracing composed they also carry the publisher's trace context.
 
         Raises:
             EventBusError: a bad topic, or a payload the Redis serializer cannot encode.
@@ -583,7 +672,8 @@ class EventBus:
         _check_topic(topic, wildcard=False)
         event = Event(topic=topic, payload=payload if self._redis else _snapshot(payload),
                       id=uuid.uuid4().hex, timestamp=time.time(), source=self.source,
-                      correlation_id=_context.correlation_id.get())
+                      correlation_id=_context.correlation_id.get(),
+                      headers=None if headers is None else _check_headers(headers))
         if not self._redis:
             loop = asyncio.get_running_loop()
             for sub in self._router.match(topic):
@@ -889,6 +979,8 @@ class MixinEventBus:
                 sub.unsubscribe()
         node.event_bus = EventBus(cfg, metrics=node.metrics,
                                   source=getattr(node, "node_id", None))
+        if has_capability(self, "tracing"):
+            node.event_bus.set_tracer(node.tracer.for_capability("event_bus"))
         if has_capability(self, "health_check"):
             node.register_health_check(node.event_bus.health, name="event_bus")
 

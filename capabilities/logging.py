@@ -227,6 +227,11 @@ class Scrubber:
                 extra[key] = redactor.value(value)
         if "correlation_id" not in extra:
             extra["correlation_id"] = correlation_id.get()
+        reader = _span_reader
+        if reader is not None and "trace_id" not in extra:
+            ids = reader()
+            if ids is not None:
+                extra["trace_id"], extra["span_id"] = ids
         message = record["message"]
         if message:
             record["message"] = redactor.text(message)
@@ -234,6 +239,20 @@ class Scrubber:
 
 
 _emitter = threading.local()
+
+# set by the tracing capability when the first enabled tracer is built: returns the current
+# span's (trace_id, span_id) as hex, or None; read by the patcher only when a record is emitted
+_span_reader: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_span_reader(reader: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Install the function the patcher calls to stamp ``trace_id`` / ``span_id`` on records.
+
+    The tracing capability installs it (once per process) when it builds an enabled tracer, so
+    the logging capability never imports OpenTelemetry. ``None`` removes it.
+    """
+    global _span_reader
+    _span_reader = reader
 
 
 # -- configuration ----------------------------------------------------------------------------

@@ -13,6 +13,11 @@ per line on stdout and reads commands, one per line, on stdin:
   prints ``{"ready": true}`` once every subscription is confirmed, then one
   ``{"event": envelope, "sub": TOPIC}`` line per delivered event; ``quit`` closes the node and
   prints ``{"tasks": n}`` (tasks left behind, which must be 0).
+* ``traced-events URL NS TOPIC...``: the same node with ``tracing`` too (memory exporter,
+  simple processor). Each delivered event prints ``{"event": envelope, "sub": TOPIC,
+  "trace_id": ..., "span_id": ..., "correlation_id": ...}`` as seen inside the handler;
+  ``spans`` -> ``{"spans": [{"name", "kind", "trace_id", "span_id", "parent_id"}...]}`` (the
+  spans this process finished); ``quit`` as above.
 
 The ``JsonCodec`` below is also used as a custom ``module:object`` serializer in the tests.
 """
@@ -186,12 +191,51 @@ async def events_mode(url: str, namespace: str, topics: list[str]) -> None:
     emit({"tasks": len(asyncio.all_tasks()) - 1})
 
 
+async def traced_events_mode(url: str, namespace: str, topics: list[str]) -> None:
+    from onex_compose import NodeCompute, compose
+    from onex_compose.capabilities import _context
+
+    node = compose(NodeCompute, ["event_bus", "tracing"])(
+        capability_config={"event_bus": {"backend": "redis", "redis_url": url,
+                                         "namespace": namespace},
+                           "tracing": {"exporter": "memory", "processor": "simple"}},
+        node_id="traced-reader")
+    tracer = node.tracer
+
+    def handler_for(topic: str) -> Any:
+        def handler(event: Any) -> None:
+            emit({"event": event.to_dict(), "sub": topic, "trace_id": tracer.current_trace_id(),
+                  "span_id": tracer.current_span_id(),
+                  "correlation_id": _context.correlation_id.get()})
+        return handler
+
+    for topic in topics:
+        await node.event_bus.subscribe(topic, handler_for(topic))
+    emit({"ready": True})
+    while True:
+        line = (await read_line()).strip()
+        if not line or line == "quit":
+            break
+        if line == "spans":
+            emit({"spans": [
+                {"name": s.name, "kind": s.kind.name, "trace_id": f"{s.context.trace_id:032x}",
+                 "span_id": f"{s.context.span_id:016x}",
+                 "parent_id": f"{s.parent.span_id:016x}" if s.parent else None}
+                for s in tracer.exporter.get_finished_spans()]})
+        else:
+            emit({"error": f"unknown command {line!r}"})
+    await node.aclose()
+    emit({"tasks": len(asyncio.all_tasks()) - 1})
+
+
 def main(argv: list[str]) -> int:
     mode, url, namespace, *rest = argv
     if mode == "cache":
         asyncio.run(cache_mode(url, namespace))
     elif mode == "events":
         asyncio.run(events_mode(url, namespace, rest))
+    elif mode == "traced-events":
+        asyncio.run(traced_events_mode(url, namespace, rest))
     else:
         print(f"unknown mode {mode!r}", file=sys.stderr)
         return 2
