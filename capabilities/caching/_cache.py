@@ -235,6 +235,9 @@ class Cache(_RedisLevel):
             self._invalidate_key(key)  # a newer value: a load in flight must not replace it
         if self._l2:
             payload = self._dumps(key, value)
+            if self._tracer is not None:
+                await self._l2_set_traced(key, value, payload, ttl)
+                return
             ready = await self._l2_ready()  # listening for invalidations before L1 holds it
             self._l1_store(key, value, ttl)
             if ready:
@@ -246,6 +249,9 @@ class Cache(_RedisLevel):
         """Store a loaded value (``ttl`` resolved, ``> 0`` or ``None``) in every level."""
         if self._l2:
             payload = self._dumps(key, value)
+            if self._tracer is not None:
+                await self._l2_set_traced(key, value, payload, ttl)
+                return
             ready = await self._l2_ready()
             self._l1_store(key, value, ttl)
             if ready:

@@ -154,26 +154,12 @@ class _RedisLevel(_MemoryLevel):
 
         return async_client(self.config.redis_url, timeout=self.config.redis_timeout, retries=0)
 
-    async def _l2_get(self, key: str, default: Any) -> Any:
+    async def _l2_get(self, key: str, default: Any, traced: bool = False) -> Any:
+        if self._tracer is not None and not traced and self._l2_due():
+            return await self._l2_traced("cache.l2.get", self._l2_get(key, default, True))
         gen = self._generation
         if not await self._l2_ready():
             return default
-        if self._tracer is not None:
-            return await self._l2_traced("cache.l2.get", self._l2_read(key, default, gen))
-        return await self._l2_read(key, default, gen)
-
-    async def _l2_traced(self, name: str, work: Awaitable[T]) -> T:
-        """Await one L2 operation inside a CLIENT span ``name`` (tracing is composed)."""
-        failures, hits = self._l2_failures, self._hits[1]
-        with self._tracer.span(name, kind="client", attributes=self._span_attrs) as span:
-            result = await work
-            if name == "cache.l2.get":
-                span.set_attribute("onex.cache.hit", self._hits[1] > hits)
-            if self._l2_failures != failures:  # Redis failed; L1 served the call
-                mark_error(span, self._last_error or "RedisError")
-        return result
-
-    async def _l2_read(self, key: str, default: Any, gen: int) -> Any:
         try:
             pipe = self._client().pipeline(transaction=True)
             pipe.get(self._prefix + key)
@@ -213,13 +199,42 @@ class _RedisLevel(_MemoryLevel):
             self._l1_store(key, value, None if pttl < 0 else pttl / 1000.0)
         return value
 
-    async def _l2_set(self, key: str, payload: bytes | str, ttl: float | None) -> None:
-        if self._tracer is not None:
-            await self._l2_traced("cache.l2.set", self._l2_write(key, payload, ttl))
-            return
-        await self._l2_write(key, payload, ttl)
+    def _l2_due(self) -> bool:
+        """Whether an L2 operation would try Redis now (not in an outage's back-off)."""
+        until = self._down_until
+        return until is None or self.clock() >= until
 
-    async def _l2_write(self, key: str, payload: bytes | str, ttl: float | None) -> None:
+    async def _l2_traced(self, name: str, work: Awaitable[T]) -> T:
+        """Await one L2 operation (its readiness check included: reconnecting is part of the
+        round trip) inside a CLIENT span ``name``. Only with tracing composed, and only when
+        Redis is tried: a call in an outage's back-off makes no round trip and no span."""
+        failures, hits = self._l2_failures, self._hits[1]
+        with self._tracer.span(name, kind="client", attributes=self._span_attrs) as span:
+            result = await work
+            if name == "cache.l2.get":
+                span.set_attribute("onex.cache.hit", self._hits[1] > hits)
+            if self._l2_failures != failures:  # Redis failed; L1 served the call
+                mark_error(span, self._last_error or "RedisError")
+        return result
+
+    async def _l2_set_traced(self, key: str, value: Any, payload: bytes | str,
+                             ttl: float | None) -> None:
+        """``set``'s two levels (listening first, then L1, then L2) inside a ``cache.l2.set``
+        span, when tracing is composed and Redis is tried."""
+        if not self._l2_due():
+            await self._l2_ready()  # in back-off: counted as skipped, L1 only, no span
+            self._l1_store(key, value, ttl)
+            return
+        await self._l2_traced("cache.l2.set", self._set_levels(key, value, payload, ttl))
+
+    async def _set_levels(self, key: str, value: Any, payload: bytes | str,
+                          ttl: float | None) -> None:
+        ready = await self._l2_ready()
+        self._l1_store(key, value, ttl)
+        if ready:
+            await self._l2_set(key, payload, ttl)
+
+    async def _l2_set(self, key: str, payload: bytes | str, ttl: float | None) -> None:
         try:
             pipe = self._client().pipeline(transaction=False)
             if ttl is None or ttl >= _FOREVER:  # inf or beyond Redis' range: no expiry
@@ -233,14 +248,11 @@ class _RedisLevel(_MemoryLevel):
             return
         self._recovered()
 
-    async def _l2_delete(self, key: str) -> bool:
+    async def _l2_delete(self, key: str, traced: bool = False) -> bool:
+        if self._tracer is not None and not traced and self._l2_due():
+            return await self._l2_traced("cache.l2.delete", self._l2_delete(key, True))
         if not await self._l2_ready():
             return False
-        if self._tracer is not None:
-            return await self._l2_traced("cache.l2.delete", self._l2_unlink(key))
-        return await self._l2_unlink(key)
-
-    async def _l2_unlink(self, key: str) -> bool:
         try:
             pipe = self._client().pipeline(transaction=False)
             pipe.unlink(self._prefix + key)
@@ -252,15 +264,12 @@ class _RedisLevel(_MemoryLevel):
         self._recovered()
         return bool(removed)
 
-    async def _l2_clear(self) -> None:
+    async def _l2_clear(self, traced: bool = False) -> None:
+        if self._tracer is not None and not traced and self._l2_due():
+            await self._l2_traced("cache.l2.clear", self._l2_clear(True))
+            return
         if not await self._l2_ready():
             return
-        if self._tracer is not None:
-            await self._l2_traced("cache.l2.clear", self._l2_scan_unlink())
-            return
-        await self._l2_scan_unlink()
-
-    async def _l2_scan_unlink(self) -> None:
         try:
             client = self._client()
             batch: list[Any] = []
