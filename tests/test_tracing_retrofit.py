@@ -202,6 +202,20 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+ModuleLevel = compose(NodeCompute, ["retry"])
+
+
+def test_the_compose_variant_fixture_really_composes_tracing(compose_variant: str) -> None:
+    """The machinery behind the landed suites' ``[traced]`` runs (tests/conftest.py): in the
+    traced variant a composition the test makes, and a module-level composed class, gain
+    tracing, and the retrofitted capability holds the tracer."""
+    traced_run = compose_variant == "traced"
+    node = compose(NodeCompute, ["retry"])()
+    assert ("tracing" in type(node).__composition__.capabilities) is traced_run
+    assert ("tracing" in ModuleLevel.__composition__.capabilities) is traced_run
+    assert (node.retry_policy.tracer is not None) is traced_run
+
+
 # -- caching -----------------------------------------------------------------------------------
 
 
