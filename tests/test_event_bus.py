@@ -9,6 +9,7 @@ import asyncio
 import fnmatch
 import pickle
 import random
+import sys
 import threading
 import time
 import uuid
@@ -21,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
 
-from onex_compose import ConfigurationError, NodeCompute, compose, explain, has_capability
+from onex_compose import ConfigurationError, NodeCompute, explain, has_capability
+from onex_compose import compose as _compose
 from onex_compose.capabilities import CONTRACTS_DIR, _context
 from onex_compose.capabilities.event_bus import (
     Event,
@@ -33,6 +35,23 @@ from onex_compose.capabilities.event_bus import (
     MixinEventBus,
     Subscription,
 )
+
+# Every test runs twice: as written, and with tracing composed on every node it builds (issue
+# 11: publishing and delivery behave the same with PRODUCER/CONSUMER spans around them).
+_EXTRA: list[str] = []
+
+
+def compose(base: Any, caps: Any, **kwargs: Any) -> Any:
+    return _compose(base, [*caps, *_EXTRA], **kwargs)
+
+
+@pytest.fixture(autouse=True, params=["plain", "traced"])
+def _with_tracing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "traced":
+        pytest.importorskip("opentelemetry.sdk")
+        monkeypatch.setattr(sys.modules[__name__], "_EXTRA", ["tracing"])
+    return str(request.param)
+
 
 try:
     from onex_compose import NodeComputeService

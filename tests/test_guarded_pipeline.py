@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 from typing import Any
 
 import attrs
@@ -62,9 +63,25 @@ class Body(NodeCompute):  # COMPUTE: retry guards process() by default (EFFECT o
         return x
 
 
+# Every test runs twice: as written, and with tracing composed too (memory exporter; issue 11:
+# the landed guards behave the same inside a process span). ``make`` adds it.
+EXTRA: list[str] = []
+TRACED = {"exporter": "memory", "processor": "simple"}
+
+
+@pytest.fixture(autouse=True, params=["plain", "traced"])
+def _with_tracing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "traced":
+        pytest.importorskip("opentelemetry.sdk")
+        monkeypatch.setattr(sys.modules[__name__], "EXTRA", ["tracing"])
+    return str(request.param)
+
+
 def make(caps: list[str], *, script: list[Any] | None = None, cls: type | None = None,
          **config: Any) -> Any:
     """A node of ``Body`` (or ``cls``) with ``caps``; every guard on one ManualClock."""
+    if EXTRA and cls is None:
+        caps, config = [*caps, *EXTRA], {"tracing": TRACED, **config}
     node = (cls or compose(Body, caps))(capability_config=config)
     clock = ManualClock()
     node.clock = clock
@@ -511,3 +528,18 @@ def test_every_registered_guard_has_a_sync_path() -> None:
     assert missing == []
     cls = compose(SyncFlaky, [s.name for s in guards])
     assert cls.__onex_pipeline_kind__ == "sync"
+
+
+def test_with_tracing_composed_one_process_span_wraps_every_attempt(_with_tracing: str) -> None:
+    node = make(["retry", "circuit_breaker", "timeout"], script=["fail", "fail", "ok"],
+                retry={"max_attempts": 3, "jitter": "none", "initial_delay": 1.0},
+                timeout={"timeout": 5.0})
+    assert run(node, node.process("x")) == "x"
+    assert len(node.calls) == 3
+    if _with_tracing == "plain":
+        assert "tracing" not in type(node).__composition__.capabilities
+        return
+    (span,) = node.tracer.exporter.get_finished_spans()  # outermost: one span, three attempts
+    assert span.name == "Body.process" and span.status.is_ok
+    # every attempt ran with the trace id as its correlation id
+    assert {cid for _, cid in node.calls} == {f"{span.context.trace_id:032x}"}

@@ -654,6 +654,7 @@ async def test_close_shuts_down_the_provider_it_built_but_not_an_injected_one() 
     await node.aclose()
     assert [s.name for s in spans(node)] == ["Echo.process"]  # flushed by close
     await node.aclose()  # idempotent
+    INJECTED_EXPORTER.clear()
     injected = compose(Echo, ["tracing"])(capability_config={"tracing": {
         "provider": "test_tracing:INJECTED"}})
     assert injected.tracer.provider is INJECTED and injected.tracer.exporter is None
@@ -872,3 +873,38 @@ def test_the_mixin_is_registered_as_tracing() -> None:
     assert MixinTracing.__onex_capability__ == "tracing"
     node = compose(NodeEffect, ["tracing"])(capability_config={"tracing": {"enabled": False}})
     assert repr(node.tracer) == "<Tracing disabled>"
+
+
+async def test_a_node_used_after_aclose_drops_spans_without_reporting_an_outage() -> None:
+    node = node_with(["health_check"])
+    await node.process(1)
+    await node.aclose()
+    assert await node.process(2) == 2
+    assert counters(node).get("tracing_export_errors_total", 0) == 0
+    assert node.tracer.health()["status"] == "healthy"
+    assert len(spans(node)) == 1
+
+
+def test_the_correlation_id_is_the_spans_own_trace_id_under_threads_and_parents() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = node_with(["logging"], cls=SyncEcho)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(node.process, range(400))) == list(range(400))
+    finished = spans(node)
+    assert len(finished) == 400 and len({s.context.trace_id for s in finished}) == 400
+    for span in finished:
+        assert span.attributes["onex.correlation_id"] == hex_trace(span)
+    with node.tracer.continue_from({"traceparent": f"00-{REMOTE_TRACE}-{REMOTE_SPAN}-01"}):
+        node.process(1)
+    assert spans(node)[-1].attributes["onex.correlation_id"] == REMOTE_TRACE
+
+
+async def test_with_an_injected_provider_the_correlation_id_is_still_the_trace_id() -> None:
+    INJECTED_EXPORTER.clear()
+    node = compose(Echo, ["tracing"])(capability_config={"tracing": {
+        "provider": "test_tracing:INJECTED"}})
+    await node.process(1)
+    (span,) = INJECTED_EXPORTER.get_finished_spans()
+    assert span.attributes["onex.correlation_id"] == hex_trace(span)
+    INJECTED_EXPORTER.clear()

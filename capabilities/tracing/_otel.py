@@ -15,6 +15,8 @@ is enabled (``import opentelemetry.sdk.trace`` costs about 40 ms). It builds the
 from __future__ import annotations
 
 import importlib
+import random
+import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -33,6 +35,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -94,6 +97,32 @@ def record_error(span: Any, exc: BaseException, record: bool, max_len: int) -> N
     span.set_attributes({"error.type": type_name,
                          "onex.retriable": bool(getattr(exc, "onex_retriable", False))})
     span.set_status(Status(ERROR, f"{kind.__name__}: {message}" if message else kind.__name__))
+
+
+class ReservingIdGenerator(RandomIdGenerator):
+    """Random ids (as the SDK's default), plus :meth:`reserve_trace_id`: the process guard
+    learns the trace id of the root span it is about to start, so the correlation id goes into
+    the span's attributes at start (no ``set_attribute`` afterwards, which takes the span's
+    lock). A reservation belongs to the thread that made it and is used by its next root span.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def reserve_trace_id(self) -> int:
+        trace_id = random.getrandbits(128)
+        while not trace_id:
+            trace_id = random.getrandbits(128)
+        self._local.pending = trace_id
+        return trace_id
+
+    def generate_trace_id(self) -> int:
+        local = self._local
+        trace_id: int = getattr(local, "pending", 0)
+        if trace_id:
+            local.pending = 0
+            return trace_id
+        return super().generate_trace_id()
 
 
 # -- counting wrappers ----------------------------------------------------------------------
@@ -161,8 +190,11 @@ class GuardedExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, on_result: Callable[[bool, str | None], None]) -> None:
         self.inner = inner
         self._on_result = on_result
+        self.closed = False
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.closed:  # spans of a node used after aclose(): dropped, not an outage
+            return SpanExportResult.FAILURE
         try:
             result = self.inner.export(spans)
         except Exception as exc:
@@ -175,6 +207,7 @@ class GuardedExporter(SpanExporter):
         return result
 
     def shutdown(self) -> None:
+        self.closed = True
         try:
             self.inner.shutdown()
         except Exception as exc:  # never raise from close
@@ -280,6 +313,7 @@ class Backend:
         self.owns_provider = cfg.provider is None
         self.memory: InMemorySpanExporter | None = None
         self.exporter: SpanExporter | None = None
+        self.id_generator: ReservingIdGenerator | None = None
         if cfg.provider is not None:
             if cfg.exporter != "none":
                 raise ConfigurationError(
@@ -307,8 +341,10 @@ class Backend:
                                      "telemetry.sdk.language": "python"}
             if instance_id is not None:
                 attrs["service.instance.id"] = str(instance_id)
+            self.id_generator = ReservingIdGenerator()
             provider = TracerProvider(
                 sampler=CountingSampler(make_sampler(cfg), unsampled),
+                id_generator=self.id_generator,
                 resource=Resource.create(attrs),
                 span_limits=SpanLimits(max_attribute_length=cfg.attribute_value_max_length),
                 shutdown_on_exit=False)  # the facility's finalizer shuts it down

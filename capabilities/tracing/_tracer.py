@@ -621,6 +621,9 @@ class _GuardState:
             correlation_id.reset
         incoming_get = _incoming.get
 
+        reserve = getattr(tracing._backend.id_generator, "reserve_trace_id", None)
+        current_span = otel.get_current_span
+
         def enter() -> tuple[Any, Any, Any]:
             kind = internal
             inc = incoming_get()
@@ -630,13 +633,21 @@ class _GuardState:
             ctoken = None
             if cid is not None:
                 span = start(name, None, kind, {**attrs, "onex.correlation_id": cid})
-            else:
+            elif not corr:
                 span = start(name, None, kind, attrs)
-                if corr:
-                    cid = f"{span.get_span_context().trace_id:032x}"
-                    ctoken = corr_set(cid)
-                    if span.is_recording():
-                        span.set_attribute("onex.correlation_id", cid)
+            elif reserve is not None:
+                # the trace id is known before the span starts: the parent's, or reserved for
+                # the new root; the correlation id goes in with the other attributes
+                parent = current_span().get_span_context()
+                cid = f"{parent.trace_id if parent.is_valid else reserve():032x}"
+                ctoken = corr_set(cid)
+                span = start(name, None, kind, {**attrs, "onex.correlation_id": cid})
+            else:  # an injected provider: read the trace id from the started span
+                span = start(name, None, kind, attrs)
+                cid = f"{span.get_span_context().trace_id:032x}"
+                ctoken = corr_set(cid)
+                if span.is_recording():
+                    span.set_attribute("onex.correlation_id", cid)
             return span, attach(set_in(span)), ctoken
 
         def leave(span: Any, token: Any, ctoken: Any) -> None:
