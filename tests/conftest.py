@@ -287,8 +287,9 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 # -- the landed suites again, with tracing composed (issue 11) ----------------------------------
 #
 # The flagship (caching, retry, circuit_breaker) and flow-control (rate_limiting, bulkhead,
-# timeout) suites, the database suite and the guarded pipeline's must stay green when tracing
-# is composed next to the capability they test. Every test of these modules that composes a
+# timeout) suites and the database suite must stay green when tracing is composed next to the
+# capability they test (the guarded-pipeline and event_bus suites run their own [traced]
+# variant through their ``make``/``compose`` helpers). Every test of these modules that composes a
 # node runs twice, as ``[plain]`` and ``[traced]``: in the traced variant ``compose`` (the
 # module's own name and ``onex_compose.compose``) adds ``tracing`` to every composition that
 # uses the default registry, and module-level composed classes (``DbNode = compose(...)``,
@@ -300,16 +301,12 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 TRACED_SUITES = frozenset({
     "test_caching", "test_caching_loads", "test_retry", "test_retry_hardening",
     "test_circuit_breaker", "test_rate_limiting", "test_bulkhead", "test_timeout",
-    "test_database", "test_guarded_pipeline",
+    "test_database",
 })
 _EXACT = "it checks exactly what compose() built, which tracing changes by design"
 TRACED_VARIANT_SKIPS: dict[str, str] = {
     "test_composed_by_name_as_the_design_card_uses_it": _EXACT,
     "test_compose_pulls_in_metrics_and_health_check": _EXACT,
-    "test_default_order_whatever_the_listing_order": _EXACT + " (tracing is rank 5, first)",
-    "test_logging_gives_each_sync_call_a_correlation_id":
-        "with tracing (correlation: trace_id) a call gets the trace id as its correlation id "
-        "even when logging's correlate_process is off",
 }
 
 
