@@ -359,6 +359,10 @@ class RateLimiter:
         (50, 5)
     """
 
+    # the node's tracer (setup_rate_limiting): waits and rejections become span events; a
+    # class-level default, so a limiter without one keeps its instance layout
+    tracer: Any = None
+
     def __init__(self, config: RateLimitingConfig | Mapping[str, Any] | None = None, *,
                  clock: Clock | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -369,7 +373,6 @@ class RateLimiter:
         self.sleep: Callable[[float], Awaitable[Any]] = sleep or asyncio.sleep
         self.sleep_sync: Callable[[float], Any] = sleep_sync or time.sleep
         self.key_func: Callable[..., str] | None = None
-        self.tracer: Any = None  # the node's tracer: waits and rejections become span events
         self.default_limit = Limit.of(cfg)
         self._limits = {k: Limit.of(v) for k, v in cfg.keys.items()}
         self._mode_allowance = 0.0 if cfg.mode == "reject" else (

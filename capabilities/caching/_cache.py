@@ -64,6 +64,12 @@ class Cache(_RedisLevel):
     """
 
     MISSING = MISSING
+    # tracing (use_tracer): class-level defaults, so a cache without a tracer has exactly the
+    # instance attributes it had before tracing existed (same dict layout, same lookups)
+    _tracer: Any = None
+    _span_attrs: dict[str, Any] = {}  # never mutated: use_tracer replaces it
+    _l2_failures = 0  # failed L2 round trips (unavailable); set on the instance when one fails
+    _last_error: str | None = None  # the exception type of the last one
 
     def __init__(self, config: CachingConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] | None = None,
@@ -111,10 +117,6 @@ class Cache(_RedisLevel):
         self._l2_skipped = 0
         self._invalidations = 0
         self._legacy_logged = False
-        self._l2_failures = 0  # failed round trips (unavailable), for the spans
-        self._last_error: str | None = None  # the exception type of the last one
-        self._tracer: Any = None  # set by use_tracer(): L2 round trips become spans
-        self._span_attrs: dict[str, Any] = {}
 
     def __repr__(self) -> str:
         level = "L1+redis" if self._l2 else "L1"

@@ -117,7 +117,8 @@ class MixinDatabase:
         db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"),
                 logging=has_capability(self, "logging"))
         db.configure(cfg)
-        db.use_tracer(tracer_for(self, "database") if has_capability(self, "tracing") else None)
+        if has_capability(self, "tracing"):
+            db.use_tracer(tracer_for(self, "database"))
         node.db = db
         if has_capability(self, "health_check"):
             node.register_health_check(db.health, name="database")

@@ -348,6 +348,11 @@ class Database:
     at setup). ``configure(config)`` reconfigures this same object.
     """
 
+    # use_tracer(): statements and transactions become spans (class-level defaults: without a
+    # tracer the instance keeps the attributes it had before tracing existed)
+    _tracer: Any = None
+    _span_attrs: dict[str, Any] = {}  # never mutated: use_tracer replaces it
+
     def __init__(self, config: DatabaseConfig | None = None, *, metrics: Any = None,
                  node: Any = None, retry: bool = False,
                  clock: Callable[[], float] | None = None) -> None:
@@ -363,8 +368,6 @@ class Database:
         self._checked_out = 0
         self._keeper: str | None = None
         self._finalizer: Any = None
-        self._tracer: Any = None  # use_tracer(): statements and transactions become spans
-        self._span_attrs: dict[str, Any] = {}
         self._apply(self.config)
 
     # -- configuration ---------------------------------------------------------------------
