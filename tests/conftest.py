@@ -299,9 +299,10 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 # class names, complete metric snapshots) are listed in TRACED_VARIANT_SKIPS with the reason.
 
 TRACED_SUITES = frozenset({
-    "test_caching", "test_caching_loads", "test_retry", "test_retry_hardening",
-    "test_circuit_breaker", "test_rate_limiting", "test_bulkhead", "test_timeout",
-    "test_database",
+    "test_caching", "test_caching_loads", "test_caching_redis", "test_retry",
+    "test_retry_hardening", "test_circuit_breaker", "test_circuit_breaker_redis",
+    "test_rate_limiting", "test_rate_limiting_redis", "test_bulkhead", "test_timeout",
+    "test_database", "test_database_postgres",
 })
 _EXACT = "it checks exactly what compose() built, which tracing changes by design"
 TRACED_VARIANT_SKIPS: dict[str, str] = {
