@@ -137,6 +137,7 @@ def test_without_tracing_composed_every_facility_holds_none() -> None:
     assert node.db._tracer is None
 
 
+@pytest.mark.slow
 def test_without_tracing_the_reporting_paths_import_no_opentelemetry() -> None:
     """Retries, a breaker opening, rejections, an expiry and statements, all without tracing:
     in a fresh interpreter, no ``opentelemetry`` module is imported."""
