@@ -55,7 +55,7 @@ import itertools
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
@@ -107,21 +107,8 @@ class _NeverRaised(Exception):
 _InvalidTag: type[Exception] = _NeverRaised
 
 
-class _Labels(dict[str, str]):
-    """A metric's label set built once: ``items()`` returns a prebuilt tuple, which spares the
-    metrics fast path (``tuple(labels.items())``) an allocation per pair on every operation."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, **labels: str) -> None:
-        super().__init__(labels)
-        self._items = tuple(super().items())
-
-    def items(self) -> Any:
-        return self._items
-
-    def __setitem__(self, key: str, value: str) -> None:
-        raise TypeError("metric labels are fixed")
+def _no_count(value: float = 1) -> None:
+    """The counter of a facility without metrics."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -347,6 +334,13 @@ class Encryption:
         cfg: EncryptionConfig = coerce_config(EncryptionConfig, config, "encryption")
         _require_cryptography()
         self.config = cfg
+        self._counters: dict[tuple[str, str], Callable[..., None]] = {}
+        # built at the first operation (the import of cryptography waits until then):
+        # encrypt's (cipher, header, use counter, bound metric counter, limit), None for
+        # fernet; decrypt's token header -> (cipher, bound metric counter), every key and
+        # AEAD algorithm
+        self._enc: tuple[Any, bytes, Iterator[int], Callable[..., None], int] | None = None
+        self._by_header: dict[bytes, tuple[Any, Callable[..., None]]] | None = None
         self.metrics = metrics
         self.algorithm = cfg.algorithm
         env = os.environ if environ is None else environ
@@ -372,16 +366,10 @@ class Encryption:
         self._ciphers: dict[tuple[str, int], Any] = {}
         self._fernet: Any = None  # MultiFernet, built at first use
         self._fernets: dict[str, Any] = {}
-        self._labels: dict[tuple[str, str], dict[str, str]] = {}
         alg = _ALG_IDS.get(cfg.algorithm, 1)
         kid_b = self.primary_key_id.encode("ascii")
         self._alg = alg
         self._header = bytes((VERSION, len(kid_b))) + kid_b + bytes((alg,))
-        # built at the first operation (the import of cryptography waits until then):
-        # encrypt's (cipher, header, use counter, metric labels), None for fernet
-        self._enc: tuple[Any, bytes, Iterator[int], dict[str, str], int] | None = None
-        # decrypt's token header -> (cipher, metric labels), every key and AEAD algorithm
-        self._by_header: dict[bytes, tuple[Any, dict[str, str]]] | None = None
         from onex_compose.capabilities._log import logger
 
         logger.debug("encryption: {} with keys {} (from {})", cfg.algorithm,
@@ -442,14 +430,40 @@ class Encryption:
             self._fernet = MultiFernet([self._fernets[k] for k in self._order])
         return self._fernet
 
+    @property
+    def metrics(self) -> Metrics | None:
+        """Where operations and decryption failures are counted (``None``: not counted).
+
+        Operations count through bound counters (:meth:`Metrics.bind_counter`, one per
+        ``(op, key_id)``), resolved at first use; assigning another facility rebinds them.
+        """
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Metrics | None) -> None:
+        self._metrics = metrics
+        self._counters = {}
+        if self._by_header is not None:  # the fast paths' counters: rebuilt by _prime()
+            self._prime()
+
+    def _counter(self, op: str, key_id: str) -> Callable[..., None]:
+        """The bound ``encryption_operations_total{op, key_id}`` counter (made once)."""
+        counter = self._counters.get((op, key_id))
+        if counter is None:
+            metrics = self._metrics
+            if metrics is None:
+                counter = _no_count
+            else:
+                counter = metrics.bind_counter("encryption_operations_total",
+                                               {"op": op, "key_id": key_id})
+            self._counters[(op, key_id)] = counter
+        return counter
+
     def _count(self, op: str, key_id: str) -> None:
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.increment("encryption_operations_total", 1, self._labels_of(op, key_id))
+        self._counter(op, key_id)()
 
     def _failed(self, reason: str, key_id: str | None = None) -> DecryptionError:
-        if self.metrics is not None:
-            self.metrics.increment("decryption_failures_total", labels={"reason": reason})
+        self._counter_failed(reason)()
         return DecryptionError(reason, key_id=key_id)
 
     def keep_use_counts(self, previous: Encryption) -> None:
@@ -464,30 +478,34 @@ class Encryption:
         if next(self._uses[key_id]) >= self._limit:
             raise KeyExhaustedError(key_id, self._limit)
 
-    def _prime(self) -> dict[bytes, tuple[Any, dict[str, str]]]:
+    def _counter_failed(self, reason: str) -> Callable[..., None]:
+        """The bound ``decryption_failures_total{reason}`` counter (made once)."""
+        counter = self._counters.get(("failed", reason))
+        if counter is None:
+            metrics = self._metrics
+            counter = _no_count if metrics is None else metrics.bind_counter(
+                "decryption_failures_total", {"reason": reason})
+            self._counters[("failed", reason)] = counter
+        return counter
+
+    def _prime(self) -> dict[bytes, tuple[Any, Callable[..., None]]]:
         """Build the ciphers of every key (imports cryptography); returns the header table."""
         global _InvalidTag
         from cryptography.exceptions import InvalidTag
 
         _InvalidTag = InvalidTag
-        table: dict[bytes, tuple[Any, dict[str, str]]] = {}
+        table: dict[bytes, tuple[Any, Callable[..., None]]] = {}
         for kid in self._order:
             kid_b = kid.encode("ascii")
             for alg in _ALG_NAMES:
                 header = bytes((VERSION, len(kid_b))) + kid_b + bytes((alg,))
-                table[header] = (self._cipher(kid, alg), self._labels_of("decrypt", kid))
+                table[header] = (self._cipher(kid, alg), self._counter("decrypt", kid))
         if self.algorithm != "fernet":
             kid = self.primary_key_id
             self._enc = (self._cipher(kid, self._alg), self._header, self._uses[kid],
-                         self._labels_of("encrypt", kid), self._limit)
+                         self._counter("encrypt", kid), self._limit)
         self._by_header = table
         return table
-
-    def _labels_of(self, op: str, key_id: str) -> dict[str, str]:
-        labels = self._labels.get((op, key_id))
-        if labels is None:
-            labels = self._labels[(op, key_id)] = _Labels(op=op, key_id=key_id)
-        return labels
 
     @staticmethod
     def _no_aad(aad: bytes) -> None:
@@ -592,14 +610,12 @@ class Encryption:
             token = self._seal(data, aad)
             self._count("encrypt", self.primary_key_id)
             return token
-        cipher, header, uses, labels, limit = state
+        cipher, header, uses, count, limit = state
         if next(uses) >= limit:
             raise KeyExhaustedError(self.primary_key_id, limit)
         nonce = _urandom(12)  # NONCE_SIZE
         token = header + nonce + cipher.encrypt(nonce, data, header + aad)
-        metrics = self.metrics
-        if metrics is not None:
-            metrics.increment("encryption_operations_total", 1, labels)
+        count()
         return token
 
     def decrypt(self, token: bytes | str, aad: bytes = b"") -> bytes:
@@ -621,9 +637,7 @@ class Encryption:
                                                     header + aad)
                 except _InvalidTag:
                     raise self._failed("authentication_failed") from None
-                metrics = self.metrics
-                if metrics is not None:
-                    metrics.increment("encryption_operations_total", 1, entry[1])
+                entry[1]()
                 return plain
         plain, kid = self._open(self._binary(token), aad)
         self._count("decrypt", kid or self.primary_key_id)

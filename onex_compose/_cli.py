@@ -15,6 +15,8 @@ Commands::
                                              scaffold a capability: contract, model, mixin, test
                                              (--package: a capabilities/<name>/ package)
     onex demo [--json] [ARGS...]             run the demo (onex_compose._demo)
+    onex profile MODULE:Class --inputs FILE.jsonl [--calls N] [--mode M] [--json OUT]
+                 [--collapsed OUT]           profile process() over the inputs, print the report
 
 Every command with ``--format`` also takes ``--json`` as a short form of ``--format json``.
 
@@ -304,6 +306,11 @@ def _cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 # -- parser -----------------------------------------------------------------------------------
 
 
+def _profile_cli() -> Any:
+    """``onex profile`` lives with the profiling capability (imported only when used)."""
+    return importlib.import_module("onex_compose.capabilities.profiling._cli")
+
+
 def _add_compose_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("base", help=f"the node class: {', '.join(BASES)}")
     p.add_argument("capabilities", nargs="*", metavar="CAP",
@@ -405,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=1, metavar="N",
                    help="print N entries, comma-separated (ids KEY_ID-1..N)")
     p.set_defaults(func=_cmd_keygen)
+
+    p = sub.add_parser("profile", help="profile a node's process() over JSON-lines inputs")
+    _profile_cli().add_arguments(p)
+    p.set_defaults(func=lambda a, out, err: _profile_cli().run(a, out, err))
 
     p = sub.add_parser("demo", help="run the demo")
     p.add_argument("args", nargs="*", help="arguments for the demo")

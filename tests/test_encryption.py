@@ -85,7 +85,7 @@ def test_config_section_mirrors_the_model_field_for_field() -> None:
 
 def test_every_metric_the_module_records_is_declared_in_its_contract() -> None:
     source = Path(enc_module.__file__).read_text("utf-8")
-    recorded = set(re.findall(r'increment\(\s*"([a-z_]+)"', source))
+    recorded = set(re.findall(r'(?:increment|bind_counter)\(\s*"([a-z_]+)"', source))
     contract = yaml.safe_load(CONTRACT.read_text("utf-8"))
     declared = {m["name"] for m in contract["metrics"]}
     assert recorded == declared == {"encryption_operations_total", "decryption_failures_total"}
@@ -542,6 +542,32 @@ def test_operations_and_failures_are_counted() -> None:
     for reason in ("malformed", "authentication_failed", "unknown_key"):
         assert f'decryption_failures_total{{reason="{reason}"}} 1.0' in exposition
     assert text
+
+
+def test_counts_survive_a_metrics_reset_and_follow_a_new_metrics_facility() -> None:
+    from onex_compose.capabilities.metrics import Metrics
+
+    node = compose(NodeEffect, ["encryption"])(
+        capability_config={"encryption": {"keys": [K1]}})
+    c = node.crypto
+    key = 'encryption_operations_total{key_id="k1",op="encrypt"}'
+    c.decrypt(c.encrypt(b"x"))  # the fast paths' bound counters are made
+    node.metrics.reset()
+    c.encrypt(b"y")
+    assert node.metrics.snapshot()["counters"][key] == 1
+    other = Metrics()
+    c.metrics = other
+    c.decrypt(c.encrypt(b"z"))
+    with pytest.raises(DecryptionError):
+        c.decrypt(b"junk")
+    assert node.metrics.snapshot()["counters"][key] == 1
+    counters = other.snapshot()["counters"]
+    assert counters[key] == 1
+    assert counters['encryption_operations_total{key_id="k1",op="decrypt"}'] == 1
+    assert counters['decryption_failures_total{reason="malformed"}'] == 1
+    c.metrics = None
+    assert c.decrypt(c.encrypt(b"w")) == b"w"
+    assert other.snapshot()["counters"][key] == 1
 
 
 # -- leak test -----------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from onex_compose.mixin import (
     MixinHealthCheck,
     MixinMetrics,
     MixinNodeService,
+    MixinProfiling,
     MixinRetry,
 )
 
@@ -304,3 +305,44 @@ def test_seed_names_that_the_snippets_assume() -> None:
     assert "MixinRetry" in namespace and set(mixin_module.__all__) <= set(namespace)
     text = str(explain(type("S", (NodeComputeService, MixinCaching), {})))
     assert "node_service: inherited from NodeComputeService" in text
+
+
+# -- seed 000's HighPerformanceService (issue 11: profiling) -------------------------------------
+
+
+class HighPerformanceService(NodeComputeService, MixinMetrics, MixinCaching, MixinProfiling):
+    pass
+
+
+def _crunch(n: int) -> int:
+    """The slow part of the pricing below: pure CPU in its own frame."""
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
+
+
+class PricingService(HighPerformanceService):
+    async def process(self, input_data: dict[str, int]) -> dict[str, int]:
+        return {"total": _crunch(input_data["n"]), "id": input_data["id"]}
+
+
+def test_high_performance_service_as_written_profiles_and_explains() -> None:
+    assert has_capability(HighPerformanceService, "profiling")
+    assert has_capability(HighPerformanceService, "caching")
+    service = PricingService(mock_contract)
+    service.setup_profiling({"sample_rate": 1.0})
+
+    async def serve() -> list[dict[str, int]]:
+        return [await service.process({"id": i, "n": 50_000}) for i in range(3)]
+
+    results = asyncio.run(serve())
+    assert [r["id"] for r in results] == [0, 1, 2]
+    report = service.profiler.report()
+    assert report.profiles == 3
+    assert report.functions[0].qualname == "_crunch"
+    assert service.profiler.latency("process").count == 3
+    text = str(explain(PricingService))
+    assert "profiling: guard rank 15" in text
+    pipeline = explain(PricingService).to_dict()["pipeline"]
+    assert pipeline[:3] == ["node_service", "profiling", "metrics"]  # ranks 0, 15, 20

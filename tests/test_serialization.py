@@ -18,7 +18,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict
 
 from onex_compose import NodeCompute, NodeEffect, compose
@@ -39,9 +39,15 @@ FORMATS = ["json", "msgpack", "yaml"]
 ALL = [*FORMATS, "pickle"]
 
 
+@pytest.fixture(params=["msgspec", "msgpack"], ids=["msgspec", "msgpack-lib"])
+def msgpack_library(request: pytest.FixtureRequest) -> str:
+    """Both MessagePack libraries: ``msgspec`` (the default) and the ``msgpack`` package."""
+    return str(request.param)
+
+
 @pytest.fixture
-def s() -> Serializer:
-    return Serializer({"allow_pickle": True})
+def s(msgpack_library: str) -> Serializer:
+    return Serializer({"allow_pickle": True, "msgpack_library": msgpack_library})
 
 
 class Color(enum.Enum):
@@ -191,6 +197,8 @@ def test_json_library_choice_and_missing_library(monkeypatch: pytest.MonkeyPatch
         Serializer({"json_library": "orjson"})
     with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[serialization\]'"):
         Serializer({"msgpack_library": "msgspec"})
+    with pytest.raises(ConfigurationError, match=r"pip install 'onex-compose\[msgpack\]'"):
+        Serializer({"msgpack_library": "msgpack"})
     with pytest.raises(ConfigurationError, match=r"pip install"):
         Serializer({"default_format": "msgpack"})
     plain = Serializer()  # json still works; msgpack says how to get it
@@ -289,7 +297,7 @@ def test_naive_datetimes(s: Serializer) -> None:
     for fmt in ALL:
         with pytest.raises(SerializationError, match=r"\$\.at: naive datetime"):
             s.dumps({"at": naive}, format=fmt)
-    utc = Serializer({"naive_datetimes": "utc"})
+    utc = Serializer({"naive_datetimes": "utc", "msgpack_library": s.msgpack_library})
     for fmt in FORMATS:
         back = utc.loads(utc.dumps({"at": naive}, format=fmt), type_=dict[str, datetime],
                          format=fmt)
@@ -356,12 +364,14 @@ def _typed_values() -> st.SearchStrategy[tuple[Any, Any]]:
     return st.recursive(leaf, extend, max_leaves=8)
 
 
-@pytest.mark.parametrize("fmt", ALL)
+@pytest.mark.parametrize(("fmt", "msgpack_library"), [
+    ("json", "msgspec"), ("msgpack", "msgspec"), ("msgpack", "msgpack"), ("yaml", "msgspec"),
+    ("pickle", "msgspec")])
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(typed=_typed_values())
-def test_round_trip_property(fmt: str, typed: tuple[Any, Any]) -> None:
-    sz = Serializer({"allow_pickle": True})
+def test_round_trip_property(fmt: str, msgpack_library: str, typed: tuple[Any, Any]) -> None:
+    sz = Serializer({"allow_pickle": True, "msgpack_library": msgpack_library})
     type_, value = typed
     assert sz.loads(sz.dumps(value, format=fmt), type_=type_, format=fmt) == value
 
@@ -583,8 +593,8 @@ def test_10000_deep_nesting_is_refused_by_the_depth_limit(s: Serializer, fmt: st
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_max_depth_is_configurable(fmt: str) -> None:
-    sz = Serializer({"max_depth": 3})
+def test_max_depth_is_configurable(fmt: str, msgpack_library: str) -> None:
+    sz = Serializer({"max_depth": 3, "msgpack_library": msgpack_library})
     ok, deep = [[[1]]], [[[[1]]]]
     assert sz.loads(sz.dumps(ok, format=fmt), format=fmt) == ok
     with pytest.raises(DeserializationError, match="max_depth=3"):
@@ -611,8 +621,8 @@ def test_yaml_is_safe(s: Serializer) -> None:
 
 
 @pytest.mark.parametrize("fmt", ALL)
-def test_max_size_both_directions(fmt: str) -> None:
-    sz = Serializer({"max_size": 64, "allow_pickle": True})
+def test_max_size_both_directions(fmt: str, msgpack_library: str) -> None:
+    sz = Serializer({"max_size": 64, "allow_pickle": True, "msgpack_library": msgpack_library})
     small = sz.dumps({"a": "x" * 10}, format=fmt)
     with pytest.raises(PayloadTooLargeError) as info:
         sz.dumps({"a": "x" * 100}, format=fmt)
@@ -657,9 +667,43 @@ def test_output_model_through_the_facility() -> None:
 def test_msgpack_values_that_look_suspect_still_round_trip(s: Serializer) -> None:
     value = {"looks_naive": "2026-01-01T00:00:00", "looks_naive_us": "2026-01-01T00:00:00.123456",
              "greek": "\u03c0\u03cf", "text": "NaN and Infinity", "u63": 2**63 - 1,
-             "floats": [1.5, -2.25, 1e300]}
+             "floats": [1.5, -2.25, 1e300], "markers": [127, -1, 2**40, 2**63 - 2**56],
+             "one_n": "N1 7AA", "two_n": "NN", "i": "Index"}
     assert s.loads(s.dumps(value, format="msgpack"), format="msgpack") == value
     assert s.loads(s.dumps(value), format="json") == value
+
+
+def test_bytes_and_errors_are_counted_and_follow_a_new_metrics_facility(
+        msgpack_library: str) -> None:
+    from onex_compose.capabilities.metrics import Metrics
+
+    first, second = Metrics(), Metrics()
+    sz = Serializer({"msgpack_library": msgpack_library}, metrics=first)
+    for fmt in FORMATS:
+        data = sz.dumps({"a": [1, 2]}, format=fmt)
+        sz.loads(data, format=fmt)
+        with pytest.raises(SerializationError):
+            sz.dumps({"a": math.nan}, format=fmt)
+    with pytest.raises(DeserializationError):
+        sz.loads(b"[" * 100 + b"]" * 100)
+    with pytest.raises(PayloadTooLargeError):
+        Serializer({"max_size": 4}, metrics=first).dumps("too long")
+    counters = first.snapshot()["counters"]
+    for fmt in FORMATS:
+        size = len(sz.dumps({"a": [1, 2]}, format=fmt))
+        assert counters[f'serialization_bytes_total{{direction="out",format="{fmt}"}}'] == size
+        refused = 200 if fmt == "json" else 0  # the too-deep input was read, then refused
+        assert counters[f'serialization_bytes_total{{direction="in",format="{fmt}"}}'] == (
+            size + refused)
+        assert counters[f'serialization_errors_total{{format="{fmt}",kind="encode"}}'] == 1
+    assert counters['serialization_errors_total{format="json",kind="depth"}'] == 1
+    assert counters['serialization_errors_total{format="json",kind="too_large"}'] == 1
+    sz.metrics = second  # the call paths are rebuilt around the new facility's counters
+    sz.loads(sz.dumps([1]))
+    key = 'serialization_bytes_total{direction="out",format="json"}'
+    assert second.snapshot()["counters"][key] == 3
+    sz.metrics = None
+    assert sz.loads(sz.dumps([1], format="msgpack"), format="msgpack") == [1]
 
 
 def test_json_values_that_contain_null_still_round_trip(s: Serializer) -> None:
@@ -677,10 +721,44 @@ def test_decimal_non_finite_is_refused_and_decimal_as_float(s: Serializer) -> No
     for fmt in FORMATS:
         with pytest.raises(SerializationError, match=r"\$\.d"):
             s.dumps({"d": Decimal("NaN")}, format=fmt)
-    as_float = Serializer({"decimal_as": "float"})
+    as_float = Serializer({"decimal_as": "float", "msgpack_library": s.msgpack_library})
     for fmt in FORMATS:
         assert as_float.loads(as_float.dumps({"d": Decimal("1.25")}, format=fmt),
                               format=fmt) == {"d": 1.25}
+
+
+class LooseDecimals(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=True)
+    price: Decimal
+    ratio: float = 1.0
+
+
+@dataclasses.dataclass
+class Priced:
+    price: Decimal
+
+
+@pytest.mark.parametrize("libraries", [{}, {"json_library": "stdlib", "msgpack_library": "msgpack"},
+                                       {"decimal_as": "float"}])
+@pytest.mark.parametrize("text", ["NaN", "-NaN", "sNaN", "Infinity", "-Infinity"])
+def test_decimal_nan_and_infinity_are_refused_with_their_path_wherever_they_are(
+        libraries: dict[str, str], text: str) -> None:
+    s = Serializer({**libraries, "allow_pickle": True})
+    bad = Decimal(text)
+    cases = [
+        ({"a": [1, {"d": bad}]}, r"\$\.a\[1\]\.d"),
+        ({"a": Priced(bad)}, r"\$\.a\.price"),
+        (LooseDecimals(price=bad), r"\$\.price"),
+        ({"m": [LooseDecimals(price=Decimal(1)), LooseDecimals(price=bad)]}, r"\$\.m\[1\]\.price"),
+        (LooseDecimals.model_construct(price=bad, ratio=1.0), r"\$\.price"),
+    ]
+    for fmt in ALL:
+        for value, path in cases:
+            with pytest.raises(SerializationError, match=path) as info:
+                s.dumps(value, format=fmt)
+            assert "Decimal" in str(info.value) and "do not round-trip" in str(info.value)
+    with pytest.raises(SerializationError, match=r"\$\.d"):
+        s.canonical({"d": bad})
 
 
 def test_allow_pickle_logs_the_trust_warning_at_setup() -> None:

@@ -792,7 +792,7 @@ async def test_otlp_export_retries_a_503_and_the_spans_arrive() -> None:
 
 
 async def test_a_receiver_down_counts_errors_logs_once_degrades_health_and_process_succeeds(
-        receiver: Receiver) -> None:
+        receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
     url = receiver.url
     receiver.close()  # nothing listens there any more
     lines: list[str] = []
@@ -809,6 +809,7 @@ async def test_a_receiver_down_counts_errors_logs_once_degrades_health_and_proce
     assert report["checks"]["tracing"]["status"] == "degraded"
     assert "span export failing" in report["checks"]["tracing"]["reason"]
     assert sum("cannot export spans" in line for line in lines) == 1  # once per outage
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry.exporter")]
     # recovery: a working exporter ends the outage
     node.tracer._exported(True, None)
     assert node.tracer.health()["status"] == "healthy"
@@ -908,3 +909,20 @@ async def test_with_an_injected_provider_the_correlation_id_is_still_the_trace_i
     (span,) = INJECTED_EXPORTER.get_finished_spans()
     assert span.attributes["onex.correlation_id"] == hex_trace(span)
     INJECTED_EXPORTER.clear()
+
+
+def test_the_console_exporter_and_a_hand_written_class() -> None:
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+    from onex_compose.capabilities.metrics import MixinMetrics
+
+    assert isinstance(Tracing({"exporter": "console"}).exporter, ConsoleSpanExporter)
+
+    class Traced(NodeCompute, MixinTracing, MixinMetrics):
+        async def process(self, x: int) -> int:
+            return x + 1
+
+    node = Traced(capability_config={"tracing": MEMORY}, node_id="hand")
+    assert asyncio.run(node.process(1)) == 2
+    (span,) = spans(node)
+    assert span.name == "Traced.process" and span.attributes["onex.node_id"] == "hand"

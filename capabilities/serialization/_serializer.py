@@ -41,13 +41,15 @@ PICKLE_WARNING = ("pickle runs code from the data it loads: use the 'pickle' for
 
 
 # msgpack output msgspec may have written for values the other formats refuse: a float64
-# NaN/infinity (0xcb, exponent all ones) and a naive datetime (a 19- or 26-character string
-# "YYYY-MM-DDTHH:MM:SS[.ffffff]"); a match only means "walk the value to be sure"
-# (``out.find(b"null") >= 0`` rather than ``b"null" in out``: ``in`` first tries the needle as
-# an integer and builds a TypeError on every call; ``find`` is also cheaper than a regex)
+# NaN/infinity (0xcb, exponent all ones), an unsigned 64-bit integer past 2**63 - 1 (0xcf, top
+# bit set), a naive datetime (a 19- or 26-character string "YYYY-MM-DDTHH:MM:SS[.ffffff]")
+# and a Decimal NaN/infinity (the strings "NaN", "-sNaN", "NaN12", "Infinity", ...); a match
+# only means "walk the value to be sure"
 _MSGPACK_FLOAT_NAN = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]").search
+_MSGPACK_UINT64_HIGH = re.compile(rb"\xcf[\x80-\xff]").search
 _MSGPACK_NAIVE_19 = re.compile(rb"\xb3\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d").search
 _MSGPACK_NAIVE_26 = re.compile(rb"\xba\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.").search
+_NAN_TEXT = re.compile(rb"NaN").search
 
 # bytes that cannot open a nesting level (deleted before counting what is left, an upper
 # bound of the depth): JSON's [ and {; msgpack's fixmap, fixarray, array16/32, map16/32
@@ -55,40 +57,28 @@ _NOT_JSON_OPENER = bytes(b for b in range(256) if b not in b"[{")
 _NOT_MSGPACK_CONTAINER = bytes(b for b in range(256)
                                if not (0x80 <= b <= 0x9f or 0xdc <= b <= 0xdf))
 
-# the marker bytes kept by one translate() pass over msgspec's output. Every suspect value leaves
-# an adjacent pair of markers there (the bytes between them are not markers): a float64
-# NaN/infinity "\xcb\x7f\xf." / "\xcb\xff\xf." -> "\xcb\x7f" / "\xcb\xff"; a Decimal NaN
-# written as text ("NaN", "-sNaN", "NaN123": "NaN" somewhere) -> "NN"; a Decimal infinity (a
-# fixstr "Infinity" or "-Infinity") -> "\xa8I", "\xa9I"; a naive datetime "\xb3..." / "\xba..."; a uint64
-# "\xcf". Only those pairs are looked for in the (short) marker string, and the exact pattern
-# is then searched in the output only for a pair present.
-_MARKERS = bytes(b for b in range(256) if b not in b"\xcb\xcf\xb3\xba\x7f\xff\xa8\xa9NI")
-
 
 def _msgpack_suspect(out: bytes) -> bool:
     """Whether msgspec's output may hold a value the other formats refuse (then walk it).
 
-    One pass keeps only the marker bytes; the exact patterns are searched only for the marker
-    pairs present (see ``_MARKERS``). ``int in bytes`` and ``bytes.find`` here, never
-    ``bytes in bytes``: that one first tries the needle as an integer and builds (then drops) a
-    TypeError on every call, which costs more than the search.
+    Every suspect value has a marker byte (0xcf; 0x7f or 0xff after 0xcb; 0xb3, 0xba; "N"
+    of "NaN"; "I" of "Infinity"). Each is looked for with ``int in bytes``, a ``memchr``
+    without a method call (about 15 ns for a 700-byte document, where one multi-byte
+    ``bytes.find`` or regex pass costs 0.3-0.5 µs), and only a marker that is present sends
+    its exact pattern through the output.
     """
-    found = out.translate(None, _MARKERS)
-    if not found:
-        return False
-    if 0xcf in found:  # an unsigned 64-bit integer, maybe past 2**63 - 1
+    if 0xcf in out and _MSGPACK_UINT64_HIGH(out) is not None:
         return True
-    if (found.find(b"\xcb\x7f") >= 0 or found.find(b"\xcb\xff") >= 0) \
-            and _MSGPACK_FLOAT_NAN(out) is not None:
+    if (0x7f in out or 0xff in out) and _MSGPACK_FLOAT_NAN(out) is not None:
         return True
-    if 0xb3 in found and _MSGPACK_NAIVE_19(out) is not None:
+    if 0xb3 in out and _MSGPACK_NAIVE_19(out) is not None:
         return True
-    if 0xba in found and _MSGPACK_NAIVE_26(out) is not None:
+    if 0xba in out and _MSGPACK_NAIVE_26(out) is not None:
         return True
-    if found.find(b"NN") >= 0 and out.find(b"NaN") >= 0:
+    if 0x4e in out and out.find(b"N") != out.rfind(b"N") \
+            and _NAN_TEXT(out) is not None:  # "NaN" has two "N": one alone is no NaN
         return True
-    return (found.find(b"\xa8I") >= 0 or found.find(b"\xa9I") >= 0) \
-        and out.find(b"Infinity") >= 0
+    return 0x49 in out and out.find(b"Infinity") >= 0  # "I"
 
 
 _JSON_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
@@ -166,8 +156,14 @@ def _build_adapter(type_: Any) -> tuple[TypeAdapter[Any], bool]:
 
 
 class _Format:
-    __slots__ = ("count_in", "count_out", "dumps", "in_labels", "kind", "loads", "name",
-                 "out_labels")
+    """One format: its raw ``dumps``/``loads`` and the complete per-call paths built from them.
+
+    ``dump(obj, format=None)`` and ``load(data, type_=None, format=None)`` do everything a call
+    does (value checks, size limit, byte count, errors counted), so ``Serializer.dumps`` is a
+    single call into them; a ``format`` naming another format is passed on to that one.
+    """
+
+    __slots__ = ("dump", "dumps", "kind", "load", "loads", "name")
 
     def __init__(self, name: str, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any],
                  kind: str) -> None:
@@ -175,12 +171,8 @@ class _Format:
         self.dumps = dumps
         self.loads = loads
         self.kind = kind  # builtin format name, or "custom"
-        # the label sets of serialization_bytes_total, built once
-        self.out_labels = {"format": name, "direction": "out"}
-        self.in_labels = {"format": name, "direction": "in"}
-        # their bound counters (Metrics.bind_counter), made on first use by Serializer._bind
-        self.count_out: Callable[[int], None] | None = None
-        self.count_in: Callable[[int], None] | None = None
+        self.dump: Callable[..., bytes] = dumps
+        self.load: Callable[..., Any] = loads
 
 
 @runtime_checkable
@@ -203,11 +195,20 @@ class SerializationProtocol(Protocol):
     def output_model(self, capability: str, model_name: str) -> type[BaseModel]: ...
 
 
-def _no_count(size: int) -> None:
+class _NeverRaised(Exception):
+    """Stands for a library exception the configured library does not have."""
+
+
+def _no_count(size: int = 1) -> None:
     return None
 
 
 _FORMAT_NAME = re.compile(r"^[a-z][a-z0-9_.+-]*$")
+# "null" in orjson's output: a None, or a float NaN/infinity orjson wrote as null (it has no
+# option to refuse them). A literal regex search: sre's first-character loop is cheaper than
+# bytes.find's bloom-filtered search here (the needle's letters share their filter bits with
+# "," "." and "5", which fill JSON output)
+_JSON_NULL = re.compile(rb"null").search
 
 
 class Serializer:
@@ -221,6 +222,11 @@ class Serializer:
     Raises:
         ConfigurationError: a library named in the config is not installed (with the
             ``pip install`` line).
+
+    Speed: each format's complete call path is a closure built once per configuration (and
+    again when :attr:`metrics` changes), and the instance's ``dumps``/``loads`` are the
+    default format's closures, so ``node.serializer.dumps(doc)`` is one Python call around
+    the library's own (``benchmarks/bench_serialization.py`` measures what is left).
     """
 
     def __init__(self, config: SerializationConfig | Mapping[str, Any] | None = None, *,
@@ -228,7 +234,7 @@ class Serializer:
         cfg = coerce_config(SerializationConfig, config, "serialization")
         self.config: SerializationConfig = cfg
         self._formats: dict[str, _Format] = {}
-        self.metrics = metrics
+        self._metrics = metrics
         self.registry = registry
         self.json_library = _pick_json(cfg.json_library)
         self.msgpack_library = _pick_msgpack(cfg.msgpack_library)
@@ -239,13 +245,14 @@ class Serializer:
             fmt: _Plain(mode, fmt, naive_utc=naive_utc, decimal_as=cfg.decimal_as)
             for mode, fmt in (("text", "json"), ("binary", "msgpack"), ("text", "yaml"),
                               ("pickle", "pickle"), ("canonical", "canonical"))}
-        self._setup_json(naive_utc)
+        self._setup_json()
+        self._msgpack_stack_error: type[Exception] = _NeverRaised
         self._setup_msgpack()
         self._formats["yaml"] = _Format("yaml", self._yaml_dumps, self._yaml_loads, "yaml")
         if cfg.allow_pickle:
             self._formats["pickle"] = _Format("pickle", self._pickle_dumps, pickle.loads,
                                               "pickle")
-        self._default = self._formats[cfg.default_format]
+        self._build()
 
     def __repr__(self) -> str:
         return (f"<Serializer default={self.config.default_format} json={self.json_library} "
@@ -277,11 +284,12 @@ class Serializer:
                              f"it under another name (e.g. '{name}2')")
         if not (callable(dumps) and callable(loads)):
             raise ValueError(f"register_format({name!r}, dumps, loads): both must be callables")
-        self._formats[name] = _Format(name, dumps, loads, "custom")
+        fmt = self._formats[name] = _Format(name, dumps, loads, "custom")
+        self._compile(fmt)
 
     def _format(self, format: str | None) -> _Format:
         if format is None:
-            return self._default
+            return self._formats[self.config.default_format]
         try:
             return self._formats[format]
         except (KeyError, TypeError):
@@ -299,52 +307,252 @@ class Serializer:
 
     @property
     def metrics(self) -> Any:
-        """Where bytes and errors are counted (``None``: not counted)."""
+        """Where bytes and errors are counted (``None``: not counted). Assigning another
+        facility rebuilds the call paths around its bound counters."""
         return self._metrics
 
     @metrics.setter
     def metrics(self, metrics: Any) -> None:
         self._metrics = metrics
-        self._labels: dict[tuple[str, str], dict[str, str]] = {}
-        for fmt in self._formats.values():  # rebound on their next use
-            fmt.count_out = fmt.count_in = None
+        self._build()
 
-    def _bind(self, fmt: _Format, direction: str) -> Callable[[int], None]:
-        """The bound ``serialization_bytes_total`` counter of ``fmt`` and ``direction``."""
+    def _counter(self, name: str, direction: str) -> Callable[[int], None]:
+        """The bound ``serialization_bytes_total{format, direction}`` counter."""
         metrics = self._metrics
-        labels = fmt.out_labels if direction == "out" else fmt.in_labels
-        count: Callable[[int], None]
+        labels = {"format": name, "direction": direction}
         if metrics is None:
-            count = _no_count
-        elif hasattr(metrics, "bind_counter"):
-            count = metrics.bind_counter("serialization_bytes_total", labels)
-        else:
-            count = functools.partial(metrics.increment, "serialization_bytes_total",
-                                      labels=labels)
-        if direction == "out":
-            fmt.count_out = count
-        else:
-            fmt.count_in = count
-        return count
+            return _no_count
+        if hasattr(metrics, "bind_counter"):
+            return cast(Callable[[int], None],
+                        metrics.bind_counter("serialization_bytes_total", labels))
+        return functools.partial(metrics.increment, "serialization_bytes_total", labels=labels)
 
     def _count(self, fmt: str, direction: str, size: int) -> None:
-        metrics = self.metrics
+        metrics = self._metrics
         if metrics is not None:
-            labels = self._labels.get((fmt, direction))
-            if labels is None:
-                labels = self._labels[fmt, direction] = {"format": fmt, "direction": direction}
-            metrics.increment("serialization_bytes_total", size, labels)
+            metrics.increment("serialization_bytes_total", size,
+                              {"format": fmt, "direction": direction})
 
     def _error(self, err: SerializationError, fmt: str) -> SerializationError:
-        if self.metrics is not None:
-            self.metrics.increment("serialization_errors_total",
-                                   labels={"format": fmt, "kind": err.kind})
+        if self._metrics is not None:
+            self._metrics.increment("serialization_errors_total",
+                                    labels={"format": fmt, "kind": err.kind})
         return err
 
-    # -- dumps ------------------------------------------------------------------------------------
+    def _too_large(self, size: int, fmt: str, direction: str) -> SerializationError:
+        return self._error(PayloadTooLargeError(size, self._max_size, format=fmt,
+                                                direction=direction), fmt)
+
+    # -- the call paths ---------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        """(Re)build every format's call paths, and point ``dumps``/``loads`` at the default's."""
+        if not self._formats:
+            return
+        for fmt in self._formats.values():
+            self._compile(fmt)
+        default = self._formats[self.config.default_format]
+        self.dumps = default.dump  # type: ignore[method-assign]
+        self.loads = default.load  # type: ignore[method-assign]
+
+    def _compile(self, fmt: _Format) -> None:
+        if fmt.kind == "json" and self.json_library == "orjson":
+            fmt.dump, fmt.load = self._orjson_paths(fmt)
+        elif fmt.kind == "msgpack" and self.msgpack_library == "msgspec":
+            fmt.dump, fmt.load = self._msgspec_paths(fmt)
+        else:
+            fmt.dump, fmt.load = self._generic_paths(fmt)
+
+    def _generic_paths(self, fmt: _Format) -> tuple[Callable[..., bytes], Callable[..., Any]]:
+        """The call paths around a format's raw functions (stdlib json, msgpack, YAML, pickle,
+        custom formats)."""
+        name, raw_dumps, raw_loads, kind = fmt.name, fmt.dumps, fmt.loads, fmt.kind
+        lenient = kind in ("custom", "pickle")  # any exception of theirs is an encode error
+        count_out, count_in = self._counter(name, "out"), self._counter(name, "in")
+        max_size, error, formats, lookup = (self._max_size, self._error, self._formats,
+                                            self._format)
+        validate, excerpt = self._validate, _excerpt
+
+        def dump(obj: Any, format: str | None = None) -> bytes:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).dump(obj)  # type: ignore[no-any-return]
+            try:
+                out = raw_dumps(obj)
+            except SerializationError as exc:
+                raise error(exc, name) from None
+            except Exception as exc:
+                if not lenient:
+                    raise
+                raise error(SerializationError(f"{name}: cannot serialize: {exc}",
+                                               format=name), name) from exc
+            size = len(out)
+            if size > max_size:
+                raise self._too_large(size, name, "out")
+            count_out(size)
+            return out
+
+        def load(data: Any, type_: Any = None, format: str | None = None) -> Any:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).load(data, type_)
+            if type(data) is not bytes:
+                data = _as_bytes(data)
+            size = len(data)
+            if size > max_size:
+                raise self._too_large(size, name, "in")
+            count_in(size)
+            try:
+                if lenient:
+                    try:
+                        obj = raw_loads(data)
+                    except Exception as exc:
+                        raise DeserializationError(
+                            f"cannot decode {name}: {exc} (input starts "
+                            f"{excerpt(data, 0)!r})", format=name) from exc
+                elif kind == "json":
+                    return self._json_loads(data, type_)
+                else:
+                    obj = raw_loads(data)
+                return obj if type_ is None else validate(obj, type_, name, data)
+            except SerializationError as exc:
+                raise error(exc, name) from exc.__cause__
+
+        return dump, load
+
+    def _orjson_paths(self, fmt: _Format) -> tuple[Callable[..., bytes], Callable[..., Any]]:
+        """JSON through orjson: plain dicts and lists go straight to ``orjson.dumps`` (its
+        output checked for ``null``, the only trace of a NaN/infinity); ``loads`` bounds the
+        nesting by counting brackets at C speed before decoding."""
+        import orjson
+
+        name, raw_dumps = fmt.name, fmt.dumps
+        count_out, count_in = self._counter(name, "out"), self._counter(name, "in")
+        max_size, limit, error, formats, lookup = (
+            self._max_size, self._max_depth, self._error, self._formats, self._format)
+        plain = self._plain["json"]
+        convert, value, encode, decode = plain.convert, plain._value, orjson.dumps, orjson.loads
+        decode_error = orjson.JSONDecodeError
+        # strict integers: past 2**53 orjson raises and the walk decides (64-bit range);
+        # datetimes through default(): a naive one is refused or made UTC
+        option = orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
+        null, not_opener = _JSON_NULL, _NOT_JSON_OPENER
+        typed, too_deep, failure = self._json_typed, self._json_too_deep, self._json_failure
+
+        def default(obj: Any) -> Any:
+            return value(obj, "$")
+
+        def dump(obj: Any, format: str | None = None) -> bytes:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).dump(obj)  # type: ignore[no-any-return]
+            try:
+                cls = type(obj)
+                if cls is dict or cls is list:
+                    try:
+                        out = encode(obj, default, option)
+                    except TypeError:  # orjson.JSONEncodeError: the walk says what and where
+                        out = raw_dumps(obj)
+                    else:
+                        if null(out) is not None:  # a None, or a NaN/infinity written as null
+                            convert(obj)
+                else:
+                    out = raw_dumps(obj)
+            except SerializationError as exc:
+                raise error(exc, name) from None
+            size = len(out)
+            if size > max_size:
+                raise self._too_large(size, name, "out")
+            count_out(size)
+            return out
+
+        def load(data: Any, type_: Any = None, format: str | None = None) -> Any:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).load(data, type_)
+            if type(data) is not bytes:
+                data = _as_bytes(data)
+            size = len(data)
+            if size > max_size:
+                raise self._too_large(size, name, "in")
+            count_in(size)
+            # at most as deep as it has [ and { bytes: counted at C speed (one translate)
+            if size > limit and len(data.translate(None, not_opener)) > limit:
+                too_deep(data)
+            if type_ is not None:
+                return typed(data, type_)
+            try:
+                return decode(data)
+            except decode_error as exc:
+                raise error(failure(exc, data), name) from None
+
+        return dump, load
+
+    def _msgspec_paths(self, fmt: _Format) -> tuple[Callable[..., bytes], Callable[..., Any]]:
+        """MessagePack through msgspec: its output is scanned for what it lets through (see
+        ``_msgpack_suspect``) and only then is the value walked."""
+        name, raw_dumps = fmt.name, fmt.dumps
+        count_out, count_in = self._counter(name, "out"), self._counter(name, "in")
+        max_size, limit, error, formats, lookup = (
+            self._max_size, self._max_depth, self._error, self._formats, self._format)
+        encode, decode, errors = self._msgspec_encode, self._msgpack_decode, self._msgpack_errors
+        suspect = _msgpack_suspect
+        not_container, deeper, validate = _NOT_MSGPACK_CONTAINER, _deeper_than, self._validate
+
+        def dump(obj: Any, format: str | None = None) -> bytes:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).dump(obj)  # type: ignore[no-any-return]
+            try:
+                cls = type(obj)
+                if cls is dict or cls is list:
+                    try:
+                        out = encode(obj)
+                    except Exception:
+                        out = raw_dumps(obj)
+                    else:
+                        if suspect(out):
+                            out = raw_dumps(obj)
+                else:
+                    out = raw_dumps(obj)
+            except SerializationError as exc:
+                raise error(exc, name) from None
+            size = len(out)
+            if size > max_size:
+                raise self._too_large(size, name, "out")
+            count_out(size)
+            return out
+
+        def load(data: Any, type_: Any = None, format: str | None = None) -> Any:
+            if format is not None and format != name:  # another format's path
+                return (formats.get(format) or lookup(format)).load(data, type_)
+            if type(data) is not bytes:
+                data = _as_bytes(data)
+            size = len(data)
+            if size > max_size:
+                raise self._too_large(size, name, "in")
+            count_in(size)
+            try:
+                obj = decode(data)
+            except errors as exc:
+                raise error(self._decode_failure("msgpack", data, str(exc), None),
+                            name) from None
+            except RecursionError:
+                raise error(self._too_deep("msgpack", data, None), name) from None
+            # an upper bound at C speed (every container header byte, and some others), and
+            # only past it the walk
+            if size > limit and len(data.translate(None, not_container)) > limit \
+                    and deeper(obj, limit):
+                raise error(self._too_deep("msgpack", data, None), name)
+            if type_ is None:
+                return obj
+            try:
+                return validate(obj, type_, name, data)
+            except SerializationError as exc:
+                raise error(exc, name) from None
+
+        return dump, load
 
     def dumps(self, obj: Any, format: str | None = None) -> bytes:
         """Serialize ``obj`` to bytes in ``format`` (default: ``default_format``).
+
+        (An instance's ``dumps`` is the default format's prebuilt call path, which does exactly
+        this.)
 
         Raises:
             SerializationError: an unsupported value, NaN/infinity, an integer outside the
@@ -352,33 +560,30 @@ class Serializer:
             PayloadTooLargeError: the output is larger than ``max_size``.
             ConfigurationError: an unknown format (with a did-you-mean).
         """
-        fmt = self._default if format is None else self._format(format)
-        try:
-            out = fmt.dumps(obj)
-        except SerializationError as exc:
-            raise self._error(exc, fmt.name) from None
-        except Exception as exc:
-            if fmt.kind not in ("custom", "pickle"):
-                raise
-            raise self._error(SerializationError(
-                f"{fmt.name}: cannot serialize: {exc}", format=fmt.name), fmt.name) from exc
-        size = len(out)
-        if size > self._max_size:
-            raise self._error(PayloadTooLargeError(size, self._max_size, format=fmt.name,
-                                                   direction="out"), fmt.name)
-        count = fmt.count_out
-        if count is None:
-            count = self._bind(fmt, "out")
-        count(size)
-        return out
+        return self._format(format).dump(obj)  # type: ignore[no-any-return]
 
-    def _setup_json(self, naive_utc: bool) -> None:
+    def loads(self, data: bytes | bytearray | memoryview | str, type_: Any = None,
+              format: str | None = None) -> Any:
+        """Deserialize ``data``; with ``type_``, validate the result into it.
+
+        (An instance's ``loads`` is the default format's prebuilt call path.)
+
+        Raises:
+            DeserializationError: malformed input (format, position, a short escaped
+                excerpt), nesting deeper than ``max_depth``, or data that is not a ``type_``
+                (with pydantic's errors in ``.errors``).
+            PayloadTooLargeError: the input is larger than ``max_size``.
+            ConfigurationError: an unknown format (with a did-you-mean).
+        """
+        return self._format(format).load(data, type_)
+
+    # -- the raw formats --------------------------------------------------------------------------
+
+    def _setup_json(self) -> None:
         plain = self._plain["json"]
         if self.json_library == "orjson":
             import orjson
 
-            # strict integers: past 2**53 orjson raises and the walk decides (64-bit range);
-            # datetimes through default(): a naive one is refused or made UTC
             option = orjson.OPT_STRICT_INTEGER | orjson.OPT_PASSTHROUGH_DATETIME
             loose = 0
             encode = orjson.dumps
@@ -393,7 +598,10 @@ class Serializer:
                         out = obj.__pydantic_serializer__.to_json(obj)
                     except Exception:
                         out = encode(plain.convert(obj), option=loose)
-                    if out.find(b"null") >= 0:
+                    # a float NaN/infinity is written null (or NaN/Infinity: the model's
+                    # ser_json_inf_nan), a Decimal one "NaN"/"Infinity": the walk refuses them
+                    if _JSON_NULL(out) is not None or (0x4e in out and _NAN_TEXT(out) is not None) \
+                            or (0x49 in out and out.find(b"Infinity") >= 0):
                         plain.convert(obj)
                     return out
                 try:
@@ -405,7 +613,7 @@ class Serializer:
                     except TypeError as exc:
                         raise SerializationError(f"json: cannot serialize: {exc}",
                                                  format="json") from None
-                if out.find(b"null") >= 0:  # a None, or a NaN/infinity written as null
+                if _JSON_NULL(out) is not None:  # a None, or a NaN/infinity written as null
                     plain.convert(obj)
                 return out
 
@@ -444,10 +652,9 @@ class Serializer:
             encode = msgspec.msgpack.Encoder(enc_hook=hook, decimal_format=decimal_format).encode
             plain_encode = msgspec.msgpack.Encoder().encode
             decoder = msgspec.msgpack.Decoder()
-            decode: Callable[[Any], Any] = decoder.decode
             errors: tuple[type[Exception], ...] = (msgspec.DecodeError,)
 
-            def fast_dumps(obj: Any) -> bytes:
+            def dumps(obj: Any) -> bytes:
                 # msgspec writes every type itself; the output is scanned for what it lets
                 # through (NaN/infinity, integers past 2**63, naive datetimes, Decimal NaN) and
                 # only then is the value walked (it raises with the path, or re-encodes)
@@ -464,29 +671,28 @@ class Serializer:
                     return plain_encode(plain.convert(obj))
                 return out
 
-            self._msgpack_depth = _deeper_than
-            self._msgpack_decode = decode
+            self._msgspec_encode = encode
+            self._msgpack_decode = decoder.decode
             self._msgpack_errors = errors
-            self._formats["msgpack"] = _Format("msgpack", fast_dumps, self._msgpack_loads,
+            self._formats["msgpack"] = _Format("msgpack", dumps, self._msgpack_loads,
                                                "msgpack")
             return
         import msgpack
 
-        def encode(obj: Any) -> bytes:
+        def encode_packb(obj: Any) -> bytes:
             return cast(bytes, msgpack.packb(obj, use_bin_type=True, datetime=True))
 
-        def decode(data: Any) -> Any:
+        def decode_unpackb(data: Any) -> Any:
             return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
 
-        errors = (ValueError, msgpack.UnpackException, msgpack.ExtraData)
+        def packb_dumps(obj: Any) -> bytes:
+            return encode_packb(plain.convert(obj))
 
-        def dumps(obj: Any) -> bytes:
-            return encode(plain.convert(obj))
-
-        self._msgpack_depth = _deeper_than
-        self._msgpack_decode = decode
-        self._msgpack_errors = errors
-        self._formats["msgpack"] = _Format("msgpack", dumps, self._msgpack_loads, "msgpack")
+        self._msgpack_stack_error = msgpack.StackError  # its unpacker's nesting limit
+        self._msgpack_decode = decode_unpackb
+        self._msgpack_errors = (ValueError, msgpack.UnpackException, msgpack.ExtraData)
+        self._formats["msgpack"] = _Format("msgpack", packb_dumps, self._msgpack_loads,
+                                           "msgpack")
 
     def _yaml_dumps(self, obj: Any) -> bytes:
         import yaml
@@ -501,48 +707,11 @@ class Serializer:
 
     # -- loads ------------------------------------------------------------------------------------
 
-    def loads(self, data: bytes | bytearray | memoryview | str, type_: Any = None,
-              format: str | None = None) -> Any:
-        """Deserialize ``data``; with ``type_``, validate the result into it.
-
-        Raises:
-            DeserializationError: malformed input (format, position, a short escaped
-                excerpt), nesting deeper than ``max_depth``, or data that is not a ``type_``
-                (with pydantic's errors in ``.errors``).
-            PayloadTooLargeError: the input is larger than ``max_size``.
-            ConfigurationError: an unknown format (with a did-you-mean).
-        """
-        fmt = self._default if format is None else self._format(format)
-        if type(data) is not bytes:
-            data = _as_bytes(data)
-        size = len(data)
-        if size > self._max_size:
-            raise self._error(PayloadTooLargeError(size, self._max_size, format=fmt.name,
-                                                   direction="in"), fmt.name)
-        count = fmt.count_in
-        if count is None:
-            count = self._bind(fmt, "in")
-        count(size)
-        try:
-            if fmt.kind == "json":
-                return self._json_loads(data, type_)
-            if fmt.kind in ("custom", "pickle"):
-                try:
-                    obj = fmt.loads(data)
-                except Exception as exc:
-                    raise DeserializationError(
-                        f"cannot decode {fmt.name}: {exc} (input starts "
-                        f"{_excerpt(data, 0)!r})", format=fmt.name) from exc
-            else:
-                obj = fmt.loads(data)
-            return obj if type_ is None else self._validate(obj, type_, fmt.name, data)
-        except SerializationError as exc:
-            raise self._error(exc, fmt.name) from exc.__cause__
-
     def _decode_failure(self, fmt: str, data: bytes, reason: str, position: int | None,
                         kind: str = "decode") -> DeserializationError:
         line = column = None
         where = ""
+        reason = reason or "malformed input"
         if position is not None:
             position = max(0, min(position, len(data)))
             if fmt in ("json", "yaml"):
@@ -561,26 +730,49 @@ class Serializer:
             fmt, data, f"nesting deeper than max_depth={self._max_depth} (raise "
             "serialization.max_depth if this data is legitimate)", position, kind="depth")
 
+    def _json_too_deep(self, data: bytes) -> None:
+        """Raise (counted) if JSON ``data`` nests deeper than ``max_depth`` (strings skipped)."""
+        position = _json_depth_position(data, self._max_depth)
+        if position is not None:
+            raise self._error(self._too_deep("json", data, position), "json")
+
     def _json_loads(self, data: bytes, type_: Any = None) -> Any:
+        """JSON ``loads`` after the size check (stdlib json's path; also orjson's typed one)."""
         limit = self._max_depth
         if len(data) > limit and len(data.translate(None, _NOT_JSON_OPENER)) > limit:
             position = _json_depth_position(data, limit)
             if position is not None:
                 raise self._too_deep("json", data, position)
         if type_ is not None:
-            adapter, wrapped = _adapter(type_)
-            if not wrapped:
-                try:
-                    return adapter.validate_json(data)
-                except ValidationError as exc:
-                    raise self._validation_failure(exc, "json", data) from None
+            return self._json_typed_raw(data, type_)
+        try:
+            return self._json_decode(data)
+        except self._json_decode_error as exc:
+            raise self._json_failure(exc, data) from None
+        except RecursionError:
+            raise self._too_deep("json", data, None) from None
+
+    def _json_typed(self, data: bytes, type_: Any) -> Any:
+        """Typed JSON ``loads`` after the size and depth checks (errors counted)."""
+        try:
+            return self._json_typed_raw(data, type_)
+        except SerializationError as exc:
+            raise self._error(exc, "json") from None
+
+    def _json_typed_raw(self, data: bytes, type_: Any) -> Any:
+        adapter, wrapped = _adapter(type_)
+        if not wrapped:
+            try:
+                return adapter.validate_json(data)
+            except ValidationError as exc:
+                raise self._validation_failure(exc, "json", data) from None
         try:
             obj = self._json_decode(data)
         except self._json_decode_error as exc:
             raise self._json_failure(exc, data) from None
         except RecursionError:
             raise self._too_deep("json", data, None) from None
-        return obj if type_ is None else self._validate(obj, type_, "json", data)
+        return self._validate(obj, type_, "json", data)
 
     def _json_failure(self, exc: Exception, data: bytes) -> DeserializationError:
         position = getattr(exc, "pos", None)
@@ -596,6 +788,8 @@ class Serializer:
         try:
             obj = self._msgpack_decode(data)
         except self._msgpack_errors as exc:
+            if isinstance(exc, self._msgpack_stack_error):
+                raise self._too_deep("msgpack", data, None) from None
             raise self._decode_failure("msgpack", data, str(exc) or type(exc).__name__,
                                        None) from None
         except RecursionError:
@@ -603,7 +797,7 @@ class Serializer:
         limit = self._max_depth
         # an upper bound at C speed: every container header byte (and some others) counted
         if len(data) > limit and len(data.translate(None, _NOT_MSGPACK_CONTAINER)) > limit \
-                and self._msgpack_depth(obj, limit):
+                and _deeper_than(obj, limit):
             raise self._too_deep("msgpack", data, None)
         return obj
 
@@ -781,8 +975,8 @@ def _pick_msgpack(choice: str) -> str:
         return "missing"
     if (choice == "msgspec" and has_msgspec) or (choice == "msgpack" and has_msgpack):
         return choice
-    extra = " or: pip install msgpack" if choice == "msgpack" else ""
+    extra = "msgpack" if choice == "msgpack" else "serialization"
     raise ConfigurationError(
         f"serialization: msgpack_library {choice!r} is not installed. Install it with: "
-        f"pip install 'onex-compose[serialization]' (msgspec){extra}.",
+        f"pip install 'onex-compose[{extra}]' (or use msgpack_library: auto).",
         capability="serialization")

@@ -193,7 +193,8 @@ class _Plain:
         if isinstance(obj, BaseModel):
             from pydantic_core import to_jsonable_python
 
-            # a model's own config writes NaN as null: refuse it first, with its path
+            # a model's own config writes a float NaN as null and a Decimal NaN as "NaN":
+            # refuse them first, with their path
             self._finite(obj.model_dump(mode="python", round_trip=True), path)
             try:
                 data = to_jsonable_python(obj, inf_nan_mode="constants")
@@ -209,8 +210,14 @@ class _Plain:
 
 
 def _finite_floats(plain: _Plain, obj: Any, path: Any) -> None:
+    """Refuse a NaN/infinite float or Decimal anywhere in a model's ``model_dump`` (a model's
+    own serializer writes them as ``null`` or the strings ``"NaN"`` / ``"Infinity"``)."""
     if isinstance(obj, float):
         plain._float(obj, path)
+    elif isinstance(obj, Decimal):
+        if not obj.is_finite():
+            raise plain.fail(path, f"cannot serialize Decimal({str(obj)!r}): NaN and "
+                                   "infinities do not round-trip")
     elif isinstance(obj, dict):
         for key, value in obj.items():
             _finite_floats(plain, value, (path, key, False))

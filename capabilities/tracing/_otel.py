@@ -15,6 +15,7 @@ is enabled (``import opentelemetry.sdk.trace`` costs about 40 ms). It builds the
 from __future__ import annotations
 
 import importlib
+import logging
 import random
 import threading
 import traceback
@@ -182,6 +183,31 @@ class CountingProcessor(SpanProcessor):
         return True if self.inner is None else bool(self.inner.force_flush(timeout_millis))
 
 
+_quiet = threading.local()  # set while a GuardedExporter runs its exporter, in that thread
+
+
+class _OwnExports(logging.Filter):
+    """Drops the OTLP exporter's own log records (each failed attempt, each retry) while one of
+    our :class:`GuardedExporter` runs it: the node counts the failure and logs it once per
+    outage instead. Other users of the OTLP exporter in the process keep their records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "active", False)
+
+
+_FILTER = _OwnExports()
+_QUIETED = ("opentelemetry.exporter.otlp.common.http",
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+            "opentelemetry.exporter.otlp.proto.http")
+
+
+def _quiet_otlp_loggers() -> None:
+    for name in _QUIETED:
+        log = logging.getLogger(name)
+        if _FILTER not in log.filters:
+            log.addFilter(_FILTER)
+
+
 class GuardedExporter(SpanExporter):
     """The configured exporter, made harmless: a ``FAILURE`` result or an exception is reported
     to ``on_result(False, reason)`` (counted, logged once per outage, shown in health) and
@@ -195,11 +221,14 @@ class GuardedExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.closed:  # spans of a node used after aclose(): dropped, not an outage
             return SpanExportResult.FAILURE
+        _quiet.active = True
         try:
             result = self.inner.export(spans)
         except Exception as exc:
             self._on_result(False, scrub_text(f"{type(exc).__name__}: {exc}"))
             return SpanExportResult.FAILURE
+        finally:
+            _quiet.active = False
         if result is SpanExportResult.SUCCESS:
             self._on_result(True, None)
         else:
@@ -266,6 +295,7 @@ def make_exporter(cfg: TracingConfig) -> SpanExporter | None:
             "pip install 'onex-compose[otel]'")
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    _quiet_otlp_loggers()
     return OTLPSpanExporter(
         endpoint=resolve_endpoint(cfg),
         headers={k: v.get_secret_value() for k, v in cfg.otlp_headers.items()},
