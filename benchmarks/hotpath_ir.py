@@ -9,11 +9,20 @@ The tracing retrofit (issue 11) is checked with it: run once on the tree before 
 and once after (``PYTHONPATH`` pointing at a copy of the old tree, see ``--pythonpath``), and
 compare. With tracing not composed the counts must not move (no import, no extra call).
 
+``--time`` measures CPU time per call instead (``time.process_time``, median of 5 repeats, in
+a fresh interpreter per case): unlike wall-clock time it does not grow with the machine's load,
+so before/after runs interleaved a few times compare well.
+
 Run:
     python benchmarks/hotpath_ir.py                       # every case, a table
     python benchmarks/hotpath_ir.py --cases cache_get retry_process
     python benchmarks/hotpath_ir.py --pythonpath /tmp/old/pkg --json before.json
+    python benchmarks/hotpath_ir.py --time --pythonpath /tmp/old/pkg   # ns of CPU per call
     python benchmarks/hotpath_ir.py --run cache_get 1000  # one run, no valgrind (used inside)
+
+An older tree for ``--pythonpath``: ``git archive <commit> | tar -x -C /tmp/old/src``, then
+``/tmp/old/pkg/onex_compose`` = its ``onex_compose/`` with its ``capabilities/`` copied in as
+``onex_compose/capabilities`` (the installed layout).
 
 Not a ``bench_*.py``: CI's smoke run skips it (it needs valgrind and takes minutes).
 """
@@ -215,6 +224,67 @@ def run_one(name: str, n: int) -> None:
             made()
 
 
+def time_one(name: str, n: int, repeats: int = 5) -> float:
+    """Median seconds of CPU per call of case ``name`` (after a warm-up), in this process."""
+    import statistics
+    import time
+
+    build = _cases()[name][0]
+    made = build()
+    samples: list[float] = []
+
+    async def timed(call: Callable[[], Any]) -> None:
+        for _ in range(repeats):
+            start = time.process_time()
+            for _ in range(n):
+                await call()
+            samples.append((time.process_time() - start) / n)
+
+    if isinstance(made, tuple):
+        _, node, call = made
+
+        async def main_db() -> None:
+            await node.db.execute("CREATE TABLE t (x INTEGER)")
+            for _ in range(50):
+                await call()
+            await timed(call)
+            await node.db.aclose()
+
+        asyncio.run(main_db())
+        return statistics.median(samples)
+    probe = made()
+    if asyncio.iscoroutine(probe) or isinstance(probe, Awaitable):
+        async def main() -> None:
+            await probe
+            for _ in range(500):
+                await made()
+            await timed(made)
+
+        asyncio.run(main())
+        return statistics.median(samples)
+    for _ in range(500):
+        made()
+    for _ in range(repeats):
+        start = time.process_time()
+        for _ in range(n):
+            made()
+        samples.append((time.process_time() - start) / n)
+    return statistics.median(samples)
+
+
+def _ns(name: str, pythonpath: str | None) -> float:
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+    n = _cases()[name][2] // 2 if name.startswith("db_") else 20_000
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run([sys.executable, __file__, "--time-run", name, str(n)], env=env,
+                              capture_output=True, text=True, check=False, cwd=tmp)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def _ir(name: str, n: int, pythonpath: str | None) -> int:
     env = dict(os.environ)
     if pythonpath:
@@ -237,23 +307,34 @@ def _ir(name: str, n: int, pythonpath: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", nargs=2, metavar=("CASE", "N"), help="one run, no valgrind")
+    parser.add_argument("--time-run", nargs=2, metavar=("CASE", "N"),
+                        help="print the CPU seconds per call of one case (used by --time)")
     parser.add_argument("--cases", nargs="*", help="cases to count (default: all)")
     parser.add_argument("--pythonpath", help="prepended to PYTHONPATH (an older tree)")
-    parser.add_argument("--json", help="write {case: instructions per call} here")
+    parser.add_argument("--time", action="store_true",
+                        help="ns of CPU time per call instead of instructions (no valgrind)")
+    parser.add_argument("--json", help="write {case: instructions (or ns) per call} here")
     args = parser.parse_args(argv)
     if args.run:
         run_one(args.run[0], int(args.run[1]))
         return 0
+    if args.time_run:
+        print(time_one(args.time_run[0], int(args.time_run[1])))
+        return 0
     cases = _cases()
     names = args.cases or list(cases)
     result: dict[str, float] = {}
-    print(f"| {'case':<20} | {'Ir per call':>12} |")
-    print(f"|{'-' * 22}|{'-' * 14}|")
+    unit = "ns CPU per call" if args.time else "Ir per call"
+    print(f"| {'case':<20} | {unit:>16} |")
+    print(f"|{'-' * 22}|{'-' * 18}|")
     for name in names:
-        _, n1, n2 = cases[name]
-        a, b = _ir(name, n1, args.pythonpath), _ir(name, n2, args.pythonpath)
-        result[name] = round((b - a) / (n2 - n1), 1)
-        print(f"| {name:<20} | {result[name]:>12,.1f} |", flush=True)
+        if args.time:
+            result[name] = round(_ns(name, args.pythonpath) * 1e9, 1)
+        else:
+            _, n1, n2 = cases[name]
+            a, b = _ir(name, n1, args.pythonpath), _ir(name, n2, args.pythonpath)
+            result[name] = round((b - a) / (n2 - n1), 1)
+        print(f"| {name:<20} | {result[name]:>16,.1f} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
