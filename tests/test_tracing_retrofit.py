@@ -753,3 +753,25 @@ def test_sql_operation_of_sqlalchemy_constructs() -> None:
     assert sql_operation(delete(t)) == "DELETE"
     assert sql_operation(text("  merge into t")) == "MERGE"
     assert sql_operation(object()) == ""
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+def test_a_traced_node_pickles_and_reports_across_three_event_loops() -> None:
+    import pickle
+
+    node = traced(NodeEffect, list(RETROFITTED),
+                  {"database": {"namespace": f"pk{uuid.uuid4().hex[:8]}"}})
+    copy = pickle.loads(pickle.dumps(node))
+    tracer = copy.tracer
+    assert tracer is not node.tracer
+    assert copy.retry_policy.tracer is tracer and copy.db._tracer is tracer
+    assert copy.cache._tracer is tracer and copy.circuit_breaker._dispatch.tracer is tracer
+
+    async def query() -> Any:
+        return await copy.db.fetch_val("SELECT 1")
+
+    assert [asyncio.run(query()) for _ in range(3)] == [1, 1, 1]
+    assert [s.name for s in spans(copy)] == ["db.query"] * 3
+    assert spans(node) == []
