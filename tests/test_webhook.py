@@ -938,21 +938,39 @@ async def test_asgi_receiver_refuses_an_oversize_body() -> None:
     assert (await _asgi(app, BODY, _signed(secret, BODY)))[0] == 413
 
 
-async def test_asgi_receiver_sets_credentials_for_authentication() -> None:
+async def test_asgi_receiver_sets_credentials_that_the_authentication_guard_verifies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from onex_compose import default_registry
 
     if "authentication" not in default_registry:
         pytest.skip("the authentication capability is not registered on this branch: the "
                     "receiver's credentials wiring is exercised once it lands")
-    AuthNode = compose(NodeEffect, ["webhook", "authentication"])   # pragma: no cover
-    node = AuthNode(capability_config={"database": {"namespace": f"wh{uuid.uuid4().hex[:8]}"}})
+    monkeypatch.setenv("ONEX_JWT_SECRET", "s" * 32)
+
+    class Orders(NodeEffect):
+        async def process(self, event: Any) -> Any:
+            return event["data"], self.current_principal().subject  # type: ignore[attr-defined]
+
+    node: Any = compose(Orders, ["webhook", "authentication"])(capability_config={
+        "database": {"namespace": f"wh{uuid.uuid4().hex[:8]}"},
+        "authentication": {"jwt_algorithms": ["HS256"]}})
     secret = generate_secret()
     seen: list[Any] = []
-    app = node.webhooks.asgi_receiver(lambda p: seen.append(_context.credentials.get()),
-                                      secret=secret)
-    headers = {**_signed(secret, BODY), "authorization": "Bearer tok"}
-    assert (await _asgi(app, BODY, headers))[0] == 204
-    assert seen[0].scheme == "bearer" and seen[0].value == "tok"
+
+    async def handler(payload: Any) -> None:
+        seen.append(await node.process(payload))
+
+    app = node.webhooks.asgi_receiver(handler, secret=secret)
+    token = node.authenticator.issue_token("partner-42")
+    signed = _signed(secret, BODY, msg_id="m_auth")
+    assert (await _asgi(app, BODY, {**signed, "authorization": f"Bearer {token}"}))[0] == 204
+    assert seen == [({"n": 1}, "partner-42")]
+    # without credentials the guard refuses process(): the handler fails, the sender retries
+    unsigned = _signed(secret, BODY, msg_id="m_none")
+    assert (await _asgi(app, BODY, unsigned))[0] == 500
+    forged = {**_signed(secret, BODY, msg_id="m_bad"), "authorization": "Bearer not.a.jwt"}
+    assert (await _asgi(app, BODY, forged))[0] == 500
+    assert len(seen) == 1
 
 
 # -- tracing -------------------------------------------------------------------------------------
