@@ -171,7 +171,9 @@ class Webhooks:
         self._propagator = None  # the publisher's trace context travels with the delivery
         if tracing and node is not None:
             self._propagator = node.tracer
-            self._tracer = node.tracer.for_capability("webhook")
+            from onex_compose.capabilities._traced import tracer_for
+
+            self._tracer = tracer_for(node, "webhook")
         ns = db.config.namespace
         self.subs_table = f"{ns}_webhook_subscriptions"
         self.deliveries_table = f"{ns}_webhook_deliveries"
