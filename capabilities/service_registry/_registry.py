@@ -166,6 +166,18 @@ class ServiceRegistry:
         ``<host>:<pid>:<node_id>``."""
         return self.config.instance_id or f"{socket.gethostname()}:{os.getpid()}:{self.node_id}"
 
+    async def _watching(self) -> None:
+        """On Redis with watchers: make sure the change channel is subscribed on this loop
+        before an operation, so its own change reaches the watchers too (a watch added outside
+        any event loop subscribes here)."""
+        if not self._watches:
+            return
+        self._listen()
+        try:
+            await self._get_listener().ensure()
+        except Exception as exc:  # the supervisor retries; health says so
+            self._listening(exc)
+
     def _now(self) -> float | None:
         if self._redis and self.config.redis_clock == "server":
             return None
@@ -197,6 +209,8 @@ class ServiceRegistry:
         """
         self._wanted = True
         self._ensure_heartbeats()
+        if self._redis:
+            await self._watching()
         try:
             change = await self.backend.register(self._template(), replace_=replace,
                                                  now=self._now(), ttl=self.config.ttl)
@@ -231,6 +245,8 @@ class ServiceRegistry:
                 "first (or compose with auto_register: true and start() the node)")
         if not self._registered:
             return await self._reregister()
+        if self._redis:
+            await self._watching()
         try:
             kind, data = await self.backend.heartbeat(self.instance_id, self.instance,
                                                       now=self._now(), ttl=self.config.ttl)
@@ -284,6 +300,8 @@ class ServiceRegistry:
             await _cancel(task)
         if not self._registered:
             return
+        if self._redis:
+            await self._watching()
         try:
             change = await self.backend.deregister(self.instance_id, self.instance,
                                                    now=self._now())
@@ -382,6 +400,8 @@ class ServiceRegistry:
         """Flip expired entries to offline and remove those past ``purge_after``; returns the
         changes this call made (exactly one ``offline`` per expiry, however many sweep). Also
         sets the ``registry_entries{status}`` gauge. Run by the heartbeat task too."""
+        if self._redis:
+            await self._watching()
         try:
             changes, counts = await self.backend.sweep(now=self._now(),
                                                        purge_after=self.config.purge_after)
@@ -643,15 +663,20 @@ class ServiceRegistry:
             await self.deregister()
         except RegistryUnavailableError:
             pass  # the entry goes offline by itself after ttl
+        # stop receiving first (a late message would start a new delivery task), then let
+        # the queued changes reach the watchers, then stop the delivery task
+        sup, self._supervisor = self._supervisor, None
+        if sup is not None:
+            await _cancel(sup)
+        if self._listener is not None:
+            await self._listener.aclose()
         if self._queue is not None and self._loop is _running():
             await self.drain(5.0)
-        tasks = [t for t in (self._worker, self._supervisor, self._hb_task) if t is not None]
-        self._worker = self._supervisor = self._hb_task = None
+        tasks = [t for t in (self._worker, self._hb_task) if t is not None]
+        self._worker = self._hb_task = None
         self._queue = None
         for task in tasks:
             await _cancel(task)
-        if self._listener is not None:
-            await self._listener.aclose()
         if not self._redis:
             self.backend.unlisten(self)
 
