@@ -573,16 +573,17 @@ class ServiceRegistry:
     def _down(self, exc: BaseException) -> None:
         if self._outage is None:
             self._counts["outages"] += 1
-            logger.warning("service_registry[{}]: Redis is unreachable ({}); the node keeps "
-                           "serving and re-registers when it returns", self.config.namespace,
-                           exc)
+            logger.warning("service_registry[{}] {}: Redis is unreachable ({}); the node "
+                           "keeps serving and re-registers when it returns",
+                           self.config.namespace, self.instance_id, exc.__cause__ or exc)
         self._outage = f"{type(exc).__name__}: {exc}"
         if self._listener is not None:
             self._listener.suspect()
 
     def _up(self) -> None:
         if self._outage is not None:
-            logger.info("service_registry[{}]: Redis reachable again", self.config.namespace)
+            logger.info("service_registry[{}] {}: Redis reachable again",
+                        self.config.namespace, self.instance_id)
             self._outage = None
 
     def stats(self) -> dict[str, Any]:
