@@ -23,10 +23,11 @@ __all__ = ["MemoryBackend"]
 
 
 class _Table:
-    __slots__ = ("entries", "listeners", "lock")
+    __slots__ = ("by_cap", "entries", "listeners", "lock")
 
     def __init__(self) -> None:
         self.entries: dict[str, ServiceEntry] = {}
+        self.by_cap: dict[str, set[str]] = {}      # capability -> instance ids (an index)
         self.lock = threading.Lock()
         self.listeners: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -95,7 +96,11 @@ class MemoryBackend:
                     registered_at = cur.registered_at
             new = replace(entry, status="online", registered_at=registered_at,
                           last_heartbeat=now, expires_at=now + ttl)
+            if cur is not None:
+                _unindex(t, cur)
             t.entries[entry.instance_id] = new
+            for cap in new.capabilities:
+                t.by_cap.setdefault(cap, set()).add(new.instance_id)
             change = RegistryChange(kind, new)
         self._emit([change])
         return change
@@ -147,6 +152,7 @@ class MemoryBackend:
                     changes.append(RegistryChange("offline", cur))
                 if cur.status != "online" and now >= cur.expires_at + purge_after:
                     del t.entries[iid]
+                    _unindex(t, cur)
                     changes.append(RegistryChange("purged", cur))
                     continue
                 counts[cur.status] += 1
@@ -156,11 +162,14 @@ class MemoryBackend:
     async def query(self, capabilities: list[str] | None,
                     now: float | None) -> tuple[list[ServiceEntry], float]:
         assert now is not None
-        entries = list(self._t.entries.values())
-        if capabilities:
-            need = set(capabilities)
-            entries = [e for e in entries if need.issubset(e.capabilities)]
-        return entries, now
+        t = self._t
+        if not capabilities:
+            return list(t.entries.values()), now
+        with t.lock:
+            sets = [t.by_cap.get(c, _EMPTY) for c in capabilities]
+            ids = set.intersection(*sets) if len(sets) > 1 else sets[0]
+            entries = t.entries
+            return [entries[i] for i in ids], now
 
     async def get(self, instance_id: str, now: float | None) -> tuple[ServiceEntry | None, float]:
         assert now is not None
@@ -173,6 +182,19 @@ class MemoryBackend:
         """Forget every entry of the namespace (tests)."""
         with self._t.lock:
             self._t.entries.clear()
+            self._t.by_cap.clear()
+
+
+_EMPTY: set[str] = set()
+
+
+def _unindex(t: _Table, entry: ServiceEntry) -> None:
+    for cap in entry.capabilities:
+        ids = t.by_cap.get(cap)
+        if ids is not None:
+            ids.discard(entry.instance_id)
+            if not ids:
+                del t.by_cap[cap]
 
 
 def _conflict(instance_id: str, holder: str) -> RegistryConflictError:

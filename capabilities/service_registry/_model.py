@@ -155,7 +155,8 @@ class ServiceRegistryConfig(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        return check_redis_url(value)
+        checked: str | None = check_redis_url(value)
+        return checked
 
     @field_validator("namespace", "instance_id")
     @classmethod

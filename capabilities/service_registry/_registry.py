@@ -402,6 +402,7 @@ class ServiceRegistry:
         sets the ``registry_entries{status}`` gauge. Run by the heartbeat task too."""
         if self._redis:
             await self._watching()
+        changes: list[RegistryChange]
         try:
             changes, counts = await self.backend.sweep(now=self._now(),
                                                        purge_after=self.config.purge_after)
