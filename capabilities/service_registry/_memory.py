@@ -120,8 +120,7 @@ class MemoryBackend:
             if cur.status == "left":
                 return "left", None
             kind = "online" if cur.status == "offline" else "ok"
-            new = t.entries[instance_id] = replace(cur, status="online", last_heartbeat=now,
-                                                   expires_at=now + ttl)
+            new = t.entries[instance_id] = cur._renewed(now, now + ttl)
         if kind == "online":
             self._emit([RegistryChange("online", new)])
         return kind, new

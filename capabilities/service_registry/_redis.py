@@ -21,6 +21,7 @@ which is fine on a standalone Redis or a replica set, not on Redis Cluster.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
@@ -147,6 +148,12 @@ _SCRIPTS = {name: (src, hashlib.sha1(src.encode()).hexdigest())
                               ("deregister", _DEREGISTER), ("sweep", _SWEEP))}
 
 
+def _no_script() -> type[BaseException]:
+    from redis.exceptions import NoScriptError
+
+    return NoScriptError
+
+
 def decode_change(data: bytes | str) -> RegistryChange:
     """A change message (as the scripts publish it) back into a :class:`RegistryChange`."""
     kind, flat = json.loads(data)
@@ -186,26 +193,31 @@ class RedisBackend:
         self.expiry_key = base + "expiry"
         self.all_key = base + "all"
         self.channel = base + "changes"
+        self._loop: Any = None
+        self._client: Any = None
 
     def __repr__(self) -> str:
         clock = "server" if self.server_clock else "client"
         return f"<RedisBackend namespace={self.namespace!r} clock={clock}>"
 
     def client(self) -> Any:
-        return async_client(self.url, timeout=self.timeout, retries=0)
+        """The pooled client of the running loop (cached here: one lookup per call)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._client = async_client(self.url, timeout=self.timeout, retries=0)
+            self._loop = loop
+        return self._client
 
     def _now(self, now: float | None) -> str:
         return "" if self.server_clock or now is None else repr(float(now))
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        from redis.exceptions import NoScriptError
-
         src, sha = _SCRIPTS[name]
         client = self.client()
         try:
             try:
                 return await client.evalsha(sha, len(keys), *keys, *args)
-            except NoScriptError:
+            except _no_script():
                 return await client.eval(src, len(keys), *keys, *args)
         except connection_errors() as exc:
             raise _unavailable(exc) from exc

@@ -269,15 +269,10 @@ class ServiceRegistry:
         if kind == "online":
             self.entry = data
             await self._made([RegistryChange("online", data)])
+        elif data.__class__ is tuple:      # Redis: (last_heartbeat, expires_at)
+            self.entry = self.entry._renewed(*data)
         else:
-            from dataclasses import replace
-
-            if isinstance(data, tuple):
-                last, expires = data
-            else:
-                last, expires = data.last_heartbeat, data.expires_at
-            self.entry = replace(self.entry, status="online", last_heartbeat=last,
-                                 expires_at=expires)
+            self.entry = data
         return self.entry
 
     async def _reregister(self) -> ServiceEntry:
