@@ -1,11 +1,12 @@
 """service_registry benchmark: heartbeat and discovery against raw redis-py doing the same
 round trips, and discovery in memory.
 
-| case                                             | measured against                         |
-|--------------------------------------------------|------------------------------------------|
-| ``await reg.heartbeat()`` (Redis, Lua script)    | a raw redis-py pipeline ``HSET`` + ``ZADD`` (one round trip) |
-| ``await reg.discover(capability=...)`` over 1,000 entries (Redis) | raw redis-py: ``SMEMBERS`` of the capability's index set, then a pipelined ``HGETALL`` of the matches |
-| ``await reg.discover(capability=...)`` over 1,000 entries (memory) | target <= 200 us |
+* ``await reg.heartbeat()`` (Redis, one Lua script) against a raw redis-py pipeline of
+  ``HSET`` + ``ZADD`` (one round trip), on a default client and on a client with the
+  registry's connection settings;
+* ``await reg.discover(capability=...)`` over 1,000 entries (Redis) against raw redis-py:
+  ``SMEMBERS`` of the capability's index set, then a pipelined ``HGETALL`` of the matches;
+* ``await reg.discover(capability=...)`` over 1,000 entries in memory.
 
 Targets (issue 14): heartbeat <= 1.2x, Redis discover <= 1.2x, memory discover <= 200 us.
 Ratios are medians of interleaved pairs (ours and the peer back to back, same load). Needs the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -219,7 +219,6 @@ class ServiceEntry:
     registered_at: float
     last_heartbeat: float
     expires_at: float
-    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __repr__(self) -> str:
         return (f"<ServiceEntry {self.instance_id} {self.name} {self.node_type or '-'} "
@@ -287,7 +286,7 @@ class ServiceEntry:
 
 
 _SLOTS = ("node_id", "instance_id", "instance", "name", "node_type", "capabilities", "address",
-          "metadata", "version", "domain", "registered_at", "extra")
+          "metadata", "version", "domain", "registered_at")
 
 
 def _s(value: Any) -> str:
