@@ -125,6 +125,8 @@ class ServiceRegistry:
         self.node_type = None if node_type is None else check_node_type(node_type)
         self.capabilities = tuple(capabilities)
         self.instance = instance or uuid.uuid4().hex
+        self._iid_key: tuple[str, int] | None = None
+        self._iid = ""
         self._registry = registry
         self._inc: Callable[..., Any] = getattr(metrics, "increment", None) or _no_metric
         self._gauge: Callable[..., Any] = getattr(metrics, "gauge", None) or _no_metric
@@ -163,8 +165,14 @@ class ServiceRegistry:
     @property
     def instance_id(self) -> str:
         """The fleet-unique registry key: the configured ``instance_id``, else
-        ``<host>:<pid>:<node_id>``."""
-        return self.config.instance_id or f"{socket.gethostname()}:{os.getpid()}:{self.node_id}"
+        ``<host>:<pid>:<node_id>`` (computed once per node id and process)."""
+        if self.config.instance_id:
+            return self.config.instance_id
+        key = (self.node_id, os.getpid())
+        if self._iid_key != key:
+            self._iid_key = key
+            self._iid = f"{socket.gethostname()}:{key[1]}:{key[0]}"
+        return self._iid
 
     async def _watching(self) -> None:
         """On Redis with watchers: make sure the change channel is subscribed on this loop
