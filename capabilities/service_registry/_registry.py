@@ -627,7 +627,8 @@ class ServiceRegistry:
 
     async def _heartbeats(self) -> None:
         interval = self.config.interval
-        while True:
+        me = asyncio.current_task()
+        while self._hb_task is me:   # deregister()/aclose() clear it (and cancel this task)
             await asyncio.sleep(interval)
             if self._wanted:
                 try:
@@ -694,11 +695,15 @@ def _running() -> asyncio.AbstractEventLoop | None:
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait until it is done. The cancellation is repeated: redis-py can
+    swallow a ``CancelledError`` that arrives while it connects or disconnects."""
     if task.done():
         return
-    task.cancel()
-    if task.get_loop() is _running():
-        try:
-            await task
-        except BaseException:
-            pass
+    if task.get_loop() is not _running():
+        task.cancel()
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("a service_registry task ended with {!r}", task.exception())
