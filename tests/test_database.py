@@ -326,6 +326,23 @@ async def test_migrations_apply_once_in_order_and_are_idempotent(make: Any) -> N
     await db.execute("INSERT INTO items (name) VALUES ('a')")
 
 
+
+async def test_migrations_rolled_back_with_the_callers_transaction_are_applied_again(
+        make: Any) -> None:
+    db = make().db
+
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort):
+        async with db.transaction():
+            db.register_migrations("things", MIGRATIONS)  # registered mid-transaction
+            await db.migrate()  # runs in a SAVEPOINT of the caller's transaction
+            raise Abort
+    await db.ensure_migrated("things")  # not remembered as applied: checked and applied again
+    await db.execute("INSERT INTO items (name) VALUES ('a')")
+    assert await db.fetch_val(f"SELECT count(*) FROM {db.migrations_table}") == 2
+
 async def test_a_changed_checksum_raises_naming_the_migration(make: Any) -> None:
     db = make().db
     db.register_migrations("things", MIGRATIONS)

@@ -442,8 +442,8 @@ class AuditLog:
 
         Inside an open ``db.transaction()`` of the same task the record joins it (it commits
         or rolls back with the caller's work). The table is created by the database's
-        migrations (``start()``, or lazily by the first audit call): migrate before recording
-        inside a transaction that may roll back.
+        migrations (``start()``, or lazily by the first audit call; created inside a
+        transaction that rolls back, it is created again by the next call).
 
         Raises:
             AuditWriteError: the record could not be stored (the chain is unchanged).

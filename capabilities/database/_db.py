@@ -816,6 +816,7 @@ class Database:
         migrations = self._migrations.get(owner, [])
         table = self.migrations_table
         dialect = self.dialect
+        nested = self._joinable() is not None
         token = _migrating.set(True)
         try:
             async with self.transaction() as tx:
@@ -851,6 +852,10 @@ class Database:
                          "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         finally:
             _migrating.reset(token)
+        if nested:
+            # inside the caller's transaction: the caller may still roll it back, so the
+            # migrations are not remembered as applied (the next run checks the table again)
+            return
         self._migrated.add(owner)
 
     # -- health ------------------------------------------------------------------------------
