@@ -214,7 +214,7 @@ def test_errors_pickle_with_their_message_and_data(err: Any) -> None:
 
 
 @pytest.mark.parametrize("name", ["authentication", "authorization",
-                                  "secure_storage", "message_queue", "webhook", "notification",
+                                  "secure_storage", "webhook", "notification",
                                   "service_registry", "service_protocol"])
 def test_a_planned_seed_capability_is_named_as_planned_not_given_a_look_alike(name: str) -> None:
     from onex_compose import NodeCompute, compose
