@@ -1,12 +1,13 @@
 """The ``message_queue`` capability: ``self.message_queue``, at-least-once queues.
 
-``self.message_queue`` is a :class:`MessageQueue` over one backend (``backend``):
+``self.message_queue`` is a :class:`MessageQueue` over one backend (``backend``). This release
+has one: ``database`` (the default), rows in the node's ``database`` capability, the embedded
+SQLite by default, PostgreSQL when the database URL says so (``_database.py``). The facility
+talks to its backend through a small interface (enqueue, receive, ack, nack, extend,
+dead_letter, dead_letters, redrive, purge, stats, ping), so Redis Streams and RabbitMQ backends
+can be added as modules beside it.
 
-* ``database`` (the default): rows in the node's ``database`` capability, the embedded SQLite
-  by default, PostgreSQL when the database URL says so (``_database.py``);
-* ``redis``: Redis Streams with consumer groups (``_redis.py``).
-
-The API and its semantics are the same on every backend:
+The API and its semantics:
 
 * ``await enqueue(queue, payload, key=None, delay=0.0, idempotency_key=None, headers=None)``
   returns the message id; ``enqueue_many(queue, payloads)`` adds several at once. An enqueue
@@ -102,7 +103,7 @@ __all__ = [
     "check_queue",
 ]
 
-_EXTRAS = {"database": ("sqlalchemy", "database"), "redis": ("redis", "redis")}
+_EXTRAS = {"database": ("sqlalchemy", "database")}
 
 
 def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
@@ -111,10 +112,6 @@ def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
         raise ConfigurationError(
             f"message_queue backend {cfg.backend!r} needs the {module!r} package: "
             f"pip install 'onex-compose[{extra}]'")
-    if cfg.backend == "redis":
-        from onex_compose.capabilities.message_queue._redis import RedisBackend
-
-        return RedisBackend(cfg, clock=clock)
     from onex_compose.capabilities.message_queue._database import DatabaseBackend
 
     return DatabaseBackend(cfg, node.db, clock=clock)

@@ -399,4 +399,3 @@ class DatabaseBackend:
 
     async def aclose(self) -> None:
         """Nothing of its own: the database capability closes its engines."""
-        return None

@@ -266,9 +266,9 @@ class MessageQueue:
         end = loop.time() + max(0.0, wait)
         while True:
             delivered, dead = await self._guard(self.backend.receive(queue, max_messages, vis))
-            for raw in dead:
-                self._inc("mq_dead_lettered_total", 1, {"queue": queue,
-                                                         "reason": "max_deliveries"})
+            if dead:
+                self._inc("mq_dead_lettered_total", len(dead), {"queue": queue,
+                                                                 "reason": "max_deliveries"})
             if delivered:
                 out = [self._message(queue, raw) for raw in delivered]
                 self._inc("mq_delivered_total", len(out), {"queue": queue})
