@@ -1,8 +1,9 @@
 """The message_queue conformance suite: one set of tests over every backend.
 
-Backends: ``database-sqlite-memory``, ``database-sqlite-file`` and ``database-postgres`` (a
-schema per test, dropped afterwards). The ``redis`` and ``rabbitmq`` backends of issue 13 are
-not built yet; they join ``BACKENDS`` when they land. A test that does not apply to a backend by design skips with the reason.
+Backends: ``database-sqlite-memory``, ``database-sqlite-file``, ``database-postgres`` (a
+schema per test, dropped afterwards) and ``redis`` (a namespace per test, its keys deleted
+afterwards). The ``rabbitmq`` backend of issue 13 is not built yet; it joins ``BACKENDS`` when
+it lands. A test that does not apply to a backend by design skips with the reason.
 Waiting is always bounded and generous (``receive(wait=...)``, :func:`until`), never a fixed
 sleep.
 """
@@ -31,7 +32,7 @@ from onex_compose.capabilities.message_queue import (
     StaleReceiptError,
 )
 
-BACKENDS = ["database-sqlite-memory", "database-sqlite-file", "database-postgres"]
+BACKENDS = ["database-sqlite-memory", "database-sqlite-file", "database-postgres", "redis"]
 MQNode = compose(NodeEffect, ["message_queue"])
 
 
@@ -82,10 +83,14 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     elif name == "database-sqlite-file":
         b = Backend(name, {"url": f"sqlite:///{tmp_path / 'mq.db'}", "namespace": ns},
                     {"namespace": ns})
-    else:
+    elif name == "database-postgres":
         dsn = request.getfixturevalue("postgres_dsn")
         b = Backend(name, {"url": dsn, "schema": f"onextest_{ns}", "namespace": ns},
                     {"namespace": ns})
+    else:
+        url = request.getfixturevalue("redis_url")
+        b = Backend(name, {"namespace": ns}, {"backend": "redis", "redis_url": url,
+                                              "namespace": ns})
     yield b
     for node in b.nodes:
         await node.aclose()
@@ -98,6 +103,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await conn.execute(f'DROP SCHEMA IF EXISTS "{b.database["schema"]}" CASCADE')
         finally:
             await conn.close()
+    elif name == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(b.mq["redis_url"])
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{ns}:*", count=500)]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
 
 
 # -- basics --------------------------------------------------------------------------------------
@@ -578,6 +593,16 @@ async def test_postgres_killed_mid_run(private_postgres: Any) -> None:
         "database": {"url": private_postgres.url, "namespace": ns, "connect_timeout": 2.0},
         "message_queue": {"namespace": ns}})
     await _killed_mid_run(node, private_postgres)
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+async def test_redis_killed_mid_run(private_redis: Any) -> None:
+    ns = f"t{uuid.uuid4().hex[:8]}"
+    node = MQNode(capability_config={
+        "database": {"namespace": ns},
+        "message_queue": {"namespace": ns, "backend": "redis", "redis_url": private_redis.url}})
+    await _killed_mid_run(node, private_redis)
 
 
 async def _killed_mid_run(node: Any, server: Any) -> None:

@@ -1,11 +1,14 @@
 """The ``message_queue`` capability: ``self.message_queue``, at-least-once queues.
 
-``self.message_queue`` is a :class:`MessageQueue` over one backend (``backend``). This release
-has one: ``database`` (the default), rows in the node's ``database`` capability, the embedded
-SQLite by default, PostgreSQL when the database URL says so (``_database.py``). The facility
-talks to its backend through a small interface (enqueue, receive, ack, nack, extend,
-dead_letter, dead_letters, redrive, purge, stats, ping), so Redis Streams and RabbitMQ backends
-can be added as modules beside it.
+``self.message_queue`` is a :class:`MessageQueue` over one backend (``backend``):
+
+* ``database`` (the default): rows in the node's ``database`` capability, the embedded SQLite
+  by default, PostgreSQL when the database URL says so (``_database.py``);
+* ``redis``: Redis Streams with a consumer group per queue (``_redis.py``).
+
+The facility talks to its backend through a small interface (enqueue, receive, ack, nack,
+extend, dead_letter, dead_letters, redrive, purge, stats, ping); the RabbitMQ backend of issue
+13 is not in this release.
 
 The API and its semantics:
 
@@ -103,7 +106,7 @@ __all__ = [
     "check_queue",
 ]
 
-_EXTRAS = {"database": ("sqlalchemy", "database")}
+_EXTRAS = {"database": ("sqlalchemy", "database"), "redis": ("redis", "redis")}
 
 
 def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
@@ -112,6 +115,10 @@ def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
         raise ConfigurationError(
             f"message_queue backend {cfg.backend!r} needs the {module!r} package: "
             f"pip install 'onex-compose[{extra}]'")
+    if cfg.backend == "redis":
+        from onex_compose.capabilities.message_queue._redis import RedisBackend
+
+        return RedisBackend(cfg, clock=clock)
     from onex_compose.capabilities.message_queue._database import DatabaseBackend
 
     return DatabaseBackend(cfg, node.db, clock=clock)

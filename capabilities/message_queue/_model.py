@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: The backends that fully work in this release (the config accepts only these).
-BACKENDS = ("database",)
+BACKENDS = ("database", "redis")
 
 _QUEUE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
@@ -112,11 +112,11 @@ class MessageQueueConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["database"] = Field(
+    backend: Literal["database", "redis"] = Field(
         default="database", description="database: the node's database capability (SQLite, "
-                                        "or PostgreSQL by its URL)")
-    redis_url: str | None = Field(default=None, description="reserved for the redis backend "
-                                                            "(not in this release)")
+                                        "or PostgreSQL by its URL); redis: Streams")
+    redis_url: str | None = Field(default=None, description="None: ONEX_REDIS_URL, else "
+                                                            "redis://127.0.0.1:6379/0")
     amqp_url: str | None = Field(default=None, description="reserved for the rabbitmq backend "
                                                            "(not in this release)")
     namespace: str = Field(default="onex", min_length=1, max_length=40)
@@ -134,6 +134,13 @@ class MessageQueueConfig(BaseModel):
     poll_interval: float = Field(default=0.1, gt=0)
     keep_acked: float = Field(default=0.0, ge=0)
     health_max_age: float = Field(default=300.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        from onex_compose.capabilities._redis import check_redis_url
+
+        return check_redis_url(value)
 
     @field_validator("namespace")
     @classmethod
