@@ -638,3 +638,46 @@ async def _killed_mid_run(node: Any, server: Any) -> None:
     await consumer.stop()
     await node.aclose()
 
+
+
+_TRACED_CONSUMER = textwrap.dedent("""
+    import asyncio, json, sys
+    from onex_compose import NodeEffect, compose
+    config = json.loads(sys.argv[1])
+    node = compose(NodeEffect, ["message_queue", "tracing"])(capability_config=config)
+    async def main():
+        done = asyncio.Event()
+        node.message_queue.consume("traced", lambda msg: done.set())
+        await asyncio.wait_for(done.wait(), 60)
+        await node.aclose()
+        [span] = [s for s in node.tracer.exporter.get_finished_spans()
+                  if s.name == "traced process"]
+        print(json.dumps({"trace_id": span.context.trace_id,
+                          "parent": span.parent.span_id if span.parent else None,
+                          "kind": span.kind.name}), flush=True)
+    asyncio.run(main())
+""")
+
+
+@pytest.mark.slow
+async def test_the_consumer_span_is_a_child_of_the_producer_span_across_processes(
+        backend: Backend) -> None:
+    backend.skip_if("database-sqlite-memory",
+                    reason="an in-memory database is private to its process")
+    pytest.importorskip("opentelemetry.sdk")
+    import json
+
+    tracing = {"exporter": "memory", "processor": "simple", "instrument": ["message_queue"]}
+    Traced = compose(NodeEffect, ["message_queue", "tracing"])
+    producer = backend.node(Traced, capability_config={"tracing": tracing})
+    await producer.message_queue.enqueue("traced", {"n": 1})
+    [sent] = [s for s in producer.tracer.exporter.get_finished_spans()
+              if s.name == "traced publish"]
+    config = {**backend.config, "tracing": tracing}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _TRACED_CONSUMER, json.dumps(config),
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    seen = json.loads(out.decode().strip().splitlines()[-1])
+    assert seen == {"trace_id": sent.context.trace_id, "parent": sent.context.span_id,
+                    "kind": "CONSUMER"}

@@ -140,7 +140,8 @@ class MessageQueueConfig(BaseModel):
     def _check_redis_url(cls, value: str | None) -> str | None:
         from onex_compose.capabilities._redis import check_redis_url
 
-        return check_redis_url(value)
+        checked: str | None = check_redis_url(value)
+        return checked
 
     @field_validator("namespace")
     @classmethod

@@ -316,7 +316,8 @@ class RedisBackend:
     def _part(self, key: str | None, mid: str) -> int:
         if self.config.ordering != "key":
             return 0
-        return zlib.crc32((key if key is not None else mid).encode()) % self.config.partitions
+        partitions: int = self.config.partitions
+        return int(zlib.crc32((key if key is not None else mid).encode()) % partitions)
 
     async def _run(self, coro: Any) -> Any:
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -507,7 +508,8 @@ class RedisBackend:
             await client.delete(*keys)
 
         await self._run(wipe())
-        return stats.total
+        total: int = stats.total
+        return total
 
     async def stats(self, queue: str) -> tuple[QueueStats, float | None]:
         client = self._client()
