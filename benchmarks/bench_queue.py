@@ -1,8 +1,8 @@
 """message_queue throughput: enqueue + receive + ack of 1 KB payloads, ours against raw SQL.
 
-Backends: the ``database`` backend on SQLite (memory) and PostgreSQL (skipped when
-ONEX_POSTGRES_DSN is unreachable). The Redis Streams and RabbitMQ backends of issue 13 are not
-built yet, so their rows are absent.
+Backends: the ``database`` backend on SQLite (memory) and PostgreSQL, and the ``redis`` backend
+(each skipped when its server is unreachable: ONEX_POSTGRES_DSN, ONEX_REDIS_URL). The RabbitMQ
+backend of issue 13 is not built yet, so its rows are absent.
 
 Each case moves one message through the whole protocol, single or batched (100 per round trip):
 
@@ -16,6 +16,11 @@ ours                                              raw SQL through SQLAlchemy (sa
 ``enqueue_many(100)`` + ``receive(100)`` + acks    one multi-row INSERT; the same receive for 100;
                                                   100 DELETEs
 ================================================  ===============================================
+
+On Redis the raw side is redis-py ``XADD`` / ``XREADGROUP`` / ``XACK`` + ``XDEL`` (pipelined
+alike: a batch's XADDs in one pipeline, each ack one pipelined round trip, as ours); ours runs
+one Lua script per enqueue, receive and ack (receipts, visibility, delayed promotion and
+redelivery are what the script adds).
 
 The table shows seconds per message (``1 / throughput``) as the median of alternating rounds;
 ratio = ours / raw, so the issue's target "throughput >= 0.8x the raw client" is a ratio
@@ -171,6 +176,100 @@ async def _backend(database: dict[str, Any], messages: int, repeats: int, warm: 
         await node.aclose()
 
 
+def _redis_cases(node: Any, url: str, ns: str) -> dict[str, Callable[[int], Awaitable[int]]]:
+    from onex_compose.capabilities._redis import async_client
+
+    mq = node.message_queue
+    dumps = mq.serializer.dumps
+    loads = mq.serializer.loads
+    stream, group = f"{ns}:raw", f"{ns}:raw"
+    consumer = "bench"
+    ready: list[bool] = []
+
+    async def client() -> Any:
+        c = async_client(url, timeout=2.0, retries=0)
+        if not ready:
+            await c.xgroup_create(stream, group, id="0", mkstream=True)
+            ready.append(True)
+        return c
+
+    async def raw_ack(c: Any, eid: Any) -> None:
+        pipe = c.pipeline(transaction=False)
+        pipe.xack(stream, group, eid)
+        pipe.xdel(stream, eid)
+        await pipe.execute()
+
+    def fields() -> dict[str, Any]:
+        return {"id": uuid.uuid4().hex, "payload": dumps(PAYLOAD), "headers": "{}",
+                "enq": repr(time.time())}
+
+    async def ours_single(n: int) -> int:
+        for _ in range(n):
+            await mq.enqueue("ours", PAYLOAD)
+            [msg] = await mq.receive("ours")
+            await msg.ack()
+        return n
+
+    async def raw_single(n: int) -> int:
+        c = await client()
+        for _ in range(n):
+            await c.xadd(stream, fields())
+            [[_, entries]] = await c.xreadgroup(group, consumer, {stream: ">"}, count=1)
+            for eid, f in entries:
+                loads(f[b"payload"])
+                await raw_ack(c, eid)
+        return n
+
+    async def ours_batch(n: int) -> int:
+        done = 0
+        while done < n:
+            await mq.enqueue_many("ours", [PAYLOAD] * BATCH)
+            for msg in await mq.receive("ours", max_messages=BATCH):
+                await msg.ack()
+                done += 1
+        return done
+
+    async def raw_batch(n: int) -> int:
+        c = await client()
+        done = 0
+        while done < n:
+            pipe = c.pipeline(transaction=False)
+            for _ in range(BATCH):
+                pipe.xadd(stream, fields())
+            await pipe.execute()
+            [[_, entries]] = await c.xreadgroup(group, consumer, {stream: ">"}, count=BATCH)
+            for eid, f in entries:
+                loads(f[b"payload"])
+                await raw_ack(c, eid)
+                done += 1
+        return done
+
+    return {"ours_single": ours_single, "raw_single": raw_single, "ours_batch": ours_batch,
+            "raw_batch": raw_batch}
+
+
+async def _redis(messages: int, repeats: int, warm: bool) -> dict[str, float] | None:
+    url = os.environ.get("ONEX_REDIS_URL", "redis://127.0.0.1:6379/0")
+    ns = f"bq{uuid.uuid4().hex[:6]}"
+    node = compose(NodeEffect, ["message_queue"])(capability_config={
+        "message_queue": {"namespace": ns, "backend": "redis", "redis_url": url}})
+    try:
+        await node.message_queue.stats("ours")
+    except Exception:
+        await node.aclose()
+        return None
+    try:
+        return await _compare(_redis_cases(node, url, ns), messages, repeats, warm)
+    finally:
+        from onex_compose.capabilities._redis import async_client
+
+        c = async_client(url)
+        keys = [k async for k in c.scan_iter(match=f"{ns}:*", count=500)]
+        if keys:
+            await c.delete(*keys)
+        await node.aclose()
+
+
 async def _drop(schema: str) -> None:
     import asyncpg
 
@@ -190,26 +289,29 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.smoke else max(3, args.repeats // 2)
     schema = f"bench_{uuid.uuid4().hex[:8]}"
 
-    async def run() -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    async def run() -> tuple[dict[str, float] | None, ...]:
         lite = await _backend({}, messages, repeats, not args.smoke)
         try:
             pg = await _backend({"url": PG_DSN, "schema": schema}, messages, repeats,
-                                  not args.smoke)
+                                not args.smoke)
         finally:
             await _drop(schema)
-        return lite, pg
+        red = await _redis(messages, repeats, not args.smoke)
+        return lite, pg, red
 
-    lite, pg = asyncio.run(run())
+    lite, pg, red = asyncio.run(run())
     table = Table("queue", "message_queue: enqueue + receive + ack of 1 KB, against raw SQL "
                            "(seconds per message; ratio <= 1.25x is >= 0.8x throughput)")
-    for name, r in (("database sqlite memory", lite), ("database postgresql", pg)):
+    for name, r, raw_name in (("database sqlite memory", lite, "raw SQL"),
+                              ("database postgresql", pg, "raw SQL"),
+                              ("redis streams", red, "redis-py")):
         if r is None:
             table.add(f"{name}: skipped (server unreachable)", 0.0)
             continue
         for case, label in (("single", "single"), ("batch", f"batched x{BATCH}")):
             ours, raw = r[f"ours_{case}"], r[f"raw_{case}"]
             table.add(f"{name}: {label} ({1 / ours:,.0f} msg/s)", ours, baseline=raw,
-                      target="<= 1.25x", note=f"raw SQL {1 / raw:,.0f} msg/s")
+                      target="<= 1.25x", note=f"{raw_name} {1 / raw:,.0f} msg/s")
         table.add(f"{name}: p50 latency per message (single)", r["ours_single"])
     table.finish(args.smoke)
     return 0
