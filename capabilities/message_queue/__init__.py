@@ -4,11 +4,12 @@
 
 * ``database`` (the default): rows in the node's ``database`` capability, the embedded SQLite
   by default, PostgreSQL when the database URL says so (``_database.py``);
-* ``redis``: Redis Streams with a consumer group per queue (``_redis.py``).
+* ``redis``: Redis Streams with a consumer group per queue (``_redis.py``);
+* ``rabbitmq``: RabbitMQ quorum queues through aio-pika (``_rabbitmq.py``; ``ordering: key`` is
+  a ``ConfigurationError`` and idempotency keys an ``UnsupportedFeatureError`` there).
 
 The facility talks to its backend through a small interface (enqueue, receive, ack, nack,
-extend, dead_letter, dead_letters, redrive, purge, stats, ping); the RabbitMQ backend of issue
-13 is not in this release.
+extend, dead_letter, dead_letters, redrive, purge, stats, ping).
 
 The API and its semantics:
 
@@ -106,7 +107,8 @@ __all__ = [
     "check_queue",
 ]
 
-_EXTRAS = {"database": ("sqlalchemy", "database"), "redis": ("redis", "redis")}
+_EXTRAS = {"database": ("sqlalchemy", "database"), "redis": ("redis", "redis"),
+           "rabbitmq": ("aio_pika", "amqp")}
 
 
 def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
@@ -115,6 +117,15 @@ def _backend(node: Any, cfg: MessageQueueConfig, clock: Any) -> Any:
         raise ConfigurationError(
             f"message_queue backend {cfg.backend!r} needs the {module!r} package: "
             f"pip install 'onex-compose[{extra}]'")
+    if cfg.backend == "rabbitmq":
+        if cfg.ordering == "key":
+            raise ConfigurationError(
+                "message_queue: ordering 'key' is not available on the rabbitmq backend (a "
+                "quorum queue cannot hold a key while one of its messages is in flight); use "
+                "ordering 'fifo' or 'none', or the database or redis backend")
+        from onex_compose.capabilities.message_queue._rabbitmq import RabbitMQBackend
+
+        return RabbitMQBackend(cfg, clock=clock)
     if cfg.backend == "redis":
         from onex_compose.capabilities.message_queue._redis import RedisBackend
 

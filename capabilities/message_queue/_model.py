@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: The backends that fully work in this release (the config accepts only these).
-BACKENDS = ("database", "redis")
+BACKENDS = ("database", "redis", "rabbitmq")
 
 _QUEUE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
@@ -112,13 +112,14 @@ class MessageQueueConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["database", "redis"] = Field(
+    backend: Literal["database", "redis", "rabbitmq"] = Field(
         default="database", description="database: the node's database capability (SQLite, "
-                                        "or PostgreSQL by its URL); redis: Streams")
+                                        "or PostgreSQL by its URL); redis: Streams; rabbitmq: "
+                                        "quorum queues")
     redis_url: str | None = Field(default=None, description="None: ONEX_REDIS_URL, else "
                                                             "redis://127.0.0.1:6379/0")
-    amqp_url: str | None = Field(default=None, description="reserved for the rabbitmq backend "
-                                                           "(not in this release)")
+    amqp_url: str | None = Field(default=None, description="None: ONEX_AMQP_URL, else "
+                                                           "amqp://guest:guest@127.0.0.1:5672/")
     namespace: str = Field(default="onex", min_length=1, max_length=40)
     visibility_timeout: float = Field(default=30.0, gt=0)
     max_deliveries: int = Field(default=5, ge=1)
@@ -142,6 +143,16 @@ class MessageQueueConfig(BaseModel):
 
         checked: str | None = check_redis_url(value)
         return checked
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("amqp://", "amqps://")):
+            from onex_compose._redact import scrub_text
+
+            raise ValueError(f"amqp_url must start with amqp:// or amqps://, got "
+                             f"{scrub_text(value)!r}")
+        return value
 
     @field_validator("namespace")
     @classmethod
