@@ -88,6 +88,15 @@ def wait_seconds(delay: float) -> int:
     return int(2 ** min(_MAX_WAIT_EXP, math.ceil(math.log2(delay))))
 
 
+def _channel_of(message: Any) -> Any:
+    """The message's channel, or ``None`` once it is closed (aio-pika raises then)."""
+    try:
+        channel = message.channel
+    except Exception:
+        return None
+    return None if channel.is_closed else channel
+
+
 def _scrub(text: str) -> str:
     from onex_compose._redact import scrub_text
 
@@ -194,22 +203,48 @@ class RabbitMQBackend:
             self.declared.add(name)
         return name
 
+    async def _drop_link(self) -> None:
+        """Forget this loop's connection (the next call reconnects) and the deliveries held on
+        it (the broker requeues them when the connection goes)."""
+        link = self._links.pop(asyncio.get_running_loop(), None)
+        for token, held in list(self._held.items()):
+            channel = _channel_of(held.message)
+            if link is None or channel is None or channel is link.channel:
+                self._held.pop(token, None)
+                if held.handle is not None:
+                    held.handle.cancel()
+        if link is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.connection.close(), 2)
+
     async def _run(self, fn: Any, *args: Any) -> Any:
+        from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
         try:
-            return await fn(*args)
+            try:
+                return await fn(*args)
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our caller is being cancelled
+                # aiormq cancels a pending RPC when the broker closes the connection
+                raise ConnectionError(str(exc) or "connection closed") from exc
         except (QueueError, StaleReceiptError):
             raise
-        except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionError, OSError, AMQPError,
+                ChannelInvalidStateError, RuntimeError) as exc:
+            from aio_pika.exceptions import ChannelClosed
+
+            if isinstance(exc, ChannelClosed) and "PRECONDITION_FAILED" in str(exc):
+                await self._drop_link()
+                raise QueueError(f"message_queue: RabbitMQ refused a declaration "
+                                 f"({_scrub(str(exc))}): the queue exists with other "
+                                 "arguments (max_deliveries?); delete it or use another "
+                                 "namespace") from exc
+            await self._drop_link()
             raise QueueUnavailableError(
                 f"message_queue: RabbitMQ is unavailable ({_scrub(str(exc)) or type(exc).__name__})"
             ) from exc
-        except Exception as exc:
-            from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
-
-            if isinstance(exc, AMQPConnectionError | ChannelInvalidStateError):
-                raise QueueUnavailableError(
-                    f"message_queue: RabbitMQ is unavailable ({_scrub(str(exc))})") from exc
-            raise
 
     def _message(self, body: bytes, mid: str, headers: Mapping[str, Any]) -> Any:
         import aio_pika
@@ -310,7 +345,7 @@ class RabbitMQBackend:
 
     def _take(self, queue: str, mid: str, receipt: str, what: str) -> _Held:
         held = self._held.pop(receipt, None)
-        if held is None or held.message.channel.is_closed:
+        if held is None or _channel_of(held.message) is None:
             raise StaleReceiptError(
                 f"cannot {what} message {mid} of queue {queue!r}: its receipt is stale (the "
                 "visibility timeout lapsed and it was requeued, its connection closed, or it "
@@ -352,7 +387,7 @@ class RabbitMQBackend:
 
     async def extend(self, queue: str, mid: str, receipt: str, seconds: float) -> None:
         held = self._held.get(receipt)
-        if held is None or held.message.channel.is_closed:
+        if held is None or _channel_of(held.message) is None:
             raise StaleReceiptError(
                 f"cannot extend message {mid} of queue {queue!r}: its receipt is stale")
         if held.handle is not None:
