@@ -1,8 +1,8 @@
 """message_queue throughput: enqueue + receive + ack of 1 KB payloads, ours against raw SQL.
 
-Backends: the ``database`` backend on SQLite (memory) and PostgreSQL, and the ``redis`` backend
-(each skipped when its server is unreachable: ONEX_POSTGRES_DSN, ONEX_REDIS_URL). The RabbitMQ
-backend of issue 13 is not built yet, so its rows are absent.
+Backends: the ``database`` backend on SQLite (memory) and PostgreSQL, the ``redis`` backend and
+the ``rabbitmq`` backend (each skipped when its server is unreachable: ONEX_POSTGRES_DSN,
+ONEX_REDIS_URL, ONEX_AMQP_URL).
 
 Each case moves one message through the whole protocol, single or batched (100 per round trip):
 
@@ -20,7 +20,8 @@ ours                                              raw SQL through SQLAlchemy (sa
 On Redis the raw side is redis-py ``XADD`` / ``XREADGROUP`` / ``XACK`` + ``XDEL`` (pipelined
 alike: a batch's XADDs in one pipeline, each ack one pipelined round trip, as ours); ours runs
 one Lua script per enqueue, receive and ack (receipts, visibility, delayed promotion and
-redelivery are what the script adds).
+redelivery are what the script adds). On RabbitMQ the raw side is aio-pika ``publish`` with
+publisher confirms to a durable quorum queue, ``basic.get`` and ``ack``, as ours.
 
 The table shows seconds per message (``1 / throughput``) as the median of alternating rounds;
 ratio = ours / raw, so the issue's target "throughput >= 0.8x the raw client" is a ratio
@@ -270,6 +271,95 @@ async def _redis(messages: int, repeats: int, warm: bool) -> dict[str, float] | 
         await node.aclose()
 
 
+def _rabbit_cases(node: Any, link: Any, raw_queue: Any, raw_name: str
+                  ) -> dict[str, Callable[[int], Awaitable[int]]]:
+    import aio_pika
+
+    mq = node.message_queue
+    dumps = mq.serializer.dumps
+    loads = mq.serializer.loads
+    exchange = link.default_exchange
+
+    def message() -> Any:
+        return aio_pika.Message(dumps(PAYLOAD), message_id=uuid.uuid4().hex,
+                                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                headers={"x-onex-deliveries": 0})
+
+    async def ours_single(n: int) -> int:
+        for _ in range(n):
+            await mq.enqueue("ours", PAYLOAD)
+            [msg] = await mq.receive("ours")
+            await msg.ack()
+        return n
+
+    async def raw_single(n: int) -> int:
+        for _ in range(n):
+            await exchange.publish(message(), routing_key=raw_name)
+            got = await raw_queue.get(no_ack=False, fail=False)
+            while got is None:  # a quorum queue may lag its own confirm by a moment
+                got = await raw_queue.get(no_ack=False, fail=False)
+            loads(got.body)
+            await got.ack()
+        return n
+
+    async def ours_batch(n: int) -> int:
+        done = 0
+        while done < n:
+            await mq.enqueue_many("ours", [PAYLOAD] * BATCH)
+            for msg in await mq.receive("ours", max_messages=BATCH, wait=5):
+                await msg.ack()
+                done += 1
+        return done
+
+    async def raw_batch(n: int) -> int:
+        done = 0
+        while done < n:
+            await asyncio.gather(*(exchange.publish(message(), routing_key=raw_name)
+                                   for _ in range(BATCH)))
+            for _ in range(BATCH):
+                got = await raw_queue.get(no_ack=False, fail=False)
+                if got is None:
+                    break
+                loads(got.body)
+                await got.ack()
+                done += 1
+        return done
+
+    return {"ours_single": ours_single, "raw_single": raw_single, "ours_batch": ours_batch,
+            "raw_batch": raw_batch}
+
+
+async def _rabbit(messages: int, repeats: int, warm: bool) -> dict[str, float] | None:
+    try:
+        import aio_pika
+    except ImportError:
+        return None
+    url = os.environ.get("ONEX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    ns = f"bq{uuid.uuid4().hex[:6]}"
+    try:
+        connection = await aio_pika.connect(url, timeout=3)
+    except Exception:
+        return None
+    node = compose(NodeEffect, ["message_queue"])(capability_config={
+        "message_queue": {"namespace": ns, "backend": "rabbitmq", "amqp_url": url}})
+    channel = await connection.channel(publisher_confirms=True)
+    raw_name = f"{ns}.raw"
+    raw_queue = await channel.declare_queue(raw_name, durable=True,
+                                            arguments={"x-queue-type": "quorum"})
+    try:
+        return await _compare(_rabbit_cases(node, channel, raw_queue, raw_name), messages,
+                              repeats, warm)
+    finally:
+        names = set(node.message_queue.backend.declared) | {raw_name}
+        await node.aclose()
+        for name in sorted(names):
+            if name.endswith(".dlx"):
+                await channel.exchange_delete(name)
+            else:
+                await channel.queue_delete(name)
+        await connection.close()
+
+
 async def _drop(schema: str) -> None:
     import asyncpg
 
@@ -297,14 +387,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             await _drop(schema)
         red = await _redis(messages, repeats, not args.smoke)
-        return lite, pg, red
+        rabbit = await _rabbit(messages, repeats, not args.smoke)
+        return lite, pg, red, rabbit
 
-    lite, pg, red = asyncio.run(run())
+    lite, pg, red, rabbit = asyncio.run(run())
     table = Table("queue", "message_queue: enqueue + receive + ack of 1 KB, against raw SQL "
                            "(seconds per message; ratio <= 1.25x is >= 0.8x throughput)")
     for name, r, raw_name in (("database sqlite memory", lite, "raw SQL"),
                               ("database postgresql", pg, "raw SQL"),
-                              ("redis streams", red, "redis-py")):
+                              ("redis streams", red, "redis-py"),
+                              ("rabbitmq quorum", rabbit, "aio-pika")):
         if r is None:
             table.add(f"{name}: skipped (server unreachable)", 0.0)
             continue

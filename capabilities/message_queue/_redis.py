@@ -12,7 +12,8 @@ Keys, with ``P = <ns>:mq:<queue>``:
 * ``P:dead`` (stream of dead letters), ``P:idem:<key>`` (``SET NX PX dedup_window``).
 
 Every step that must be atomic is one Lua script: a receive promotes due delayed messages,
-reclaims deliveries whose visibility lapsed (``XCLAIM``: the delivery count is the entry's
+(creating the consumer groups on the first receive of a queue, and again after a ``NOGROUP``
+error) reclaims deliveries whose visibility lapsed (``XCLAIM``: the delivery count is the entry's
 ``XPENDING`` times-delivered), dead-letters those over ``max_deliveries``, then reads new entries
 (``XREADGROUP >``). With ``ordering: key`` a partition is read only while it has no pending
 entry, one entry at a time, so a key's messages come out in order and never two at once. Ack is
@@ -68,7 +69,9 @@ local maxn, maxd = tonumber(ARGV[5]), tonumber(ARGV[6])
 local keyed = ARGV[7] == '1'
 local base, start, dprefix, deadat = ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11]
 local nparts = #KEYS - 5
-for i = 1, nparts do redis.pcall('XGROUP', 'CREATE', KEYS[5 + i], group, '0', 'MKSTREAM') end
+if ARGV[12] == '1' then
+  for i = 1, nparts do redis.pcall('XGROUP', 'CREATE', KEYS[5 + i], group, '0', 'MKSTREAM') end
+end
 local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
 for _, mid in ipairs(due) do
   local h = dprefix .. mid
@@ -277,6 +280,7 @@ class RedisBackend:
         self.consumer = f"{config.namespace}-{uuid.uuid4().hex[:12]}"
         self._scripts: dict[int, dict[str, Any]] = {}
         self._loaded: dict[int, bool] = {}
+        self._groups: dict[int, set[str]] = {}  # queues whose groups exist, per client
         self._start = 0
 
     def __repr__(self) -> str:
@@ -399,7 +403,16 @@ class RedisBackend:
         args = [p, self.consumer, int(now * 1000), int(visibility * 1000), max_messages,
                 self.config.max_deliveries, "1" if self.config.ordering == "key" else "0",
                 uuid.uuid4().hex, self._start, f"{p}:d:", repr(now)]
-        out, buried = await self._run(script(keys=keys, args=args))
+        ensured = self._groups.setdefault(id(client), set())
+        try:
+            out, buried = await self._run(script(keys=keys, args=[
+                *args, "0" if queue in ensured else "1"]))
+        except QueueError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # the stream or its group is gone (a purge, a restarted server): create it again
+            out, buried = await self._run(script(keys=keys, args=[*args, "1"]))
+        ensured.add(queue)
         delivered = []
         for part, eid, token, count, flat in out:
             f = _fields(flat)
@@ -508,6 +521,8 @@ class RedisBackend:
             await client.delete(*keys)
 
         await self._run(wipe())
+        for ensured in self._groups.values():
+            ensured.discard(queue)
         total: int = stats.total
         return total
 
@@ -530,6 +545,8 @@ class RedisBackend:
         """Nothing of its own: the per-loop Redis clients are shared and closed with their
         loop."""
         self._scripts.clear()
+        self._groups.clear()
+        self._loaded.clear()
 
 
 def _fields_map(fields: Mapping[Any, Any]) -> dict[str, Any]:
