@@ -519,6 +519,23 @@ def test_consumers_start_lazily_and_aclose_leaves_no_task(tmp_path: Path) -> Non
     assert asyncio.run(again()) == ["second"]
 
 
+async def test_aclose_stops_consumers_and_leaves_no_task(backend: Backend) -> None:
+    before = set(asyncio.all_tasks())
+    node = backend.node()
+    seen: list[Any] = []
+    consumer = node.message_queue.consume("tidy", lambda m: seen.append(m.payload),
+                                          concurrency=2)
+    assert consumer.running
+    await node.message_queue.enqueue("tidy", 1)
+    await until(lambda: seen == [1])
+    await node.aclose()
+    assert not consumer.running
+    await asyncio.sleep(0)  # let cancelled library tasks finish their last step
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task()
+            and not t.done()]
+    assert left == [], left
+
+
 async def test_consume_into_process_runs_under_the_message_context(backend: Backend) -> None:
     from onex_compose.capabilities import _context
 

@@ -132,6 +132,7 @@ class RabbitMQBackend:
         self.config = config
         self.clock = clock
         self._links: dict[asyncio.AbstractEventLoop, _Link] = {}
+        self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._held: dict[str, _Held] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.declared: set[str] = set()
@@ -152,6 +153,16 @@ class RabbitMQBackend:
 
     async def _link(self) -> _Link:
         loop = asyncio.get_running_loop()
+        link = self._links.get(loop)
+        if link is not None and not link.connection.is_closed and not link.channel.is_closed:
+            return link
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        async with lock:  # one connection per loop, however many callers arrive at once
+            return await self._connect(loop)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Link:
         link = self._links.get(loop)
         if link is not None and not link.connection.is_closed and not link.channel.is_closed:
             return link
@@ -539,9 +550,14 @@ class RabbitMQBackend:
         except RuntimeError:
             return
         link = self._links.pop(loop, None)
+        self._locks.pop(loop, None)
         if link is not None:
             with contextlib.suppress(Exception):
                 await link.connection.close()
+                # aio-pika finishes its close callbacks in a task of its own: wait for it
+                await asyncio.wait_for(link.connection.closed(), 5)
+            for _ in range(3):
+                await asyncio.sleep(0)
 
 
 def _text(value: Any) -> str | None:
