@@ -519,6 +519,23 @@ def test_consumers_start_lazily_and_aclose_leaves_no_task(tmp_path: Path) -> Non
     assert asyncio.run(again()) == ["second"]
 
 
+async def test_postgres_notify_wakes_a_waiting_receiver(backend: Backend) -> None:
+    backend.skip_if("database-sqlite", "redis", "rabbitmq",
+                    reason="LISTEN/NOTIFY is the PostgreSQL wake-up; the others poll or block")
+    receiver = backend.node(poll_interval=120.0).message_queue
+    producer = backend.node().message_queue
+    await receiver.stats("wake")  # tables exist before the receiver starts waiting
+    waiting = asyncio.ensure_future(receiver.receive("wake", wait=120.0))
+    await until(lambda: receiver.backend._listeners)  # LISTEN is set up
+    for listener in receiver.backend._listeners.values():
+        await until(lambda lst=listener: "wake" in lst.events)
+    await producer.enqueue("wake", "now")
+    # poll_interval and wait are 120 s: only the NOTIFY can end the wait within this bound
+    [msg] = await asyncio.wait_for(waiting, 60)
+    assert msg.payload == "now"
+    await msg.ack()
+
+
 async def test_aclose_stops_consumers_and_leaves_no_task(backend: Backend) -> None:
     before = set(asyncio.all_tasks())
     node = backend.node()

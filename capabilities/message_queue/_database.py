@@ -12,6 +12,10 @@ Tables (created by migrations registered through ``db.register_migrations``):
   so that a key is remembered for the whole window even after its message was acked and
   deleted.
 
+On PostgreSQL an enqueue also sends ``NOTIFY`` on a channel of the namespace (delivered at
+commit) and idle receivers ``LISTEN`` on a connection of their loop, so a waiting consumer
+wakes at once instead of at its next ``poll_interval``; SQLite receivers poll.
+
 Receiving selects the ready rows in ``seq`` order and stamps them with a fresh receipt and
 ``locked_until`` in one transaction: PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED`` (concurrent
 consumers never wait for each other nor take the same row), SQLite ``BEGIN IMMEDIATE`` (the
@@ -24,6 +28,9 @@ SQLAlchemy is imported only by the database capability when a statement runs, ne
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -101,6 +108,14 @@ class DatabaseBackend:
         db.register_migrations(f"{OWNER}:{ns}", _migrations(ns))
         self._owner = f"{OWNER}:{ns}"
         self._last_cleanup = 0.0
+        self._listeners: dict[asyncio.AbstractEventLoop, _Listener] = {}
+
+    @property
+    def channel(self) -> str:
+        """The PostgreSQL NOTIFY channel of this namespace (and schema)."""
+        schema = getattr(self.db.config, "schema_name", None) or ""
+        digest = hashlib.sha256(f"{schema}/{self.config.namespace}".encode()).hexdigest()[:20]
+        return f"onex_mq_{digest}"
 
     def __repr__(self) -> str:
         return f"<DatabaseBackend {self.db.dialect} tables={self.messages},{self.dead}>"
@@ -181,6 +196,8 @@ class DatabaseBackend:
             await tx.execute(
                 f"INSERT INTO {self.messages} (id, queue, key, payload, headers, enqueued_at, "
                 f"available_at, delivery_count) VALUES {', '.join(values)}", params)
+        if rows and self.db.dialect == "postgresql":  # delivered at commit: wakes consumers
+            await tx.execute("SELECT pg_notify(:c, :q)", {"c": self.channel, "q": queue})
         return ids
 
     # -- receive ---------------------------------------------------------------------------------
@@ -397,5 +414,80 @@ class DatabaseBackend:
     async def ping(self) -> None:
         await self._call(self.db.fetch_val, "SELECT 1")
 
+    async def wait(self, queue: str, seconds: float) -> None:
+        """Idle up to ``seconds`` before the next poll; on PostgreSQL a NOTIFY from an enqueue
+        to ``queue`` (LISTEN on a connection of this loop) ends the wait early."""
+        if self.db.dialect != "postgresql":
+            await asyncio.sleep(seconds)
+            return
+        loop = asyncio.get_running_loop()
+        listener = self._listeners.get(loop)
+        if listener is None:
+            listener = self._listeners[loop] = _Listener(self)
+        await listener.wait(queue, seconds)
+
     async def aclose(self) -> None:
-        """Nothing of its own: the database capability closes its engines."""
+        """Close this loop's LISTEN connection; the database capability closes its engines."""
+        with contextlib.suppress(RuntimeError):
+            listener = self._listeners.pop(asyncio.get_running_loop(), None)
+            if listener is not None:
+                await listener.aclose()
+
+
+class _Listener:
+    """One loop's ``LISTEN`` connection (asyncpg, outside the pool): an enqueue's NOTIFY sets
+    the event of its queue. When it cannot connect (or its connection dies) waits are plain
+    sleeps, and it tries again at most every 5 s."""
+
+    _RETRY = 5.0
+
+    def __init__(self, backend: DatabaseBackend) -> None:
+        self.backend = backend
+        self.conn: Any = None
+        self.events: dict[str, asyncio.Event] = {}
+        self.failed_at = -1e9
+        self.connecting: asyncio.Lock = asyncio.Lock()
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        event = self.events.get(payload)
+        if event is not None:
+            event.set()
+
+    async def _connect(self) -> bool:
+        if self.conn is not None and not self.conn.is_closed():
+            return True
+        if time.monotonic() - self.failed_at < self._RETRY:
+            return False
+        async with self.connecting:
+            if self.conn is not None and not self.conn.is_closed():
+                return True
+            try:
+                import asyncpg
+
+                url = self.backend.db._resolved.url.replace("postgresql+asyncpg://",
+                                                            "postgresql://", 1)
+                conn = await asyncpg.connect(url, timeout=self.backend.db.config.connect_timeout)
+                await conn.add_listener(self.backend.channel, self._notified)
+            except Exception:
+                self.failed_at = time.monotonic()
+                self.conn = None
+                return False
+            self.conn = conn
+            return True
+
+    async def wait(self, queue: str, seconds: float) -> None:
+        if not await self._connect():
+            await asyncio.sleep(seconds)
+            return
+        event = self.events.get(queue)
+        if event is None:
+            event = self.events[queue] = asyncio.Event()
+        event.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    async def aclose(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
