@@ -196,6 +196,23 @@ async def test_max_deliveries_dead_letters_with_reason_and_last_error_and_redriv
     await back.ack()
 
 
+async def test_lapsed_deliveries_count_towards_max_deliveries(backend: Backend) -> None:
+    """A consumer that keeps crashing (visibility lapses, no nack) also ends in the dead
+    letters; on RabbitMQ the broker's x-delivery-limit backstop does it (limit 2: delivered
+    3 times)."""
+    mq = backend.node(max_deliveries=3).message_queue
+    mid = await mq.enqueue("lapse", "x")
+    for n in range(3):
+        [msg] = await mq.receive("lapse", visibility_timeout=0.3, wait=15)
+        assert (msg.id, msg.delivery_count) == (mid, n + 1)
+    end = time.monotonic() + 30
+    while not await mq.dead_letters("lapse"):
+        assert time.monotonic() < end, "never dead-lettered"
+        assert await mq.receive("lapse", visibility_timeout=0.3, wait=0.5) == []
+    [dead] = await mq.dead_letters("lapse")
+    assert (dead.message.id, dead.reason, dead.delivery_count) == (mid, "max_deliveries", 3)
+
+
 async def test_explicit_dead_letter_and_redrive_by_id(backend: Backend) -> None:
     mq = backend.node().message_queue
     a = await mq.enqueue("q", 1)

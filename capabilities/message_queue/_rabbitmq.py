@@ -447,16 +447,24 @@ class RabbitMQBackend:
         async def keep(_: _Link, msg: Any) -> bool:
             h = dict(msg.headers or {})
             reason = _text(h.get(_H_REASON))
-            if reason is None:  # dead-lettered by the broker's x-delivery-limit backstop
+            count = int(h.get(_H_COUNT) or 0)
+            dead_at = float(_text(h.get(_H_DEAD_AT)) or 0.0)
+            if reason is None:  # dead-lettered by the broker's x-delivery-limit backstop:
+                # returns past the limit (limit + 1 deliveries) after the carried count
                 reason = "max_deliveries"
+                count += max(0, self.config.max_deliveries - 1) + 1
+                deaths = h.get("x-death") or []
+                when = deaths[0].get("time") if deaths and isinstance(deaths[0], dict) else None
+                if hasattr(when, "timestamp"):
+                    dead_at = float(when.timestamp())
             out.append({
                 "id": msg.message_id or "", "payload": bytes(msg.body),
                 "key": _text(h.get(_H_KEY)),
                 "headers": _user(h),
                 "enqueued_at": float(_text(h.get(_H_ENQ)) or 0.0),
-                "delivery_count": int(h.get(_H_COUNT) or 0),
+                "delivery_count": count,
                 "reason": reason, "last_error": _text(h.get(_H_ERR)) or None,
-                "dead_at": float(_text(h.get(_H_DEAD_AT)) or 0.0)})
+                "dead_at": dead_at})
             return False
 
         await self._run(self._browse, queue, limit, keep)
