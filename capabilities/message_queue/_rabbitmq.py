@@ -454,7 +454,8 @@ class RabbitMQBackend:
                 reason = "max_deliveries"
                 count += max(0, self.config.max_deliveries - 1) + 1
                 deaths = h.get("x-death") or []
-                when = deaths[0].get("time") if deaths and isinstance(deaths[0], dict) else None
+                when: Any = deaths[0].get("time") if deaths and isinstance(
+                    deaths[0], dict) else None
                 if hasattr(when, "timestamp"):
                     dead_at = float(when.timestamp())
             out.append({
