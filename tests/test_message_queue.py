@@ -920,3 +920,25 @@ async def test_rabbitmq_connection_closed_mid_run_redelivers_unacked_messages(
     assert (await mq.stats("fault")).total == 0
     assert (await mq.health())["status"] == "healthy"
     await node.aclose()
+
+
+@pytest.mark.redis
+def test_the_redis_backend_never_imports_sqlalchemy(redis_url: str) -> None:
+    script = textwrap.dedent("""
+        import asyncio, sys, uuid
+        from onex_compose import NodeEffect, compose
+        ns = "s" + uuid.uuid4().hex[:8]
+        node = compose(NodeEffect, ["message_queue"])(capability_config={
+            "message_queue": {"backend": "redis", "namespace": ns, "redis_url": sys.argv[1]}})
+        async def main():
+            await node.message_queue.enqueue("q", 1)
+            [m] = await node.message_queue.receive("q", wait=10)
+            await m.ack()
+            await node.message_queue.purge("q")
+            await node.aclose()
+        asyncio.run(main())
+        print("sqlalchemy" in sys.modules, "aio_pika" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", script, redis_url], capture_output=True,
+                         text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "False"]
