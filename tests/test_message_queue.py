@@ -638,8 +638,7 @@ async def test_the_consumer_span_is_a_child_of_the_producer_span(backend: Backen
     pytest.importorskip("opentelemetry.sdk")
     Traced = compose(NodeEffect, ["message_queue", "tracing"])
     node = backend.node(Traced, capability_config={
-        "tracing": {"exporter": "memory", "processor": "simple",
-                    "instrument": ["message_queue"]}})
+        "tracing": {"exporter": "memory", "processor": "simple"}})  # instrumented by default
     await node.message_queue.enqueue("traced", 1)
     done: list[Any] = []
     consumer = node.message_queue.consume("traced", done.append)
@@ -760,7 +759,7 @@ async def test_the_consumer_span_is_a_child_of_the_producer_span_across_processe
     pytest.importorskip("opentelemetry.sdk")
     import json
 
-    tracing = {"exporter": "memory", "processor": "simple", "instrument": ["message_queue"]}
+    tracing = {"exporter": "memory", "processor": "simple"}
     Traced = compose(NodeEffect, ["message_queue", "tracing"])
     producer = backend.node(Traced, capability_config={"tracing": tracing})
     await producer.message_queue.enqueue("traced", {"n": 1})
