@@ -41,12 +41,15 @@ from typing import Any, TypeVar
 
 __all__ = [
     "Credentials",
+    "CredentialsScope",
     "ManualClock",
     "Principal",
+    "PrincipalScope",
     "RetryScope",
     "correlation_id",
     "credentials",
     "current_deadline",
+    "current_principal",
     "deadline",
     "monotonic",
     "principal",
@@ -188,6 +191,114 @@ def _make_principal(subject: str, scheme: str, roles: tuple[str, ...], scopes: t
 
 credentials: ContextVar[Credentials | None] = ContextVar("onex_credentials", default=None)
 principal: ContextVar[Principal | None] = ContextVar("onex_principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The principal of the current call (set by the authentication guard), or ``None``.
+
+    Example:
+        >>> current_principal() is None
+        True
+        >>> with PrincipalScope(Principal.system()):
+        ...     current_principal().subject
+        'system'
+    """
+    return principal.get()
+
+
+_HEADER_SCHEMES = {"bearer": "bearer", "apikey": "api_key", "api-key": "api_key",
+                   "api_key": "api_key"}
+
+
+class _VarScope:
+    """Sets a ContextVar on entry and resets it on exit; usable as ``with`` and ``async with``.
+
+    Each entry pushes its own token, so one scope object may be entered again (nested or after
+    it was left); the value is reset even when the block raises.
+    """
+
+    __slots__ = ("_tokens", "_value")
+    _var: ContextVar[Any]
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+        self._tokens: list[Any] = []
+
+    def __enter__(self) -> Any:
+        self._tokens.append(self._var.set(self._value))
+        return self._value
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__()
+
+
+class CredentialsScope(_VarScope):
+    """``with`` / ``async with`` block presenting credentials for the calls made inside it.
+
+    Exactly one of ``bearer`` (a JWT or a bearer API key), ``api_key`` or ``authorization`` (an
+    HTTP ``Authorization`` header value such as ``"Bearer eyJ..."`` or ``"ApiKey onex_..."``)
+    is given. ``node.credentials(...)`` returns one; transports build one from their headers.
+    An ``Authorization`` value with another scheme is kept under that scheme (lower-cased), so
+    authentication can reject it with a clear reason instead of the transport failing.
+
+    Raises:
+        ValueError: none or several of the three were given, or the value is empty. The
+            message never contains the value.
+
+    Example:
+        >>> with CredentialsScope(authorization="Bearer abc.def.ghi") as c:
+        ...     c, credentials.get() is c
+        (Credentials(scheme='bearer', value=***), True)
+        >>> credentials.get() is None
+        True
+    """
+
+    __slots__ = ()
+    _var = credentials
+
+    def __init__(self, *, bearer: str | None = None, api_key: str | None = None,
+                 authorization: str | None = None) -> None:
+        given = [(n, v) for n, v in (("bearer", bearer), ("api_key", api_key),
+                                      ("authorization", authorization)) if v is not None]
+        if len(given) != 1:
+            names = ", ".join(n for n, _ in given) or "none"
+            raise ValueError("credentials(...) takes exactly one of bearer=, api_key= or "
+                             f"authorization= (got: {names})")
+        name, value = given[0]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"credentials({name}=...) needs a non-empty string (the value is "
+                             "not shown)")
+        value = value.strip()
+        if name == "authorization":
+            scheme, _, rest = value.partition(" ")
+            name = _HEADER_SCHEMES.get(scheme.lower(), scheme.lower())
+            value = rest.strip()
+            if not value:
+                raise ValueError("credentials(authorization=...) expects '<scheme> <value>', "
+                                 "such as 'Bearer <token>' (the value is not shown)")
+        super().__init__(Credentials(name, value))
+
+
+class PrincipalScope(_VarScope):
+    """``with`` / ``async with`` block running as a given principal (trusted in-process code).
+
+    ``node.authenticator.as_principal(Principal.system())`` returns one: calls made inside
+    the block run as that principal without presenting credentials.
+    """
+
+    __slots__ = ()
+    _var = principal
+
+    def __init__(self, who: Principal) -> None:
+        if not isinstance(who, Principal):
+            raise TypeError(f"expected a Principal, got {type(who).__name__}")
+        super().__init__(who)
 
 
 class RetryScope:

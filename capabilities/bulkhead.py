@@ -34,6 +34,12 @@ Semantics (resilience4j's ``SemaphoreBulkhead``, ``reference/capabilities.md`` A
   gauge twice per call would cost more than the bulkhead itself). A metrics facility without
   ``gauge_callback`` gets the gauges set by :meth:`Bulkhead.snapshot`.
 
+* Tracing: with ``tracing`` composed (``bulkhead`` in its ``instrument`` list), a caller
+  that waited in the queue and got its slot adds the event ``bulkhead.queued`` (``bulkhead``,
+  ``limit``, ``waited_s``) to the current span, and a rejection adds ``bulkhead.rejected``
+  (``bulkhead``, ``limit``, ``active``, ``waited_s``). A caller that finds a free slot
+  reports nothing.
+
 Why hand-written instead of ``asyncio.Semaphore`` (or hyx's two semaphores): a semaphore is
 bound to one loop and one kind of caller (async or threads), has no "max wait then a typed
 error" mode, and ``asyncio.Semaphore.locked()`` builds a generator on every acquire. This one
@@ -54,8 +60,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onex_compose import OnexError, coerce_config, facility
+from onex_compose import OnexError, coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
+from onex_compose.capabilities._traced import tracer_for
 
 __all__ = ["Bulkhead", "BulkheadConfig", "BulkheadFullError", "BulkheadProtocol", "MixinBulkhead"]
 
@@ -234,6 +241,7 @@ class Bulkhead:
         "name",
         "peak",
         "rejected",
+        "tracer",
     )
 
     def __init__(self, config: BulkheadConfig | Mapping[str, Any] | None = None, *,
@@ -253,6 +261,7 @@ class Bulkhead:
         self._lock = threading.Lock()
         self.rejected = 0
         self.peak = 0
+        self.tracer: Any = None  # the node's tracer: queueing and rejections become span events
         if metrics is not None:
             self._register_gauges(metrics)
 
@@ -372,6 +381,10 @@ class Bulkhead:
         self.rejected += 1
         if self.metrics is not None:
             self.metrics.increment("bulkhead_rejections_total", labels={"bulkhead": self.name})
+        if self.tracer is not None:
+            self.tracer.add_event("bulkhead.rejected", {
+                "bulkhead": self.name, "limit": self._limit, "active": self._active,
+                "waited_s": waited})
         return BulkheadFullError(self.name, self._limit, active=self._active, waited=waited,
                                  max_wait=self._max_wait)
 
@@ -431,12 +444,20 @@ class Bulkhead:
                 await fut
         except TimeoutError:
             if self._give_up(waiter):
+                self._queued(loop.time() - start)
                 return  # granted just as the wait ran out: the slot is ours
             raise self._reject(max(0.0, loop.time() - start)) from None
         except BaseException:
             if self._give_up(waiter):
                 self.release()  # granted, but we are leaving (cancelled): pass the slot on
             raise
+        self._queued(loop.time() - start)
+
+    def _queued(self, waited: float) -> None:
+        """A caller got its slot after waiting in the queue: a span event when traced."""
+        if self.tracer is not None:
+            self.tracer.add_event("bulkhead.queued", {
+                "bulkhead": self.name, "limit": self._limit, "waited_s": max(0.0, waited)})
 
     async def __aenter__(self) -> Bulkhead:
         if not self.try_acquire():
@@ -488,6 +509,7 @@ class Bulkhead:
                 self.release()
             raise
         if got or self._give_up(waiter):
+            self._queued(self.clock() - start)
             return
         raise self._reject(max(0.0, self.clock() - start))
 
@@ -536,6 +558,8 @@ class MixinBulkhead:
         bulkhead = Bulkhead(cfg, name=name, metrics=self.metrics)  # type: ignore[attr-defined]
         if isinstance(old, Bulkhead):
             bulkhead.clock = old.clock
+        if has_capability(self, "tracing"):
+            bulkhead.tracer = tracer_for(self, "bulkhead")
         setattr(self, "bulkhead", bulkhead)  # noqa: B010 - the mixin declares no such slot
 
     @facility

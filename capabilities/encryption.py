@@ -197,6 +197,24 @@ class EncryptionConfig(BaseModel):
     allow_ephemeral_key: bool = False
     max_uses_per_key: int = Field(default=4294967296, ge=1)
 
+    def missing_keys(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """What is missing before setup can succeed, one line per key with how to provide it
+        (the node asks every capability first and reports all missing keys in one error).
+
+        Example:
+            >>> EncryptionConfig().missing_keys(environ={})[0][:40]
+            'no encryption key (encryption.keys): set'
+            >>> EncryptionConfig(allow_ephemeral_key=True).missing_keys(environ={})
+            []
+        """
+        env = os.environ if environ is None else environ
+        if self.keys or env.get(self.keys_env, "").strip() or self.allow_ephemeral_key:
+            return []
+        return [f"no encryption key (encryption.keys): set capability_config encryption.keys "
+                f"to ['<key_id>:<base64url of 32 bytes>'] or the environment variable "
+                f"{self.keys_env} (comma-separated); `onex keygen` prints one "
+                "(allow_ephemeral_key: true for tests and demos)"]
+
 
 def _require_cryptography() -> None:
     if importlib.util.find_spec("cryptography") is None:

@@ -67,7 +67,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from onex_compose import _redact, coerce_config, facility, has_capability
-from onex_compose.capabilities._context import correlation_id
+from onex_compose.capabilities._context import correlation_id, principal
 from onex_compose.capabilities._log import base_logger, logger
 
 __all__ = [
@@ -187,7 +187,8 @@ class Correlation:
 
 
 class Scrubber:
-    """A loguru patcher: scrubs a record's extra data and message, adds ``correlation_id``.
+    """A loguru patcher: scrubs a record's extra data and message, adds ``correlation_id`` (and
+    ``actor``, the current principal's subject, while an authenticated call runs).
 
     The rules are those of the project's one scrubber (:class:`onex_compose._redact.Redactor`),
     with ``keys`` as its key fragments and ``[REDACTED]`` as its mask.
@@ -232,6 +233,10 @@ class Scrubber:
             ids = reader()
             if ids is not None:
                 extra["trace_id"], extra["span_id"] = ids
+        if "actor" not in extra:
+            who = principal.get()  # set by authentication for the duration of a call
+            if who is not None:
+                extra["actor"] = who.subject
         message = record["message"]
         if message:
             record["message"] = redactor.text(message)

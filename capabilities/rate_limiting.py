@@ -35,6 +35,12 @@ processes (``time.time``) because key expiry (``PX``) is derived from it. Both s
 same arithmetic on IEEE doubles, so the same scripted sequence gives the same decisions (a test
 checks it against the real Redis).
 
+With ``tracing`` composed (``rate_limiting`` in its ``instrument`` list), a request that
+waits adds the event ``rate_limit.wait`` (``rate_limit.policy``, ``cost``, ``wait_s``) to the
+current span and a rejected one ``rate_limit.rejected`` (``rate_limit.policy``, ``cost``,
+``reason``, ``retry_after_s``); the policy is ``default`` unless the key has its own limit, so
+no caller-chosen key reaches a span. An admitted request reports nothing.
+
 When Redis is unreachable, ``on_backend_error`` is the stated policy: ``local`` (the default)
 degrades to an in-process limiter with the same limits (each process then enforces the limit on
 its own: the effective global limit is multiplied by the number of processes, but a flood is
@@ -70,9 +76,10 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from onex_compose import coerce_config, facility
+from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context, _redis
 from onex_compose.capabilities._fallback import BackendOutage, RedisBackendConfig, backend_errors
+from onex_compose.capabilities._traced import tracer_for
 from onex_compose.exceptions import OnexError
 
 __all__ = [
@@ -352,6 +359,10 @@ class RateLimiter:
         (50, 5)
     """
 
+    # the node's tracer (setup_rate_limiting): waits and rejections become span events; a
+    # class-level default, so a limiter without one keeps its instance layout
+    tracer: Any = None
+
     def __init__(self, config: RateLimitingConfig | Mapping[str, Any] | None = None, *,
                  clock: Clock | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -478,6 +489,9 @@ class RateLimiter:
                                     self._duration_clock(), allowance, peek)
         if policy == "allow":
             return 0.0 - limit.tolerance, 0.0
+        if self.tracer is not None:
+            self._trace_rejected(key, cost, self.config.backend_retry_interval,
+                                 "backend_unavailable")
         raise RateLimitExceededError(key, self.config.backend_retry_interval, cost=cost,
                                      limit=limit, reason="backend_unavailable")
 
@@ -519,14 +533,14 @@ class RateLimiter:
         if not self._redis:
             if self._admit_now(key, cost):
                 return True
-            self._rejected(key)
+            self._rejected(key, cost)
             return False
         limit = self.limit_for(key)
         if cost != 1:
             self._check_cost(key, cost, limit)
         if self._take_sync(key, cost, limit, 0.0)[0] <= _EPS:
             return True
-        self._rejected(key)
+        self._rejected(key, cost)
         return False
 
     async def ahit(self, key: str = "default", cost: int = 1) -> bool:
@@ -537,7 +551,7 @@ class RateLimiter:
         wait = (await self._take_async(key, cost, limit, 0.0))[0]
         if wait <= _EPS:
             return True
-        self._rejected(key)
+        self._rejected(key, cost)
         return False
 
     def check(self, key: str = "default", cost: int = 1) -> RateLimitDecision:
@@ -575,15 +589,29 @@ class RateLimiter:
             if self.metrics is not None:
                 self.metrics.increment("rate_limit_waits_total",
                                        labels={"policy": self._policy_label(key)})
+            if self.tracer is not None:
+                self.tracer.add_event("rate_limit.wait", {
+                    "rate_limit.policy": self._policy_label(key), "cost": cost, "wait_s": wait})
             return wait
-        self._rejected(key)
-        raise RateLimitExceededError(key, wait, cost=cost, limit=limit,
-                                     reason="limited" if allowance == 0 else "wait_too_long")
+        reason = "limited" if allowance == 0 else "wait_too_long"
+        self._rejected(key, cost, wait, reason)
+        raise RateLimitExceededError(key, wait, cost=cost, limit=limit, reason=reason)
 
-    def _rejected(self, key: str) -> None:
+    def _rejected(self, key: str, cost: int = 1, retry_after: float | None = None,
+                  reason: str = "limited") -> None:
         if self.metrics is not None:
             self.metrics.increment("rate_limit_rejected_total",
                                    labels={"policy": self._policy_label(key)})
+        if self.tracer is not None:
+            self._trace_rejected(key, cost, retry_after, reason)
+
+    def _trace_rejected(self, key: str, cost: int, retry_after: float | None,
+                        reason: str) -> None:
+        attrs: dict[str, Any] = {"rate_limit.policy": self._policy_label(key), "cost": cost,
+                                 "reason": reason}
+        if retry_after is not None:
+            attrs["retry_after_s"] = retry_after
+        self.tracer.add_event("rate_limit.rejected", attrs)
 
     async def acquire(self, key: str = "default", cost: int = 1) -> float:
         """Spend ``cost`` units of ``key`` following the configured mode.
@@ -693,6 +721,8 @@ class MixinRateLimiting:
                 limiter.clock = old.clock
             limiter.sleep, limiter.sleep_sync = old.sleep, old.sleep_sync
             limiter.key_func = old.key_func
+        if has_capability(self, "tracing"):
+            limiter.tracer = tracer_for(self, "rate_limiting")
         node.rate_limiter = limiter
 
     @facility

@@ -60,6 +60,13 @@ Semantics (``reference/capabilities.md`` A.1 and Part C):
   ``not_retriable``). A first-attempt success is not a retry and costs nothing.
 * Health: when ``health_degraded_after`` loops gave up within ``health_window`` seconds, the
   node's health report marks ``retry`` as degraded.
+* Tracing: when the node composes ``tracing`` with ``retry`` in its ``instrument`` list,
+  every retry adds the event ``retry.attempt`` (``attempt``, ``delay_s``, ``exception.type``)
+  to the current span (the ``process()`` span around a retried ``process()``; Polly's
+  per-attempt telemetry), and a loop that retried sets ``retry.outcome`` (``recovered``,
+  ``exhausted``, ``deadline``, ``not_retriable``) on it. A first-attempt success reports
+  nothing; without tracing the policy's ``tracer`` is ``None`` and is read only after a
+  failed attempt.
 * Tests: config ``sleep: false`` removes the sleeping (delays are still computed and checked
   against the deadline); :func:`retry_testing` is a global, context-manager switch (no back-off,
   optionally capped attempts) in the spirit of ``stamina.set_testing``; and the policy's
@@ -101,10 +108,11 @@ from typing import (
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from onex_compose import coerce_config, facility
+from onex_compose import coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
 from onex_compose.capabilities._context import RetryScope, current_deadline
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._traced import tracer_for
 from onex_compose.exceptions import ConfigurationError
 
 __all__ = [
@@ -548,7 +556,7 @@ class RetryPolicy:
 
     __slots__ = ("_cache", "_fatal", "_fatal_types", "_giveups", "_hooks", "_max_attempts",
                  "_max_elapsed", "_retriable", "_retriable_types", "clock", "config", "guard",
-                 "guard_reason", "metrics", "name", "random", "sleep", "sleep_sync")
+                 "guard_reason", "metrics", "name", "random", "sleep", "sleep_sync", "tracer")
 
     def __init__(self, config: RetryConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] = _context.monotonic,
@@ -575,6 +583,7 @@ class RetryPolicy:
         self._hooks = hooks if _any_hook(hooks) else None
         self._cache: dict[type, bool] = {}
         self._giveups: deque[float] = deque(maxlen=1000)
+        self.tracer: Any = None  # the node's tracer (setup_retry): retries become span events
 
     def __repr__(self) -> str:
         c = self.config
@@ -687,6 +696,14 @@ class RetryPolicy:
                               f"deadline ({max(0.0, end - now):.3g} s left)")
                 return "deadline"
         self._count(fn, "retry")
+        if self.tracer is not None:
+            attrs: dict[str, Any] = {"attempt": attempt, "delay_s": wait,
+                                     "retry.operation": operation_name(fn)}
+            if exc is not None:
+                attrs["exception.type"] = _class_path(type(exc))
+            else:
+                attrs["retry.reason"] = "result"
+            self.tracer.add_event("retry.attempt", attrs)
         logger.debug("retry {}: attempt {} failed with {}; retrying in {:.3g} s",
                      operation_name(fn), attempt,
                      "a rejected result" if exc is None else repr(exc), wait)
@@ -710,6 +727,8 @@ class RetryPolicy:
         if metrics is not None:
             metrics.increment("retry_attempts_total",
                               labels={"operation": operation_name(fn), "outcome": outcome})
+        if outcome != "retry" and self.tracer is not None:  # a loop that retried has ended
+            self.tracer.set_attribute("retry.outcome", outcome)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -1119,6 +1138,8 @@ class MixinRetry:
         if isinstance(old, RetryPolicy):
             policy.clock, policy.sleep = old.clock, old.sleep
             policy.sleep_sync, policy.random = old.sleep_sync, old.random
+        if has_capability(self, "tracing"):
+            policy.tracer = tracer_for(self, "retry")
         setattr(self, "retry_policy", policy)  # noqa: B010 - the mixin declares no such slot
         self.register_health_check(  # type: ignore[attr-defined]
             _RetryHealth(self), name="retry", critical=False)

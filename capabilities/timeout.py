@@ -30,7 +30,10 @@ Deadlines (``reference/capabilities.md`` A.3, A.7, Part C item 4):
 ``onex_retriable = True``: retry retries it, and a circuit breaker counts it as a failure (it
 is a ``TimeoutError``). It carries ``operation``, ``timeout``, ``elapsed`` and ``source``
 (``"timeout"``: this call's own timeout fired; ``"deadline"``: an enclosing deadline, a retry
-budget or ``total_timeout``). Expiry is counted in ``timeouts_total{operation}``.
+budget or ``total_timeout``). Expiry is counted in ``timeouts_total{operation}`` and, with
+``tracing`` composed (``timeout`` in its ``instrument`` list), adds the event
+``timeout.expired`` (``operation``, ``source``, ``budget_s``: the time the call had,
+``elapsed_s``, ``timeout_s``) to the current span.
 
 Plain (sync) callables: Python cannot interrupt a running function, so with the default
 ``sync_calls: thread`` a plain function runs in one of the policy's own **daemon** worker
@@ -82,8 +85,9 @@ from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from onex_compose import OnexError, coerce_config, facility
+from onex_compose import OnexError, coerce_config, facility, has_capability
 from onex_compose.capabilities import _context
+from onex_compose.capabilities._traced import tracer_for
 
 __all__ = [
     "MixinTimeout",
@@ -486,7 +490,7 @@ class TimeoutPolicy:
     """
 
     __slots__ = ("_threads", "_timeout", "_total", "_watch", "abandoned_threads", "clock",
-                 "config", "guard", "metrics", "name", "timeouts")
+                 "config", "guard", "metrics", "name", "timeouts", "tracer")
 
     def __init__(self, config: TimeoutConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] = _context.monotonic,
@@ -503,6 +507,7 @@ class TimeoutPolicy:
         self.abandoned_threads = 0
         self._watch: _Watch | None = None
         self._threads: _SyncThreads | None = None
+        self.tracer: Any = None  # the node's tracer: an expiry becomes a span event
 
     def __repr__(self) -> str:
         return (f"<TimeoutPolicy {self.name!r} timeout={self._timeout} "
@@ -573,11 +578,24 @@ class TimeoutPolicy:
         return end, source
 
     def _expired(self, operation: str, timeout: float | None, start: float, source: str,
-                 abandoned: bool = False) -> OperationTimeoutError:
+                 abandoned: bool = False, budget: float | None = None) -> OperationTimeoutError:
+        """Count an expiry and build its error; ``budget`` is the time the call had (its own
+        timeout or what the enclosing deadline left), reported on the span event."""
         self.timeouts += 1
         if self.metrics is not None:
             self.metrics.increment("timeouts_total", labels={"operation": operation})
-        return OperationTimeoutError(operation, timeout, elapsed=max(0.0, self.clock() - start),
+        elapsed = max(0.0, self.clock() - start)
+        if self.tracer is not None:
+            attrs: dict[str, Any] = {"operation": operation, "source": source,
+                                     "elapsed_s": elapsed, "abandoned_thread": abandoned}
+            if budget is None:
+                budget = timeout
+            if budget is not None:
+                attrs["budget_s"] = max(0.0, budget)
+            if timeout is not None:
+                attrs["timeout_s"] = timeout
+            self.tracer.add_event("timeout.expired", attrs)
+        return OperationTimeoutError(operation, timeout, elapsed=elapsed,
                                      source=source, abandoned_thread=abandoned)
 
     # -- async -------------------------------------------------------------------------------
@@ -597,7 +615,7 @@ class TimeoutPolicy:
         if end is None:
             return await make(*args, **kwargs)
         if end <= now:
-            raise self._expired(operation or _name(make), timeout, now, source)
+            raise self._expired(operation or _name(make), timeout, now, source, budget=end - now)
         loop = _get_running_loop()
         task = _current_task(loop)
         if task is None:
@@ -613,7 +631,8 @@ class TimeoutPolicy:
         except _CancelledError as exc:
             if entry[1] and task.uncancel() <= cancelling:
                 raise self._expired(operation or _name(make), timeout, now, source,
-                                    getattr(exc, "_onex_abandoned", False)) from exc
+                                    getattr(exc, "_onex_abandoned", False),
+                                    budget=end - now) from exc
             raise
         except BaseException:
             if entry[1]:
@@ -745,7 +764,7 @@ class TimeoutPolicy:
         if end is None:
             return fn(*args, **kwargs)
         if end <= now:
-            raise self._expired(op, timeout, now, source)
+            raise self._expired(op, timeout, now, source, budget=end - now)
         box: list[Any] = []
         done = threading.Event()
         token = _deadline_var.set(end)
@@ -763,7 +782,7 @@ class TimeoutPolicy:
 
         job = self._submit(work, op)
         if not done.wait(max(0.0, end - now)) and self._abandon(job, op):
-            raise self._expired(op, timeout, now, source, abandoned=True)
+            raise self._expired(op, timeout, now, source, abandoned=True, budget=end - now)
         done.wait()  # finished just as the deadline passed: its outcome is in the box
         ok, value = box[0]
         if not ok:
@@ -795,6 +814,8 @@ class MixinTimeout:
         policy = TimeoutPolicy(cfg, metrics=self.metrics, name=f"{node}.timeout")  # type: ignore[attr-defined]
         if isinstance(old, TimeoutPolicy):
             policy.clock = old.clock
+        if has_capability(self, "tracing"):
+            policy.tracer = tracer_for(self, "timeout")
         setattr(self, "timeout_policy", policy)  # noqa: B010 - the mixin declares no such slot
 
     @facility

@@ -70,6 +70,7 @@ class _Plan:
         "facilities",
         "facility_builders",
         "init_mode",
+        "key_checks",
         "names",
         "setups",
         "specs",
@@ -111,6 +112,9 @@ class _Plan:
         self.unset_by_default_setup: tuple[tuple[str, Any], ...] | None = None
         self.default_fast = False
         self.init_mode = _init_mode(cls)
+        # capabilities whose config can say which keys (secrets) are missing before setup
+        self.key_checks = tuple(name for name, _hook, default in setups
+                                if callable(getattr(type(default), "missing_keys", None)))
 
 
 def _init_mode(cls: type) -> str:
@@ -350,6 +354,8 @@ class NodeCoreBase:
         if prev is not None:
             self._onex_chain = None  # guards are rebound to the reconfigured facilities
         if contract is None and not capability_config:
+            if plan.key_checks:
+                _check_keys(type(self), plan, plan.defaults)
             for _name, setup, default in plan.setups:
                 setup(self, default)
             sources = None
@@ -360,7 +366,8 @@ class NodeCoreBase:
                 # later default instances take the inlined path in __init__, unless the class
                 # overrides _initialize_mixins (then it must run)
                 cls = type(self)
-                plan.default_fast = cls._initialize_mixins is NodeCoreBase._initialize_mixins
+                plan.default_fast = (cls._initialize_mixins is NodeCoreBase._initialize_mixins
+                                     and not plan.key_checks)
                 if plan.default_fast and cls.__init__ is NodeCoreBase.__init__:
                     _install_fast_init(cls, plan)
             for name, build in unset:
@@ -368,6 +375,8 @@ class NodeCoreBase:
                     setattr(self, name, build(self))
         else:
             configs, sources = _configs(type(self), plan, contract, capability_config)
+            if plan.key_checks:
+                _check_keys(type(self), plan, configs)
             for name, setup, _default in plan.setups:
                 setup(self, configs[name])
             for name, build in plan.facility_builders:
@@ -522,6 +531,22 @@ def _rebuild(token: Any, contract: Any, capability_config: Any, node_id: str | N
     obj: Any = cls.__new__(cls)
     NodeCoreBase.__init__(obj, contract, capability_config=capability_config, node_id=node_id)
     return obj
+
+
+def _check_keys(cls: type, plan: _Plan, configs: Mapping[str, Any]) -> None:
+    """Fail secure, all at once: before any setup runs, ask every capability config that can
+    tell (a ``missing_keys()`` method returning one line per missing key, saying how to provide
+    it) and raise one :class:`ConfigurationError` naming every missing key, rather than the
+    first setup's error only."""
+    problems: list[str] = []
+    for name in plan.key_checks:
+        problems += [f"{name}: {line}" for line in configs[name].missing_keys()]
+    if problems:
+        raise ConfigurationError(
+            f"{cls.__name__} cannot be set up: {len(problems)} key"
+            f"{'s are' if len(problems) > 1 else ' is'} missing (provide "
+            f"{'each' if len(problems) > 1 else 'it'}, then build the node again):",
+            problems=problems)
 
 
 def _configs(cls: type, plan: _Plan, contract: Any,

@@ -124,9 +124,7 @@ class CompositionError(OnexError):
 #: capabilities seed 000 lists (its ``Mixin*`` classes, in snake_case) that no release implements
 #: yet: asking for one says so instead of suggesting an unrelated registered name
 SEED_PLANNED: frozenset[str] = frozenset({
-    "service_protocol", "service_registry",
-    "notification", "webhook", "database", "serialization", "validation", "encryption",
-    "authentication", "authorization", "secure_storage"})
+    "service_protocol", "service_registry", "notification", "webhook"})
 _PLANNED_NOTE = "a seed capability that is not available yet (planned)"
 
 
@@ -134,7 +132,7 @@ class UnknownCapabilityError(CompositionError, LookupError):
     """A capability name (or alias/bundle) that nobody registered.
 
     A name seed 000 lists but no release implements yet (:data:`SEED_PLANNED`, such as
-    ``authentication``) is reported as planned rather than given a look-alike suggestion.
+    ``authorization``) is reported as planned rather than given a look-alike suggestion.
 
     Attributes:
         name: the unknown name.

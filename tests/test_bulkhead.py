@@ -41,7 +41,8 @@ def test_contract_config_section_matches_the_model_defaults() -> None:
     data = yaml.safe_load((CONTRACTS_DIR / "mixin_bulkhead.yaml").read_text("utf-8"))
     assert data["bulkhead_config"] == BulkheadConfig().model_dump(mode="json")
     assert data["composition"]["guard_rank"] == 90
-    assert [d["name"] for d in data["requires_dependencies"]] == ["metrics"]
+    deps = {d["name"]: d["optional"] for d in data["requires_dependencies"]}
+    assert deps == {"metrics": False, "tracing": True}  # tracing: order-only (issue 11)
 
 
 def test_contract_passes_the_validator() -> None:

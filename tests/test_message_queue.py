@@ -661,17 +661,31 @@ async def test_handlers_run_under_the_credentials_of_the_authorization_header(
 
     if "authentication" not in default_registry:
         pytest.skip("authentication is not registered on this branch: nothing to wire")
+    jwt = pytest.importorskip("jwt")
     from onex_compose.capabilities import _context
 
-    Authed = compose(NodeEffect, ["message_queue", "authentication"])
-    node = backend.node(Authed)
-    await node.message_queue.enqueue("auth", 1, headers={"authorization": "Bearer tok123"})
+    secret = "s3cret-for-the-queue-test-0123456789"
     seen: list[Any] = []
-    consumer = node.message_queue.consume("auth", lambda m: seen.append(
-        _context.credentials.get()))
-    await until(lambda: seen)
+
+    class Authed(compose(NodeEffect, ["message_queue", "authentication"])):  # type: ignore[misc]
+        async def process(self, input_data: Any) -> Any:
+            principal = _context.principal.get()
+            seen.append((input_data, principal.subject if principal else None))
+            return input_data
+
+    node = backend.node(Authed, capability_config={"authentication": {
+        "jwt_algorithms": ["HS256"], "jwt_secret": secret}})
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, secret,
+                       algorithm="HS256")
+    await node.message_queue.enqueue("auth", 1, headers={"authorization": f"Bearer {token}"})
+    bad = await node.message_queue.enqueue("auth", 2)  # no credentials: refused, not retried
+    consumer = node.message_queue.consume_into_process("auth")
+    await until(lambda: consumer.handled >= 2)
     await consumer.stop()
-    assert seen[0].scheme == "bearer" and seen[0].value == "tok123"
+    assert seen == [(1, "alice")]  # verified by the guard from the message's header
+    [dead] = await node.message_queue.dead_letters("auth")
+    assert (dead.message.id, dead.reason) == (bad, "rejected")
+    assert "AuthenticationError" in (dead.last_error or "")
 
 
 # -- server killed mid-run -----------------------------------------------------------------------

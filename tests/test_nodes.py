@@ -318,15 +318,23 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
     working across repeated asyncio.run() calls (the real capabilities, embedded defaults)."""
     from onex_compose import default_registry
 
-    # encryption refuses to set up without a key (a test key: 32 zero bytes)
+    # encryption refuses to set up without a key (a test key: 32 zero bytes); authentication
+    # without a verification key (an HS256 secret from the environment), and its guard refuses
+    # calls without credentials, so they run as a trusted principal
     monkeypatch.setenv("ONEX_ENCRYPTION_KEYS", "k1:" + "A" * 43 + "=")
+    monkeypatch.setenv("ONEX_JWT_SECRET", "s" * 32)
+    from onex_compose.capabilities._context import Principal, PrincipalScope
 
     class Doubler(NodeCompute):
         async def process(self, x: int) -> int:
             return 2 * x
 
     names = [spec.name for spec in default_registry]
-    node: Any = compose(Doubler, names)()  # built outside any event loop, never started
+    # authorization grants nothing by default: a role allowed to call process() for the
+    # trusted principal the calls run as
+    node: Any = compose(Doubler, names)(  # built outside any event loop, never started
+        capability_config={"authentication": {"jwt_algorithms": ["HS256"]},
+                           "authorization": {"roles": {"svc": {"permissions": ["node:process"]}}}})
 
     async def use(i: int) -> tuple[Any, ...]:
         await node.cache.set("k", i)
@@ -334,16 +342,17 @@ def test_every_builtin_capability_works_without_start_across_repeated_asyncio_ru
         await node.health_check()
         return await node.process(i), await node.cache.get("k"), node.is_healthy()
 
-    for i in range(3):  # each asyncio.run() is a new loop
-        assert asyncio.run(use(i)) == (2 * i, i, True)
-
     async def lifecycle(i: int) -> int:
         async with node:
             return int(await node.process(i))
 
-    assert asyncio.run(lifecycle(4)) == 8
-    assert asyncio.run(lifecycle(5)) == 10  # started, closed and started again on a new loop
-    assert asyncio.run(use(6)) == (12, 6, True)
+    # asyncio.run() copies the principal into each loop's task
+    with PrincipalScope(Principal.system(roles=["svc"])):
+        for i in range(3):  # each asyncio.run() is a new loop
+            assert asyncio.run(use(i)) == (2 * i, i, True)
+        assert asyncio.run(lifecycle(4)) == 8
+        assert asyncio.run(lifecycle(5)) == 10  # started, closed and started again on a new loop
+        assert asyncio.run(use(6)) == (12, 6, True)
 
 
 def test_capability_config_overlays_the_contract_field_by_field() -> None:

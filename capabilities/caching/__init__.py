@@ -62,6 +62,10 @@ Semantics (the ones users of FusionCache, cachetools and aiocache expect, see
   the same counts per level without the metrics capability.
 * **Health**: when the node has ``health_check``, ``cache.health()`` is registered as the
   ``cache`` check (found through the node's composition, never by probing with ``hasattr``).
+* **Tracing**: when the node has ``tracing`` with ``caching`` in its ``instrument`` list,
+  each Redis L2 round trip is a CLIENT span (``cache.l2.get`` with ``onex.cache.hit``,
+  ``cache.l2.set``, ``cache.l2.delete``, ``cache.l2.clear``; ``db.system.name=redis``), a
+  child of the current span. L1 hits report nothing; without tracing nothing changes.
 
 Layout (one module per role): ``_model.py`` (config, errors, ``MISSING``), ``_keys.py`` (the
 canonical key encoder and why it exists), ``_memory.py`` (the L1 and why it is not
@@ -91,6 +95,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities._traced import tracer_for
 from onex_compose.capabilities.caching._cache import Cache
 from onex_compose.capabilities.caching._keys import _call_key, _canon, canonical, generate_cache_key
 from onex_compose.capabilities.caching._model import (
@@ -205,6 +210,8 @@ class MixinCaching:
                            clock=old.clock if isinstance(old, Cache) else None)
         if has_capability(self, "health_check"):
             node.register_health_check(node.cache.health, name="cache")
+        if has_capability(self, "tracing"):
+            node.cache.use_tracer(tracer_for(self, "caching"))
 
     @facility
     def cache(self) -> Cache:

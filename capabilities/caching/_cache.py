@@ -27,7 +27,7 @@ from onex_compose.capabilities.caching._model import (
     _require_async,
     _running_loop,
 )
-from onex_compose.capabilities.caching._redis import _RedisLevel
+from onex_compose.capabilities.caching._redis import _redis_attributes, _RedisLevel
 
 __all__ = ["Cache"]
 
@@ -64,6 +64,12 @@ class Cache(_RedisLevel):
     """
 
     MISSING = MISSING
+    # tracing (use_tracer): class-level defaults, so a cache without a tracer has exactly the
+    # instance attributes it had before tracing existed (same dict layout, same lookups)
+    _tracer: Any = None
+    _span_attrs: dict[str, Any] = {}  # never mutated: use_tracer replaces it
+    _l2_failures = 0  # failed L2 round trips (unavailable); set on the instance when one fails
+    _last_error: str | None = None  # the exception type of the last one
 
     def __init__(self, config: CachingConfig | Mapping[str, Any] | None = None, *,
                  metrics: Any = None, clock: Callable[[], float] | None = None,
@@ -120,6 +126,21 @@ class Cache(_RedisLevel):
     def __reduce__(self) -> tuple[Any, ...]:
         # locks, futures and connections are rebuilt from configuration (metrics link dropped)
         return (Cache, (self.config,), None)
+
+    def use_tracer(self, tracer: Any) -> None:
+        """Report each Redis L2 round trip as a CLIENT span on ``tracer`` (``None``: stop).
+
+        The spans are ``cache.l2.get`` (with ``onex.cache.hit``), ``cache.l2.set``,
+        ``cache.l2.delete`` and ``cache.l2.clear``, with ``db.system.name=redis``, the
+        server's address, port and database index, and ``onex.cache.namespace``; never a key
+        or a value. A failed round trip (served from L1) has status ERROR and ``error.type``.
+        L1 hits and a memory-only cache report nothing. The mixin calls this in
+        ``setup_caching`` when the node composes tracing with ``caching`` in its
+        ``instrument`` list.
+        """
+        self._tracer = tracer
+        if tracer is not None and self._l2:
+            self._span_attrs = _redis_attributes(self.config)
 
     def __len__(self) -> int:
         """Entries in L1 right now (expired ones count until read or purged)."""
@@ -216,6 +237,9 @@ class Cache(_RedisLevel):
             self._invalidate_key(key)  # a newer value: a load in flight must not replace it
         if self._l2:
             payload = self._dumps(key, value)
+            if self._tracer is not None:
+                await self._l2_set_traced(key, value, payload, ttl)
+                return
             ready = await self._l2_ready()  # listening for invalidations before L1 holds it
             self._l1_store(key, value, ttl)
             if ready:
@@ -227,6 +251,9 @@ class Cache(_RedisLevel):
         """Store a loaded value (``ttl`` resolved, ``> 0`` or ``None``) in every level."""
         if self._l2:
             payload = self._dumps(key, value)
+            if self._tracer is not None:
+                await self._l2_set_traced(key, value, payload, ttl)
+                return
             ready = await self._l2_ready()
             self._l1_store(key, value, ttl)
             if ready:

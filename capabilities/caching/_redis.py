@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from onex_compose.capabilities._codecs import Codec, looks_pickled
 from onex_compose.capabilities._log import logger
+from onex_compose.capabilities._traced import mark_error
 from onex_compose.capabilities.caching._memory import _MemoryLevel
 from onex_compose.capabilities.caching._model import (
     _L2_HIT,
@@ -29,6 +30,8 @@ from onex_compose.capabilities.caching._model import (
     CachingConfig,
     _running_loop,
 )
+
+T = TypeVar("T")
 
 
 class _RedisLevel(_MemoryLevel):
@@ -55,6 +58,10 @@ class _RedisLevel(_MemoryLevel):
     _invalidations: int
     _legacy_logged: bool
     _inc: Callable[..., Any]
+    _tracer: Any
+    _span_attrs: dict[str, Any]
+    _l2_failures: int
+    _last_error: str | None
 
     def _dumps(self, key: str, value: Any) -> bytes | str:
         assert self._serializer is not None
@@ -147,7 +154,9 @@ class _RedisLevel(_MemoryLevel):
 
         return async_client(self.config.redis_url, timeout=self.config.redis_timeout, retries=0)
 
-    async def _l2_get(self, key: str, default: Any) -> Any:
+    async def _l2_get(self, key: str, default: Any, traced: bool = False) -> Any:
+        if self._tracer is not None and not traced and self._l2_due():
+            return await self._l2_traced("cache.l2.get", self._l2_get(key, default, True))
         gen = self._generation
         if not await self._l2_ready():
             return default
@@ -190,6 +199,41 @@ class _RedisLevel(_MemoryLevel):
             self._l1_store(key, value, None if pttl < 0 else pttl / 1000.0)
         return value
 
+    def _l2_due(self) -> bool:
+        """Whether an L2 operation would try Redis now (not in an outage's back-off)."""
+        until = self._down_until
+        return until is None or self.clock() >= until
+
+    async def _l2_traced(self, name: str, work: Awaitable[T]) -> T:
+        """Await one L2 operation (its readiness check included: reconnecting is part of the
+        round trip) inside a CLIENT span ``name``. Only with tracing composed, and only when
+        Redis is tried: a call in an outage's back-off makes no round trip and no span."""
+        failures, hits = self._l2_failures, self._hits[1]
+        with self._tracer.span(name, kind="client", attributes=self._span_attrs) as span:
+            result = await work
+            if name == "cache.l2.get":
+                span.set_attribute("onex.cache.hit", self._hits[1] > hits)
+            if self._l2_failures != failures:  # Redis failed; L1 served the call
+                mark_error(span, self._last_error or "RedisError")
+        return result
+
+    async def _l2_set_traced(self, key: str, value: Any, payload: bytes | str,
+                             ttl: float | None) -> None:
+        """``set``'s two levels (listening first, then L1, then L2) inside a ``cache.l2.set``
+        span, when tracing is composed and Redis is tried."""
+        if not self._l2_due():
+            await self._l2_ready()  # in back-off: counted as skipped, L1 only, no span
+            self._l1_store(key, value, ttl)
+            return
+        await self._l2_traced("cache.l2.set", self._set_levels(key, value, payload, ttl))
+
+    async def _set_levels(self, key: str, value: Any, payload: bytes | str,
+                          ttl: float | None) -> None:
+        ready = await self._l2_ready()
+        self._l1_store(key, value, ttl)
+        if ready:
+            await self._l2_set(key, payload, ttl)
+
     async def _l2_set(self, key: str, payload: bytes | str, ttl: float | None) -> None:
         try:
             pipe = self._client().pipeline(transaction=False)
@@ -204,7 +248,9 @@ class _RedisLevel(_MemoryLevel):
             return
         self._recovered()
 
-    async def _l2_delete(self, key: str) -> bool:
+    async def _l2_delete(self, key: str, traced: bool = False) -> bool:
+        if self._tracer is not None and not traced and self._l2_due():
+            return await self._l2_traced("cache.l2.delete", self._l2_delete(key, True))
         if not await self._l2_ready():
             return False
         try:
@@ -218,7 +264,10 @@ class _RedisLevel(_MemoryLevel):
         self._recovered()
         return bool(removed)
 
-    async def _l2_clear(self) -> None:
+    async def _l2_clear(self, traced: bool = False) -> None:
+        if self._tracer is not None and not traced and self._l2_due():
+            await self._l2_traced("cache.l2.clear", self._l2_clear(True))
+            return
         if not await self._l2_ready():
             return
         try:
@@ -276,6 +325,8 @@ class _RedisLevel(_MemoryLevel):
             # session is replaced at the next ensure() (dropping L1: invalidations were missed)
             self._listener.suspect()
         self._l2_errors += 1
+        self._l2_failures += 1
+        self._last_error = type(exc).__name__
         self._inc("cache_l2_errors_total", 1, {"kind": "unavailable"})
         self._down_until = self.clock() + self.config.retry_interval
         if self._outage_since is None:
@@ -298,6 +349,27 @@ class _RedisLevel(_MemoryLevel):
 
 _RESUBSCRIBE_FIRST = 0.05  # seconds before the first resubscription attempt after a loss
 _FOREVER = 2.0 ** 52 / 1000  # seconds (~140,000 years): longer TTLs are stored without expiry
+
+
+def _redis_attributes(config: CachingConfig) -> dict[str, Any]:
+    """The attributes of every L2 span: the server and database (OpenTelemetry's database
+    conventions) and the cache namespace; never credentials, keys or values."""
+    from urllib.parse import urlsplit
+
+    from onex_compose.capabilities._redis import redis_url
+
+    parts = urlsplit(redis_url(config.redis_url))
+    attrs: dict[str, Any] = {"db.system.name": "redis", "onex.cache.namespace": config.namespace}
+    if parts.scheme == "unix":
+        attrs["server.address"] = parts.path
+        attrs["db.namespace"] = dict(p.split("=", 1) for p in parts.query.split("&")
+                                     if p.startswith("db=")).get("db", "0")
+    else:
+        attrs["server.address"] = parts.hostname or "127.0.0.1"
+        attrs["server.port"] = parts.port or 6379
+        index = parts.path.strip("/")
+        attrs["db.namespace"] = index if index.isdigit() else "0"
+    return attrs
 
 
 def _safe_url(url: str | None) -> str:

@@ -52,6 +52,11 @@ Semantics (resilience4j's, with the Python libraries' default trip rule):
 * State changes go to the ``circuit_breaker_state`` gauge (0 closed, 1 open, 2 half-open,
   seed 002's encoding, label ``operation_key`` = breaker name), to the ``on_state_change``
   listeners, to the node's event bus when one is composed, and to the health report.
+* With ``tracing`` composed (and ``circuit_breaker`` in its ``instrument`` list), state
+  changes and rejections are also span events on the current span:
+  ``circuit_breaker.state_change`` (``breaker``, ``from``, ``to``, ``reason``) and
+  ``circuit_breaker.rejected`` (``breaker``, ``state``, ``reason``, ``retry_after_s``).
+  An admitted call reports nothing.
 * ``scope: process`` shares each named breaker between every node instance of the process that
   uses the same configuration (resilience4j's registry); the default ``scope: node`` gives each
   node its own. The Redis backend shares a breaker across processes either way.
@@ -88,6 +93,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities._traced import tracer_for
 from onex_compose.capabilities.circuit_breaker._breaker import (
     CircuitBreaker,
     CircuitBreakerProtocol,
@@ -156,6 +162,8 @@ class MixinCircuitBreaker:
                                    clock=old.clock if isinstance(old, CircuitBreakers) else None)
         node.circuit_breaker = breakers
         node.register_health_check(breakers.health_check, name="circuit_breaker")
+        if has_capability(self, "tracing"):
+            breakers.use_tracer(tracer_for(self, "circuit_breaker"))
         if has_capability(self, "event_bus"):
             topic = cfg.event_topic
             node_id = getattr(self, "node_id", None)

@@ -536,7 +536,7 @@ class CircuitBreaker(_BreakerBase):
         if change is not None:
             self._dispatch.emit(change, self.on_state_change)
         if rejection is not None:
-            self._dispatch.rejected(self.name)
+            self._dispatch.rejected(self.name, rejection)
             raise rejection
         return st
 

@@ -390,17 +390,32 @@ class _Classifier:
 
 
 class _Dispatcher:
-    """Delivers state changes: gauge + counters, listeners (sync or async), pending tasks."""
+    """Delivers state changes: gauge + counters, span events, listeners (sync or async),
+    pending tasks.
+
+    ``tracer`` (the node's, set by ``setup_circuit_breaker`` when tracing is composed) gets the
+    events ``circuit_breaker.state_change`` and ``circuit_breaker.rejected`` on the current
+    span; it is read only on those two paths, never on an admitted call.
+    """
+
+    tracer: Any = None
 
     def __init__(self, metrics: Any = None) -> None:
         self.metrics = metrics
         self.listeners: list[Listener] = []
         self.tasks: set[asyncio.Task[Any]] = set()
 
-    def rejected(self, name: str) -> None:
+    def rejected(self, name: str, error: CircuitOpenError | None = None) -> None:
         if self.metrics is not None:
             self.metrics.increment("circuit_breaker_rejected_total",
                                    labels={"operation_key": name})
+        tracer = self.tracer
+        if tracer is not None:
+            attrs: dict[str, Any] = {"breaker": name}
+            if error is not None:
+                attrs.update({"state": error.state.label, "reason": error.reason,
+                              "retry_after_s": error.retry_after})
+            tracer.add_event("circuit_breaker.rejected", attrs)
 
     def failed(self, name: str) -> None:
         if self.metrics is not None:
@@ -427,6 +442,11 @@ class _Dispatcher:
         log = logger.warning if change.new is _OPEN else logger.info
         log("circuit breaker {!r}: {} -> {} ({})", change.breaker, change.old.label,
             change.new.label, change.reason)
+        tracer = self.tracer
+        if tracer is not None:
+            tracer.add_event("circuit_breaker.state_change", {
+                "breaker": change.breaker, "from": change.old.label, "to": change.new.label,
+                "reason": change.reason})
         for listener in (*own, *self.listeners):
             try:
                 result = listener(change)

@@ -387,9 +387,10 @@ class RedisCircuitBreaker(_BreakerBase):
 
     def _fallback(self) -> str:
         if self.on_backend_error == "deny":
-            self._dispatch.rejected(self.name)
-            raise CircuitOpenError(self.name, self.backend_retry_interval, _OPEN,
-                                   "backend_unavailable")
+            error = CircuitOpenError(self.name, self.backend_retry_interval, _OPEN,
+                                     "backend_unavailable")
+            self._dispatch.rejected(self.name, error)
+            raise error
         return self.on_backend_error
 
     def _admitted(self, reply: Any) -> _Admission:
@@ -401,9 +402,10 @@ class RedisCircuitBreaker(_BreakerBase):
             self._dispatch.emit(CircuitStateChange(self.name, CircuitState(source), state,
                                                    reason, self.clock()), self.on_state_change)
         if decision == 0:
-            self._dispatch.rejected(self.name)
-            raise CircuitOpenError(self.name, retry_after, state,
-                                   "open" if state is _OPEN else "half_open_full")
+            error = CircuitOpenError(self.name, retry_after, state,
+                                     "open" if state is _OPEN else "half_open_full")
+            self._dispatch.rejected(self.name, error)
+            raise error
         return _Admission(epoch, decision == 2)
 
     def _recorded(self, reply: Any) -> None:

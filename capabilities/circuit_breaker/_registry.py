@@ -61,6 +61,14 @@ class _Fanout(_Dispatcher):
         shared = [listener for target in list(self.targets) for listener in target.listeners]
         super().emit(change, [*own, *shared])
 
+    @property  # type: ignore[override]
+    def tracer(self) -> Any:
+        """A sharing node's tracer (any: span events go to the current span, whose ever it is)."""
+        for target in list(self.targets):
+            if target.tracer is not None:
+                return target.tracer
+        return None
+
 
 _shared: weakref.WeakValueDictionary[tuple[str, ...], AnyBreaker] = \
     weakref.WeakValueDictionary()
@@ -114,6 +122,12 @@ class CircuitBreakers:
         self.on_state_change = self._dispatch.listeners
         self._breakers: dict[str, AnyBreaker] = {}
         self._lock = threading.Lock()
+
+    def use_tracer(self, tracer: Any) -> None:
+        """Report state changes and rejections of every breaker of this node as span events
+        (``circuit_breaker.state_change``, ``circuit_breaker.rejected``) on the current span;
+        ``None`` stops. ``setup_circuit_breaker`` calls it when the node composes tracing."""
+        self._dispatch.tracer = tracer
 
     @property
     def clock(self) -> Clock | None:

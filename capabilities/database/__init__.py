@@ -23,6 +23,12 @@ database per ``namespace``, or a file) and PostgreSQL:
 * Errors: :class:`DatabaseError` and below (unavailable, pool exhausted, conflict, integrity,
   migration); messages never include bound parameters or the URL's password.
 * With ``health_check`` composed, ``db.health()`` is registered as the ``database`` check.
+* With ``tracing`` composed (``database`` in its ``instrument`` list), every statement is a
+  CLIENT span ``db.query`` (``db.system.name``, ``db.namespace``, ``db.operation.name`` from
+  the statement's first keyword; never its parameters) and every transaction a
+  ``db.transaction`` span around its statements, ended with ``db.transaction.outcome``
+  (``commit``, ``rollback``, ``conflict``). Without tracing, one attribute test per
+  statement.
 
 Layout: ``_model.py`` (config, errors, :class:`Migration`, the protocol), ``_db.py`` (the
 facility), the engine plumbing in ``capabilities/_sql.py``, the contract
@@ -48,6 +54,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from onex_compose import coerce_config, facility, has_capability
+from onex_compose.capabilities._traced import tracer_for
 from onex_compose.capabilities.database._db import Database, Transaction
 from onex_compose.capabilities.database._model import (
     DatabaseConfig,
@@ -110,6 +117,8 @@ class MixinDatabase:
         db.bind(metrics=node.metrics, node=node, retry=has_capability(self, "retry"),
                 logging=has_capability(self, "logging"))
         db.configure(cfg)
+        if has_capability(self, "tracing"):
+            db.use_tracer(tracer_for(self, "database"))
         node.db = db
         if has_capability(self, "health_check"):
             node.register_health_check(db.health, name="database")

@@ -167,25 +167,40 @@ class Transaction:
         conn = self._live()
         db = self._db
         stmt = db._prepare(sql, params)
+        span = None
+        if db._tracer is not None:
+            # from the statement to its last row; not made current: the consumer's code runs
+            # between the rows, and an abandoned generator is closed from another context
+            span = db._tracer.start_span("db.query", kind="client",
+                                         attributes=db._query_attrs(sql))
         t0 = time.perf_counter()
         try:
             result = await conn.stream(stmt, params or {},
                                        execution_options={"yield_per": batch})
             async for row in result.mappings():
                 yield row
-        except Exception as exc:
-            db._inc("db_statements_total", 1, {"op": "stream", "outcome": "error"})
-            raise db._translate(exc) from exc
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                db._inc("db_statements_total", 1, {"op": "stream", "outcome": "error"})
+                error = db._translate(exc)
+                if span is not None:
+                    _fail_stream(span, error)
+                raise error from exc
+            if span is not None:  # closed early (GeneratorExit) or cancelled
+                span.end()
+            raise
         db._inc("db_statements_total", 1, {"op": "stream", "outcome": "ok"})
         db._hist("db_statement_duration_seconds", time.perf_counter() - t0)
+        if span is not None:
+            span.end()
 
 
 class _TransactionContext:
     """``async with db.transaction() as tx``: commit on normal exit, roll back on any exception
     (cancellation and timeouts included), always return the connection."""
 
-    __slots__ = ("_db", "_isolation", "_lock", "_outer", "_readonly", "_savepoint", "_token",
-                 "_tx")
+    __slots__ = ("_db", "_isolation", "_lock", "_outer", "_readonly", "_savepoint", "_span",
+                 "_token", "_tx")
 
     def __init__(self, db: Database, isolation: str | None, readonly: bool) -> None:
         _check_isolation(isolation)
@@ -197,9 +212,33 @@ class _TransactionContext:
         self._outer: Any = None
         self._lock: asyncio.Lock | None = None
         self._token: Any = None
+        self._span: Any = None
 
     async def __aenter__(self) -> Transaction:
         db = self._db
+        if db._tracer is not None:
+            return await self._enter_traced(db)
+        return await self._enter(db)
+
+    async def _enter_traced(self, db: Database) -> Transaction:
+        """:meth:`__aenter__` inside a ``db.transaction`` span (its statements are children)."""
+        savepoint = db._joinable() is not None
+        attrs = {**db._span_attrs, "db.transaction.savepoint": savepoint,
+                 "db.transaction.readonly": self._readonly}
+        isolation = self._isolation or db.config.isolation
+        if isolation is not None and not savepoint:
+            attrs["db.transaction.isolation"] = isolation
+        scope = db._tracer.span("db.transaction", kind="client", attributes=attrs)
+        span = (scope, scope.__enter__())
+        try:
+            tx = await self._enter(db)
+        except BaseException as exc:
+            _end_span(span, exc, outcome="not_started")
+            raise
+        self._span = span
+        return tx
+
+    async def _enter(self, db: Database) -> Transaction:
         parent = db._joinable()
         if parent is not None:
             conn = parent._live()
@@ -227,6 +266,12 @@ class _TransactionContext:
         return tx
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self._span is not None:
+            await self._exit_traced(exc)
+            return
+        await self._exit(exc)
+
+    async def _exit(self, exc: BaseException | None) -> None:
         tx = self._tx
         assert tx is not None
         db = self._db
@@ -241,6 +286,17 @@ class _TransactionContext:
             if self._lock is not None:
                 self._lock.release()
         del db
+
+    async def _exit_traced(self, exc: BaseException | None) -> None:
+        """:meth:`__aexit__` that ends the transaction's span with ``db.transaction.outcome``
+        (``commit``, ``rollback`` or ``conflict``)."""
+        span, self._span = self._span, None
+        try:
+            await self._exit(exc)
+        except BaseException as err:
+            _end_span(span, err, outcome=_outcome_of(err))
+            raise
+        _end_span(span, exc, outcome="commit" if exc is None else _outcome_of(exc))
 
     async def _end_savepoint(self, exc: BaseException | None) -> None:
         sp = self._savepoint
@@ -292,6 +348,11 @@ class Database:
     at setup). ``configure(config)`` reconfigures this same object.
     """
 
+    # use_tracer(): statements and transactions become spans (class-level defaults: without a
+    # tracer the instance keeps the attributes it had before tracing existed)
+    _tracer: Any = None
+    _span_attrs: dict[str, Any] = {}  # never mutated: use_tracer replaces it
+
     def __init__(self, config: DatabaseConfig | None = None, *, metrics: Any = None,
                  node: Any = None, retry: bool = False,
                  clock: Callable[[], float] | None = None) -> None:
@@ -331,6 +392,8 @@ class Database:
             self._finalizer = weakref.finalize(self, _sql.MemoryKeeper.release,
                                                resolved.memory_name)
         self._migrated = set()
+        if self._tracer is not None:
+            self._span_attrs = _span_attributes(resolved, config)
         m = self._metrics
         self._inc = m.increment if m is not None else _no_metric
         self._hist = m.histogram if m is not None else _no_metric
@@ -347,6 +410,26 @@ class Database:
         self._node_ref = weakref.ref(node) if node is not None else None
         self._use_retry = retry and node is not None
         self._use_logging = logging and node is not None
+
+    def use_tracer(self, tracer: Any) -> None:
+        """Report statements and transactions as CLIENT spans on ``tracer`` (``None``: stop).
+
+        Each statement is a ``db.query`` span (``db.system.name``, ``db.namespace``,
+        ``db.operation.name``: the statement's first keyword; never its parameters or text),
+        each transaction a ``db.transaction`` span around its statements, ended with
+        ``db.transaction.outcome`` (``commit``, ``rollback``, ``conflict``). A failed
+        statement's span has status ERROR and the error's ``db.response.status_code``
+        (SQLSTATE) when there is one. ``setup_database`` calls this when the node composes
+        tracing with ``database`` in its ``instrument`` list.
+        """
+        self._tracer = tracer
+        self._span_attrs = _span_attributes(self._resolved, self.config) if tracer else {}
+
+    def _query_attrs(self, sql: Any) -> dict[str, Any]:
+        from onex_compose.capabilities._traced import sql_operation
+
+        op = sql_operation(sql)
+        return {**self._span_attrs, "db.operation.name": op} if op else dict(self._span_attrs)
 
     def _engine_opts(self) -> dict[str, Any]:
         c = self.config
@@ -494,6 +577,25 @@ class Database:
         return _statement(sql)
 
     async def _run(self, conn: Any, op: str, sql: Any, params: Mapping[str, Any] | None) -> Any:
+        if self._tracer is not None:
+            return await self._run_traced(conn, op, sql, params)
+        return await self._execute(conn, op, sql, params)
+
+    async def _run_traced(self, conn: Any, op: str, sql: Any,
+                          params: Mapping[str, Any] | None) -> Any:
+        """:meth:`_run` inside a ``db.query`` CLIENT span (the parameters never reach it)."""
+        scope = self._tracer.span("db.query", kind="client", attributes=self._query_attrs(sql))
+        span = (scope, scope.__enter__())
+        try:
+            result = await self._execute(conn, op, sql, params)
+        except BaseException as exc:
+            _end_span(span, exc)
+            raise
+        _end_span(span, None)
+        return result
+
+    async def _execute(self, conn: Any, op: str, sql: Any,
+                       params: Mapping[str, Any] | None) -> Any:
         stmt = self._prepare(sql, params)
         t0 = time.perf_counter()
         try:
@@ -793,3 +895,58 @@ def _deadline_error(where: str, exc: BaseException) -> BaseException:
 
 def _rebuild(config: DatabaseConfig) -> Database:
     return Database(config)
+
+
+def _span_attributes(resolved: _sql.ResolvedURL, config: DatabaseConfig) -> dict[str, Any]:
+    """What every span of this database carries (OpenTelemetry's database conventions):
+    ``db.system.name`` (``sqlite``/``postgresql``), ``db.namespace`` (the PostgreSQL database,
+    ``|schema`` when one is configured; the SQLite file or memory database name) and, for
+    PostgreSQL, ``server.address``/``server.port``. Never the user or the password."""
+    from sqlalchemy.engine import make_url
+
+    attrs: dict[str, Any] = {"db.system.name": resolved.dialect}
+    if resolved.kind == "memory":
+        attrs["db.namespace"] = resolved.memory_name or config.namespace
+        return attrs
+    url = make_url(resolved.url)
+    namespace = url.database or ""
+    if resolved.dialect == "postgresql":
+        if config.schema_name:
+            namespace = f"{namespace}|{config.schema_name}"
+        if url.host:
+            attrs["server.address"] = url.host
+            attrs["server.port"] = url.port or 5432
+    attrs["db.namespace"] = namespace
+    return attrs
+
+
+def _outcome_of(exc: BaseException) -> str:
+    return "conflict" if isinstance(exc, TransactionConflictError) else "rollback"
+
+
+def _end_span(entered: tuple[Any, Any], exc: BaseException | None, *,
+              outcome: str | None = None) -> None:
+    """End a ``(scope, span)`` entered with ``scope.__enter__()``: the transaction's outcome,
+    the error's SQLSTATE, then the scope's exit (which records the exception, scrubbed, with
+    status ERROR, and restores the previous current span)."""
+    scope, span = entered
+    if outcome is not None:
+        span.set_attribute("db.transaction.outcome", outcome)
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        span.set_attribute("db.response.status_code", state)
+    if exc is None:
+        scope.__exit__(None, None, None)
+    else:
+        scope.__exit__(type(exc), exc, exc.__traceback__)
+
+
+def _fail_stream(span: Any, error: BaseException) -> None:
+    """End a streaming statement's span (not current, so not a scope) after ``error``."""
+    from onex_compose.capabilities._traced import mark_error
+
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str):
+        span.set_attribute("db.response.status_code", state)
+    mark_error(span, type(error).__name__)
+    span.end()
