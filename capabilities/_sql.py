@@ -169,7 +169,9 @@ class MemoryKeeper:
     database lives as long as any of them does, across event loops.
     """
 
-    _lock = threading.Lock()
+    # reentrant: release() runs from weakref finalizers, which the garbage collector may call
+    # inside acquire()/release() on the same thread (a plain Lock deadlocked there)
+    _lock = threading.RLock()
     _open: dict[str, tuple[sqlite3.Connection, int]] = {}
 
     @classmethod
@@ -216,6 +218,44 @@ def memory_lock(name: str) -> asyncio.Lock:
     if lock is None:
         lock = per_loop[name] = asyncio.Lock()
     return lock
+
+
+
+_WAL_ATTEMPTS = 4
+
+
+def _switch_to_wal(cur: Any) -> None:
+    """Put a SQLite file in WAL mode from a new connection's ``connect`` event.
+
+    WAL is persistent in the file, so only the first connection ever switches: the current
+    mode is read first (a shared lock) and the switch (an exclusive lock) is skipped when the
+    file is already in WAL. Two processes opening a fresh file at once race for that
+    exclusive lock; the loser waits ``busy_timeout`` and may still get ``database is locked``
+    on a busy machine while the winner migrates, so the switch is retried a few times, sleeping
+    on the event loop (this runs inside SQLAlchemy's greenlet, where ``await_only`` works).
+    """
+    from sqlalchemy.util import await_only
+
+    delay = 0.05
+    for attempt in range(_WAL_ATTEMPTS):
+        try:
+            cur.execute("PRAGMA journal_mode")
+            row = cur.fetchone()
+            if row is not None and str(row[0]).lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, adapted by SQLAlchemy
+            text = str(exc).lower()
+            if attempt == _WAL_ATTEMPTS - 1 or ("locked" not in text and "busy" not in text):
+                raise
+        await_only(_wal_pause(delay))
+        delay *= 2
+
+
+def _wal_pause(delay: float) -> Any:
+    """The pause between two WAL switch attempts (a coroutine; tests replace it)."""
+    return asyncio.sleep(delay)
 
 
 def async_engine(resolved: ResolvedURL | str, **opts: Any) -> Any:
@@ -296,7 +336,7 @@ def _create(resolved: ResolvedURL, *, pool_size: int = 5, max_overflow: int = 5,
                 cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
                 cur.execute("PRAGMA foreign_keys = ON")
                 if wal:
-                    cur.execute("PRAGMA journal_mode = WAL")
+                    _switch_to_wal(cur)
             finally:
                 cur.close()
 

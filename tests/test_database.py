@@ -549,6 +549,37 @@ async def test_two_processes_migrate_concurrently_on_a_sqlite_file(tmp_path: Any
     await _sql.dispose_engines()
 
 
+
+async def test_the_wal_switch_waits_out_another_process_holding_the_file(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two processes opening a fresh file race for the exclusive lock that switching to WAL
+    # takes; the loser must retry rather than fail with "database is locked".
+    import sqlite3
+
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN EXCLUSIVE")  # rollback-journal mode: nobody can read or switch
+    pauses: list[float] = []
+
+    def pause(delay: float) -> Any:
+        pauses.append(delay)
+        if holder.in_transaction:
+            holder.execute("COMMIT")  # the other process finishes while we back off
+        return asyncio.sleep(0)
+
+    monkeypatch.setattr(_sql, "_wal_pause", pause)
+    url = f"sqlite:///{path}"
+    db = DbNode(capability_config={"database": {"url": url, "sqlite_busy_timeout": 0}}).db
+    try:
+        assert await db.fetch_val("SELECT count(*) FROM t") == 0
+        assert await db.fetch_val("PRAGMA journal_mode") == "wal"
+        assert pauses == [0.05]
+    finally:
+        holder.close()
+        await db.aclose()
+        await _sql.dispose_engines()
+
 async def test_a_database_pickles_to_its_config(make: Any) -> None:
     db = make().db
     clone = pickle.loads(pickle.dumps(db))
