@@ -213,7 +213,7 @@ def test_errors_pickle_with_their_message_and_data(err: Any) -> None:
             assert getattr(back, key) == value, key
 
 
-@pytest.mark.parametrize("name", ["message_queue", "notification", "service_protocol"])
+@pytest.mark.parametrize("name", ["notification", "service_protocol"])
 def test_a_planned_seed_capability_is_named_as_planned_not_given_a_look_alike(name: str) -> None:
     from onex_compose import NodeCompute, compose
 

@@ -19,7 +19,7 @@ SPAN_KINDS = ("internal", "server", "client", "producer", "consumer")
 INSTRUMENTABLE = ("caching", "event_bus", "retry", "circuit_breaker", "rate_limiting", "timeout",
                   "bulkhead", "database", "message_queue", "webhook", "profiling")
 DEFAULT_INSTRUMENT = ("caching", "event_bus", "retry", "circuit_breaker", "rate_limiting",
-                      "timeout", "bulkhead", "database", "webhook")
+                      "timeout", "bulkhead", "database", "message_queue", "webhook")
 DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318/v1/traces"
 _PROVIDER_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
