@@ -1,9 +1,9 @@
 """The message_queue conformance suite: one set of tests over every backend.
 
 Backends: ``database-sqlite-memory``, ``database-sqlite-file``, ``database-postgres`` (a
-schema per test, dropped afterwards) and ``redis`` (a namespace per test, its keys deleted
-afterwards). The ``rabbitmq`` backend of issue 13 is not built yet; it joins ``BACKENDS`` when
-it lands. A test that does not apply to a backend by design skips with the reason.
+schema per test, dropped afterwards), ``redis`` (a namespace per test, its keys deleted
+afterwards) and ``rabbitmq`` (queues named per test, deleted afterwards). A test that does not
+apply to a backend by design skips with the reason.
 Waiting is always bounded and generous (``receive(wait=...)``, :func:`until`), never a fixed
 sleep.
 """
