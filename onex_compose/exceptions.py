@@ -124,7 +124,7 @@ class CompositionError(OnexError):
 #: capabilities seed 000 lists (its ``Mixin*`` classes, in snake_case) that no release implements
 #: yet: asking for one says so instead of suggesting an unrelated registered name
 SEED_PLANNED: frozenset[str] = frozenset({
-    "service_protocol", "notification"})
+    "service_protocol"})
 _PLANNED_NOTE = "a seed capability that is not available yet (planned)"
 
 
