@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 import uuid
 import zoneinfo
@@ -78,6 +79,7 @@ class _State:
         self.skipped: dict[str, int] = {}           # channel -> rate-limited skips
         self.escalations: dict[str, tuple[float, Notification]] = {}
         self.acked: dict[str, str] = {}
+        self.sweep_at = 10_000
 
 
 _STATES: dict[str, _State] = {}
@@ -223,7 +225,7 @@ class Notifier:
         await self._tick(now)
         key = dedup_key or hashlib.sha1(
             "\x1f".join((severity, title, *sorted(tags))).encode()).hexdigest()
-        nid = uuid.uuid4().hex
+        nid = os.urandom(16).hex()
         repeats = await self._dedup(key, now)
         if repeats < 0:
             self._count(severity, "duplicate")
@@ -380,10 +382,12 @@ class Notifier:
             slot[1] += 1
             return -1
         repeats = int(slot[1]) if slot is not None else 0
-        self._state.dedup[key] = [now + window, 0]
-        if len(self._state.dedup) > 10_000:
-            for k in [k for k, v in self._state.dedup.items() if v[0] + window * 10 < now]:
-                del self._state.dedup[k]
+        dedup = self._state.dedup
+        dedup[key] = [now + window, 0]
+        if len(dedup) > self._state.sweep_at:  # amortised: a sweep at most per doubling
+            for k in [k for k, v in dedup.items() if v[0] + window * 10 < now]:
+                del dedup[k]
+            self._state.sweep_at = max(10_000, 2 * len(dedup))
         return repeats
 
     async def _admit(self, channel: str) -> bool:
@@ -441,7 +445,10 @@ class Notifier:
 
     async def _send_all(self, note: Notification, channels: list[str],
                         result: NotificationResult) -> dict[str, str]:
-        outcomes = await asyncio.gather(*(self._deliver(note, ch) for ch in channels))
+        if len(channels) == 1:  # nothing to run concurrently: no tasks
+            outcomes: list[str | None] = [await self._deliver(note, channels[0])]
+        else:
+            outcomes = list(await asyncio.gather(*(self._deliver(note, ch) for ch in channels)))
         errors: dict[str, str] = {}
         for ch, err in zip(channels, outcomes, strict=True):
             if err is None:
@@ -465,7 +472,9 @@ class Notifier:
         attempts = self.config.retries + 1
 
         async def once() -> None:
-            await asyncio.wait_for(self._send(conf, channel, note), timeout)
+            # asyncio.timeout, not wait_for: no extra task (and loop round trip) per send
+            async with asyncio.timeout(timeout):
+                await self._send(conf, channel, note)
 
         try:
             if self.retry is not None:
