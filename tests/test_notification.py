@@ -309,7 +309,7 @@ async def test_quiet_hours_defer_into_one_digest_at_the_end_across_dst() -> None
     try:
         clock.now = at("2026-03-29T06:59:00")
         await asyncio.sleep(0.1)
-        assert len(got["cb"]) == 1 and node.notifier.pending()["deferred"] == 2
+        assert len(got["cb"]) == 1 and (await node.notifier.pending())["deferred"] == 2
         clock.now = at("2026-03-29T07:00:00")
         for _ in range(1000):
             if len(got["cb"]) > 1:
@@ -321,7 +321,7 @@ async def test_quiet_hours_defer_into_one_digest_at_the_end_across_dst() -> None
     digest = got["cb"][1]
     assert digest.kind == "digest" and digest.severity == "error"
     assert "[WARNING] disk 80%: vol1" in digest.message and "[ERROR] disk 90%" in digest.message
-    assert node.notifier.pending()["deferred"] == 0
+    assert (await node.notifier.pending())["deferred"] == 0
 
 
 async def test_quiet_hours_drop_counts_and_sends_nothing() -> None:
@@ -609,6 +609,30 @@ async def test_redis_dedup_window_and_repeats(redis_url: str, redis_prefix: str)
     assert r.suppressed is None and r.repeats == 1
 
 
+@pytest.mark.redis
+async def test_redis_shares_escalations_and_the_digest_between_notifiers(
+        redis_url: str, redis_prefix: str) -> None:
+    cfg = {"backend": "redis", "redis_url": redis_url, "namespace": redis_prefix,
+           "channels": {"cb": CB, "boss": CB}, "default_channels": ["cb"],
+           "quiet_hours": {**QUIET, "mode": "defer"},
+           "escalation": {"after": 900, "channels": ["boss"], "min_severity": "error"}}
+    a, b = make(cfg), make(cfg)
+    clock = ManualClock(start=at("2026-03-29T01:00:00"))
+    a.notifier.clock = b.notifier.clock = clock
+    got_a, got_b = recorder(a, "cb", "boss"), recorder(b, "cb", "boss")
+    crit = await a.notifier.notify("DB down", severity="critical")
+    acked = await a.notifier.notify("cache down", severity="critical")
+    assert await b.notifier.acknowledge(acked.id, by="bob") is True     # another process
+    assert (await a.notifier.notify("disk", severity="warning")).suppressed == "quiet_hours"
+    assert (await b.notifier.pending()) == {"deferred": 1, "skipped": 0, "escalations": 1}
+    clock.advance(900)
+    assert await b.notifier.flush() == {"digests": 1, "escalations": 1}
+    assert await a.notifier.flush() == {"digests": 0, "escalations": 0}  # taken once
+    assert [n.id for n in got_b["boss"]] == [crit.id] and got_a["boss"] == []
+    assert [n.kind for n in got_b["cb"]] == ["digest"]
+    assert "[WARNING] disk" in got_b["cb"][0].message
+
+
 # ----------------------------------------------------------------------------- events
 
 async def test_a_registry_offline_change_becomes_a_warning_notification() -> None:
@@ -644,8 +668,8 @@ def test_docstring_examples() -> None:
     import doctest
 
     import onex_compose.capabilities.notification as pkg
-    from onex_compose.capabilities.notification import _channels, _model, _notifier
+    from onex_compose.capabilities.notification import _channels, _model, _notifier, _store
 
-    for module in (pkg, _model, _notifier, _channels):
+    for module in (pkg, _model, _notifier, _channels, _store):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -11,7 +11,7 @@ import time
 import uuid
 import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onex_compose import ConfigurationError, coerce_config
 from onex_compose.capabilities._log import logger
@@ -30,22 +30,13 @@ from onex_compose.capabilities.notification._model import (
 )
 from onex_compose.exceptions import did_you_mean
 
+if TYPE_CHECKING:
+    from onex_compose.capabilities.notification._store import RedisStore
+
 __all__ = ["Notifier", "route"]
 
 Callback = Callable[[Notification], Awaitable[Any] | Any]
 
-_DEDUP_SCRIPT = """
-local untl = tonumber(redis.call('HGET', KEYS[1], 'until'))
-local now = tonumber(ARGV[1])
-if untl and now < untl then
-  redis.call('HINCRBY', KEYS[1], 'n', 1)
-  return -1
-end
-local n = tonumber(redis.call('HGET', KEYS[1], 'n') or '0')
-redis.call('HSET', KEYS[1], 'until', tostring(now + tonumber(ARGV[2])), 'n', '0')
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return n
-"""
 
 
 def route(config: NotificationConfig, severity: str, title: str,
@@ -71,14 +62,14 @@ def route(config: NotificationConfig, severity: str, title: str,
 
 
 class _State:
-    """Process-wide state for one namespace (memory backend): dedup, digest, escalations."""
+    """Process-wide state for one namespace (memory backend): dedup, digest, escalations
+    (the Redis backend keeps them in :class:`RedisStore`)."""
 
     def __init__(self) -> None:
         self.dedup: dict[str, list[float]] = {}     # key -> [until, suppressed count]
         self.deferred: list[tuple[Notification, tuple[str, ...]]] = []
         self.skipped: dict[str, int] = {}           # channel -> rate-limited skips
         self.escalations: dict[str, tuple[float, Notification]] = {}
-        self.acked: dict[str, str] = {}
         self.sweep_at = 10_000
 
 
@@ -122,8 +113,13 @@ class Notifier:
         self.webhook_policy = webhook_policy
         self._callbacks: dict[str, Callback] = {}
         self._channels = dict(cfg.channels)
-        self._state = _STATES.setdefault(cfg.namespace, _State()) if cfg.backend == "memory" \
-            else _State()
+        self._state = _STATES.setdefault(cfg.namespace, _State())
+        self._redis: RedisStore | None = None
+        if cfg.backend == "redis":
+            from onex_compose.capabilities.notification._store import RedisStore
+
+            self._redis = RedisStore(cfg.redis_url, cfg.namespace)
+        self._next_tick = 0.0
         self._task: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
         self.tick_interval = 1.0
@@ -222,7 +218,11 @@ class Notifier:
         severity_rank(severity)
         tags = tuple(tags)
         now = self._clock()
-        await self._tick(now)
+        if self._redis is None:
+            await self._tick(now)
+        elif now >= self._next_tick:  # on Redis at most once a second (round trips)
+            self._next_tick = now + 1.0
+            await self._tick(now)
         key = dedup_key or hashlib.sha1(
             "\x1f".join((severity, title, *sorted(tags))).encode()).hexdigest()
         nid = os.urandom(16).hex()
@@ -237,7 +237,10 @@ class Notifier:
         if qh is not None and severity_rank(severity) < severity_rank(qh.min_severity) \
                 and self.in_quiet_hours(now):
             if qh.mode == "defer":
-                self._state.deferred.append((note, tuple(channels)))
+                if self._redis is not None:
+                    await self._redis.defer(note, tuple(channels))
+                else:
+                    self._state.deferred.append((note, tuple(channels)))
             self._count(severity, "quiet")
             return NotificationResult(nid, dict.fromkeys(channels, "quiet_hours"),
                                       "quiet_hours", repeats)
@@ -248,7 +251,10 @@ class Notifier:
                 send.append(ch)
             else:
                 result.channels[ch] = "rate_limited"
-                self._state.skipped[ch] = self._state.skipped.get(ch, 0) + 1
+                if self._redis is not None:
+                    await self._redis.skip(ch)
+                else:
+                    self._state.skipped[ch] = self._state.skipped.get(ch, 0) + 1
         if not send:
             result.suppressed = "rate_limited"
             self._count(severity, "rate_limited")
@@ -257,14 +263,19 @@ class Notifier:
         self._count(severity, "failed" if len(errors) == len(send) else "sent")
         esc = self.config.escalation
         if esc is not None and severity_rank(severity) >= severity_rank(esc.min_severity):
-            self._state.escalations[nid] = (now + esc.after, note)
+            if self._redis is not None:
+                await self._redis.escalate_later(note, now + esc.after)
+            else:
+                self._state.escalations[nid] = (now + esc.after, note)
         if raise_on_failure and len(errors) == len(send):
             raise NotificationDeliveryError(nid, errors)
         return result
 
     async def acknowledge(self, notification_id: str, by: str | None = None) -> bool:
         """Stop the escalation of a notification; ``False`` if none was pending."""
-        self._state.acked[notification_id] = by or ""
+        logger.info("notification {} acknowledged by {}", notification_id, by or "(unknown)")
+        if self._redis is not None:
+            return bool(await self._redis.acknowledge(notification_id))
         return self._state.escalations.pop(notification_id, None) is not None
 
     async def flush(self) -> dict[str, int]:
@@ -299,8 +310,10 @@ class Notifier:
             return bool(start <= minute < end)
         return bool(minute >= start or minute < end)
 
-    def pending(self) -> dict[str, int]:
+    async def pending(self) -> dict[str, int]:
         """Counts of deferred notifications, rate-limit skips and pending escalations."""
+        if self._redis is not None:
+            return dict(await self._redis.counts())
         return {"deferred": len(self._state.deferred),
                 "skipped": sum(self._state.skipped.values()),
                 "escalations": len(self._state.escalations)}
@@ -369,14 +382,8 @@ class Notifier:
         window = self.config.dedup_window
         if window <= 0:
             return 0
-        if self.config.backend == "redis":
-            from onex_compose.capabilities._redis import async_client
-
-            client = async_client(self.config.redis_url)
-            keep_ms = int(max(window * 10, 3600) * 1000)
-            n = await client.eval(_DEDUP_SCRIPT, 1, f"{self.config.namespace}:notify:dedup:{key}",
-                                  repr(now), repr(window), keep_ms)
-            return int(n)
+        if self._redis is not None:
+            return int(await self._redis.dedup(key, now, window))
         slot = self._state.dedup.get(key)
         if slot is not None and now < slot[0]:
             slot[1] += 1
@@ -399,6 +406,13 @@ class Notifier:
         return bool(self._limiter.hit(key))
 
     async def _tick(self, now: float) -> None:
+        if self._redis is not None:
+            if self.config.escalation is not None:
+                await self._escalate(now)
+            if self.config.quiet_hours is not None and not self.in_quiet_hours(now) \
+                    and await self._redis.has_deferred():
+                await self._send_digest(now)
+            return
         if self._state.escalations:
             await self._escalate(now)
         # deferred notifications only accrue inside quiet hours: outside them, they are the
@@ -410,9 +424,14 @@ class Notifier:
         esc = self.config.escalation
         if esc is None:
             return 0
-        due = [(nid, n) for nid, (at, n) in list(self._state.escalations.items()) if at <= now]
+        if self._redis is not None:
+            due = [(n.id, n) for n in await self._redis.take_due(now)]
+        else:
+            due = [(nid, n) for nid, (at, n) in list(self._state.escalations.items())
+                   if at <= now]
+            for nid, _ in due:
+                self._state.escalations.pop(nid, None)
         for nid, note in due:
-            self._state.escalations.pop(nid, None)
             up = Notification(nid, f"[ESCALATED] {note.title}",
                               f"Not acknowledged within {esc.after:g} s.\n\n{note.message}",
                               note.severity, note.tags, note.data, note.dedup_key, now,
@@ -423,8 +442,12 @@ class Notifier:
         return len(due)
 
     async def _send_digest(self, now: float) -> int:
-        deferred, self._state.deferred = self._state.deferred, []
-        skipped, self._state.skipped = self._state.skipped, {}
+        if self._redis is not None:
+            deferred = await self._redis.take_deferred()
+            skipped = await self._redis.take_skipped()
+        else:
+            deferred, self._state.deferred = self._state.deferred, []
+            skipped, self._state.skipped = self._state.skipped, {}
         if not deferred and not skipped:
             return 0
         channels: list[str] = []
