@@ -633,6 +633,28 @@ async def test_redis_shares_escalations_and_the_digest_between_notifiers(
     assert "[WARNING] disk" in got_b["cb"][0].message
 
 
+async def test_a_redis_outage_degrades_to_local_state_logged_once(
+        private_redis: Any, logs: list[str]) -> None:
+    node = make({"backend": "redis", "redis_url": private_redis.url,
+                 "channels": {"cb": CB}, "default_channels": ["cb"]},
+                caps=("health_check",))
+    got = recorder(node, "cb")
+    assert (await node.notifier.notify("a")).suppressed is None
+    assert node.notifier.health()["status"] == "healthy"
+    private_redis.stop()
+    r1 = await node.notifier.notify("b")
+    r2 = await node.notifier.notify("b")
+    assert r1.suppressed is None and r2.suppressed == "duplicate"     # local dedup
+    assert len(got["cb"]) == 2
+    health = node.notifier.health()
+    assert health["status"] == "degraded" and "Redis unreachable" in health["reason"]
+    assert sum("Redis unreachable" in line for line in logs) == 1
+    assert counter(node, "notification_backend_errors_total") >= 2
+    private_redis.start()
+    assert (await node.notifier.notify("c")).suppressed is None
+    assert node.notifier.health()["status"] == "healthy"
+
+
 # ----------------------------------------------------------------------------- events
 
 async def test_a_registry_offline_change_becomes_a_warning_notification() -> None:

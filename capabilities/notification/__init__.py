@@ -118,6 +118,8 @@ class MixinNotification:
         cfg = coerce_config(NotificationConfig, config, "notification")
         node: Any = self
         node.notifier = _build(node, cfg, getattr(node, "notifier", None))
+        if has_capability(self, "health_check"):
+            node.register_health_check(node.notifier.health, name="notification")
 
     @facility
     def notifier(self) -> Notifier:

@@ -74,6 +74,13 @@ class _State:
 
 
 _STATES: dict[str, _State] = {}
+_DOWN: Any = object()  # a Redis store operation failed: use this process's state
+
+
+def _backend_errors() -> tuple[type[BaseException], ...]:
+    from onex_compose.capabilities._fallback import backend_errors
+
+    return tuple(backend_errors())
 
 
 class Notifier:
@@ -120,6 +127,8 @@ class Notifier:
 
             self._redis = RedisStore(cfg.redis_url, cfg.namespace)
         self._next_tick = 0.0
+        self.outage: str | None = None
+        """While Redis is unreachable: the error (state falls back to this process)."""
         self._task: asyncio.Task[None] | None = None
         self._subs: list[Any] = []
         self.tick_interval = 1.0
@@ -236,11 +245,9 @@ class Notifier:
         qh = self.config.quiet_hours
         if qh is not None and severity_rank(severity) < severity_rank(qh.min_severity) \
                 and self.in_quiet_hours(now):
-            if qh.mode == "defer":
-                if self._redis is not None:
-                    await self._redis.defer(note, tuple(channels))
-                else:
-                    self._state.deferred.append((note, tuple(channels)))
+            if qh.mode == "defer" and (self._redis is None or await self._shared(
+                    self._redis.defer(note, tuple(channels))) is _DOWN):
+                self._state.deferred.append((note, tuple(channels)))
             self._count(severity, "quiet")
             return NotificationResult(nid, dict.fromkeys(channels, "quiet_hours"),
                                       "quiet_hours", repeats)
@@ -251,9 +258,7 @@ class Notifier:
                 send.append(ch)
             else:
                 result.channels[ch] = "rate_limited"
-                if self._redis is not None:
-                    await self._redis.skip(ch)
-                else:
+                if self._redis is None or await self._shared(self._redis.skip(ch)) is _DOWN:
                     self._state.skipped[ch] = self._state.skipped.get(ch, 0) + 1
         if not send:
             result.suppressed = "rate_limited"
@@ -262,11 +267,10 @@ class Notifier:
         errors = await self._send_all(note, send, result)
         self._count(severity, "failed" if len(errors) == len(send) else "sent")
         esc = self.config.escalation
-        if esc is not None and severity_rank(severity) >= severity_rank(esc.min_severity):
-            if self._redis is not None:
-                await self._redis.escalate_later(note, now + esc.after)
-            else:
-                self._state.escalations[nid] = (now + esc.after, note)
+        if esc is not None and severity_rank(severity) >= severity_rank(esc.min_severity) and (
+                self._redis is None or await self._shared(
+                    self._redis.escalate_later(note, now + esc.after)) is _DOWN):
+            self._state.escalations[nid] = (now + esc.after, note)
         if raise_on_failure and len(errors) == len(send):
             raise NotificationDeliveryError(nid, errors)
         return result
@@ -274,9 +278,12 @@ class Notifier:
     async def acknowledge(self, notification_id: str, by: str | None = None) -> bool:
         """Stop the escalation of a notification; ``False`` if none was pending."""
         logger.info("notification {} acknowledged by {}", notification_id, by or "(unknown)")
+        local = self._state.escalations.pop(notification_id, None) is not None
         if self._redis is not None:
-            return bool(await self._redis.acknowledge(notification_id))
-        return self._state.escalations.pop(notification_id, None) is not None
+            shared = await self._shared(self._redis.acknowledge(notification_id))
+            if shared is not _DOWN:
+                return bool(shared) or local
+        return local
 
     async def flush(self) -> dict[str, int]:
         """Send the pending digest now (deferred notifications and rate-limit skips) and every
@@ -313,7 +320,9 @@ class Notifier:
     async def pending(self) -> dict[str, int]:
         """Counts of deferred notifications, rate-limit skips and pending escalations."""
         if self._redis is not None:
-            return dict(await self._redis.counts())
+            shared = await self._shared(self._redis.counts())
+            if shared is not _DOWN:
+                return dict(shared)
         return {"deferred": len(self._state.deferred),
                 "skipped": sum(self._state.skipped.values()),
                 "escalations": len(self._state.escalations)}
@@ -378,12 +387,46 @@ class Notifier:
                 f"unknown channel {channel!r}{did_you_mean(channel, self._channels)}; "
                 f"configured: {', '.join(self._channels)}")
 
+    async def _shared(self, op: Awaitable[Any]) -> Any:
+        """Await a Redis store operation; ``_DOWN`` (logged once per outage, counted, shown
+        in :meth:`health`) when Redis is unreachable, so the caller uses this process's state."""
+        try:
+            value = await op
+        except _backend_errors() as exc:
+            if self.outage is None:
+                logger.warning("notification: Redis unreachable ({}); dedup, digest and "
+                               "escalation state falls back to this process until it returns",
+                               type(exc).__name__)
+            self.outage = f"{type(exc).__name__}: {exc}"
+            if self.metrics is not None:
+                self.metrics.increment("notification_backend_errors_total", 1, {})
+            return _DOWN
+        if self.outage is not None:
+            logger.info("notification: Redis reachable again")
+            self.outage = None
+        return value
+
+    def health(self) -> dict[str, Any]:
+        """``healthy``, or ``degraded`` while Redis is unreachable (notifications still go out).
+
+        Example:
+            >>> Notifier({"namespace": "doc-health"}).health()["status"]
+            'healthy'
+        """
+        report: dict[str, Any] = {"status": "healthy", "backend": self.config.backend,
+                                  "channels": list(self._channels)}
+        if self.outage is not None:
+            report.update(status="degraded", reason=f"Redis unreachable: {self.outage}")
+        return report
+
     async def _dedup(self, key: str, now: float) -> int:
         window = self.config.dedup_window
         if window <= 0:
             return 0
         if self._redis is not None:
-            return int(await self._redis.dedup(key, now, window))
+            shared = await self._shared(self._redis.dedup(key, now, window))
+            if shared is not _DOWN:
+                return int(shared)
         slot = self._state.dedup.get(key)
         if slot is not None and now < slot[0]:
             slot[1] += 1
@@ -410,9 +453,10 @@ class Notifier:
             if self.config.escalation is not None:
                 await self._escalate(now)
             if self.config.quiet_hours is not None and not self.in_quiet_hours(now) \
-                    and await self._redis.has_deferred():
+                    and (self._state.deferred
+                         or await self._shared(self._redis.has_deferred()) is True):
                 await self._send_digest(now)
-            return
+            return  # both include this process's fallback state
         if self._state.escalations:
             await self._escalate(now)
         # deferred notifications only accrue inside quiet hours: outside them, they are the
@@ -424,13 +468,13 @@ class Notifier:
         esc = self.config.escalation
         if esc is None:
             return 0
+        due = [(nid, n) for nid, (at, n) in list(self._state.escalations.items()) if at <= now]
+        for nid, _ in due:
+            self._state.escalations.pop(nid, None)
         if self._redis is not None:
-            due = [(n.id, n) for n in await self._redis.take_due(now)]
-        else:
-            due = [(nid, n) for nid, (at, n) in list(self._state.escalations.items())
-                   if at <= now]
-            for nid, _ in due:
-                self._state.escalations.pop(nid, None)
+            shared = await self._shared(self._redis.take_due(now))
+            if shared is not _DOWN:
+                due += [(n.id, n) for n in shared]
         for nid, note in due:
             up = Notification(nid, f"[ESCALATED] {note.title}",
                               f"Not acknowledged within {esc.after:g} s.\n\n{note.message}",
@@ -442,12 +486,16 @@ class Notifier:
         return len(due)
 
     async def _send_digest(self, now: float) -> int:
+        deferred, self._state.deferred = self._state.deferred, []
+        skipped, self._state.skipped = self._state.skipped, {}
         if self._redis is not None:
-            deferred = await self._redis.take_deferred()
-            skipped = await self._redis.take_skipped()
-        else:
-            deferred, self._state.deferred = self._state.deferred, []
-            skipped, self._state.skipped = self._state.skipped, {}
+            shared = await self._shared(self._redis.take_deferred())
+            if shared is not _DOWN:
+                deferred = list(shared) + deferred
+            shared_skips = await self._shared(self._redis.take_skipped())
+            if shared_skips is not _DOWN:
+                for ch, k in dict(shared_skips).items():
+                    skipped[ch] = skipped.get(ch, 0) + k
         if not deferred and not skipped:
             return 0
         channels: list[str] = []
