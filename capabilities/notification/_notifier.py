@@ -142,6 +142,10 @@ class Notifier:
                  "redis_url": cfg.redis_url, "namespace": f"{cfg.namespace}:notify",
                  "redis_clock": "client",
                  "keys": {f"channel:{k}": v.model_dump() for k, v in cfg.channel_limits.items()}})
+        from onex_compose.capabilities.timeout import TimeoutPolicy
+
+        self._timer = TimeoutPolicy({"timeout": cfg.send_timeout, "guard_process": False},
+                                    name="notification")
         self.clock = clock or time.time
 
     # ------------------------------------------------------------------ plumbing
@@ -542,10 +546,13 @@ class Notifier:
         timeout = self.config.send_timeout
         attempts = self.config.retries + 1
 
-        async def once() -> None:
-            # asyncio.timeout, not wait_for: no extra task (and loop round trip) per send
-            async with asyncio.timeout(timeout):
-                await self._send(conf, channel, note)
+        def once() -> Awaitable[None]:
+            # the timeout capability's timer (one loop timer per deadline heap), not
+            # wait_for (a task per send) nor asyncio.timeout (a TimerHandle per send)
+            timed: Awaitable[None] = self._timer.run(
+                self._send, (conf, channel, note), timeout=timeout,
+                operation=f"notification channel {channel}")
+            return timed
 
         try:
             if self.retry is not None:
