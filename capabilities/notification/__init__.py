@@ -35,7 +35,8 @@ Example:
     >>> import asyncio
     >>> from onex_compose import NodeEffect, compose
     >>> node = compose(NodeEffect, ["notification"])(capability_config={"notification": {
-    ...     "channels": {"pager": {"type": "callback"}}, "default_channels": ["pager"]}})
+    ...     "channels": {"pager": {"type": "callback"}}, "default_channels": ["pager"],
+    ...     "dedup_window": 0}})
     >>> seen = []
     >>> @node.notifier.channel("pager")
     ... def pager(n):

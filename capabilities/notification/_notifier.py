@@ -97,7 +97,7 @@ class Notifier:
     Example:
         >>> import asyncio
         >>> n = Notifier({"channels": {"cb": {"type": "callback"}}, "default_channels": ["cb"],
-        ...               "namespace": "doctest-notifier"})
+        ...               "dedup_window": 0})
         >>> got = []
         >>> @n.channel("cb")
         ... async def cb(note):
