@@ -29,6 +29,13 @@ notifications after ``after`` seconds (background task from ``start()``, or ``fl
 ``subscribe_events`` turns event bus events into notifications (for
 ``service_registry.changed`` only ``offline`` changes).
 
+State: ``backend: memory`` keeps dedup, deferred notifications (the digest), rate-limit skips
+and pending escalations process-wide per ``namespace``; ``backend: redis`` shares them across
+processes (one process sends, the others suppress its duplicates; a digest and an escalation
+are taken atomically, so exactly one process sends each). While Redis is unreachable the state
+falls back to the process (logged once, ``notification_backend_errors_total``, ``health()``
+degraded; registered with health_check when composed).
+
 The clock is injectable: ``node.notifier.clock = ManualClock(start=...)`` (epoch seconds).
 
 Example:
