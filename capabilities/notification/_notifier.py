@@ -232,7 +232,8 @@ class Notifier:
         tags = tuple(tags)
         now = self._clock()
         if self._redis is None:
-            await self._tick(now)
+            if self._state.escalations or self._state.deferred:
+                await self._tick(now)
         elif now >= self._next_tick:  # on Redis at most once a second (round trips)
             self._next_tick = now + 1.0
             await self._tick(now)
@@ -258,7 +259,8 @@ class Notifier:
         result = NotificationResult(nid, {}, None, repeats)
         send: list[str] = []
         for ch in channels:
-            if await self._admit(ch):
+            if self._limiter is None or ch not in self.config.channel_limits \
+                    or await self._admit(ch):
                 send.append(ch)
             else:
                 result.channels[ch] = "rate_limited"
@@ -545,22 +547,19 @@ class Notifier:
             return f"unknown channel {channel!r}"
         timeout = self.config.send_timeout
         attempts = self.config.retries + 1
-
-        def once() -> Awaitable[None]:
-            # the timeout capability's timer (one loop timer per deadline heap), not
-            # wait_for (a task per send) nor asyncio.timeout (a TimerHandle per send)
-            timed: Awaitable[None] = self._timer.run(
-                self._send, (conf, channel, note), timeout=timeout,
-                operation=f"notification channel {channel}")
-            return timed
-
+        # the timeout capability's timer (one loop timer per deadline heap), not wait_for (a
+        # task per send) nor asyncio.timeout (a TimerHandle per send)
+        run = self._timer.run
+        args = (conf, channel, note)
+        operation = f"notification channel {channel}"
         try:
             if self.retry is not None:
-                await self.retry(once)
+                await self.retry(lambda: run(self._send, args, timeout=timeout,
+                                             operation=operation))
                 return None
             for attempt in range(attempts):
                 try:
-                    await once()
+                    await run(self._send, args, timeout=timeout, operation=operation)
                     return None
                 except (asyncio.CancelledError, KeyboardInterrupt):
                     raise
