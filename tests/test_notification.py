@@ -695,3 +695,36 @@ def test_docstring_examples() -> None:
     for module in (pkg, _model, _notifier, _channels, _store):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+async def test_retries_go_through_with_retry_when_retry_is_composed() -> None:
+    node = make({"channels": {"flaky": CB}, "default_channels": ["flaky"], "retries": 2},
+                caps=("retry",))
+    assert node.notifier.retry is not None
+    calls: list[int] = []
+
+    @node.notifier.channel("flaky")
+    async def flaky(n: Notification) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("try again")
+
+    r = await asyncio.wait_for(node.notifier.notify("x", severity="error"), 60)
+    assert r.channels == {"flaky": "sent"} and len(calls) == 3
+
+
+def test_webhook_policy_is_widened_by_the_webhook_capability_policy() -> None:
+    from onex_compose.capabilities.notification._channels import policy_for
+    from onex_compose.capabilities.notification._model import WebhookChannel
+    from onex_compose.capabilities.webhook._ssrf import TargetPolicy
+
+    ch = WebhookChannel(type="webhook", url="https://hooks.example.com/x",
+                        allowed_hosts=("hooks.example.com",))
+    own = policy_for(ch)
+    assert (own.allow_http, own.allow_private_networks, own.allowed_hosts) == (
+        False, False, ("hooks.example.com",))
+    node = TargetPolicy(allow_http=True, allowed_hosts=("*.corp",), allowed_ports=(443,))
+    both = policy_for(ch, node)
+    assert both.allow_http and not both.allow_private_networks
+    assert both.allowed_hosts == ("hooks.example.com", "*.corp")
+    assert both.allowed_ports == (443,)
