@@ -693,8 +693,7 @@ class Webhooks:
                                    None, outcome="refused")
             return
         body = row["body"].encode()
-        secrets = [s for s, exp in json.loads(sub["secrets"]) if exp is None or exp > self.clock()]
-        headers = Signer(secrets).headers(row["msg_id"], int(self.clock()), body)
+        headers = self._signer(sub["secrets"]).headers(row["msg_id"], int(self.clock()), body)
         headers["content-type"] = "application/json"
         headers["user-agent"] = self.config.user_agent
         headers["host"] = target.host_header
@@ -728,6 +727,26 @@ class Webhooks:
             reason: str | None = f"redirects are not followed ({error})" if 300 <= code < 400 \
                 else error
             await self._finish(row, sub, "failed", code, reason, None, outcome="failed")
+
+    def _signer(self, secrets_json: str) -> Signer:
+        """The :class:`Signer` for a subscription's stored secrets that are valid now.
+
+        Parsed secrets and HMAC key state are cached per (stored secrets, valid subset), so an
+        attempt neither re-decodes the JSON nor re-derives the keys; expiry is still checked
+        against the clock at every attempt."""
+        cache = self.__dict__.setdefault("_signers", {})
+        parsed = cache.get(secrets_json)
+        if parsed is None:
+            if len(cache) > 1024:
+                cache.clear()
+            parsed = cache[secrets_json] = ([(s, exp) for s, exp in json.loads(secrets_json)], {})
+        pairs, signers = parsed
+        now = self.clock()
+        valid = tuple(s for s, exp in pairs if exp is None or exp > now)
+        signer = signers.get(valid)
+        if signer is None:
+            signer = signers[valid] = Signer(valid)
+        return signer
 
     async def _send(self, state: _LoopState, target: Any, headers: dict[str, str], body: bytes
                     ) -> tuple[int | None, float | None, str | None]:
