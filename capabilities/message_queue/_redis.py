@@ -11,7 +11,8 @@ Keys, with ``P = <ns>:mq:<queue>``:
   the stream by the receive script;
 * ``P:dead`` (stream of dead letters), ``P:idem:<key>`` (``SET NX PX dedup_window``).
 
-Every step that must be atomic is one Lua script: a receive promotes due delayed messages,
+Every step that must be atomic is one Lua script (an enqueue without idempotency key or delay
+is a plain ``XADD``, which the script would only repeat): a receive promotes due delayed messages,
 (creating the consumer groups on the first receive of a queue, and again after a ``NOGROUP``
 error) reclaims deliveries whose visibility lapsed (``XCLAIM``: the delivery count is the entry's
 ``XPENDING`` times-delivered), dead-letters those over ``max_deliveries``, then reads new entries
@@ -352,7 +353,9 @@ class RedisBackend:
         p = self._prefix(queue)
         streams = self._streams(queue)
         now = self.clock()
-        calls: list[tuple[list[str], list[Any]]] = []
+        # (stream, fields) for a plain XADD: no idempotency key and no delay, where the script
+        # would only run the same XADD; else (keys, args) for the script
+        calls: list[tuple[Any, list[Any], bool]] = []
         for item in items:
             part = self._part(item.get("key"), item["id"])
             fields: list[Any] = ["id", item["id"], "payload", item["payload"],
@@ -363,22 +366,31 @@ class RedisBackend:
                 fields += ["key", item["key"]]
             delay = float(item.get("delay") or 0.0)
             ikey = item.get("idempotency_key")
+            if ikey is None and delay <= 0:
+                calls.append((streams[part], fields, False))
+                continue
             keys = [f"{p}:idem:{ikey}" if ikey is not None else f"{p}:idem:",
                     f"{p}:delayed" if delay > 0 else streams[part], f"{p}:d:{item['id']}"]
             args = [item["id"], int(self.config.dedup_window * 1000), "1" if delay > 0 else "0",
                     int((now + delay) * 1000), part, "1" if ikey is not None else "0", *fields]
-            calls.append((keys, args))
+            calls.append((keys, args, True))
         if len(calls) == 1:
-            keys, args = calls[0]
-            return [_text(await self._run(script(keys=keys, args=args)))]
+            target, args, scripted = calls[0]
+            if not scripted:
+                await self._run(client.execute_command("XADD", target, "*", *args))
+                return [items[0]["id"]]
+            return [_text(await self._run(script(keys=target, args=args)))]
 
         async def pipelined() -> list[Any]:
             from redis.exceptions import NoScriptError
 
             for attempt in (0, 1):
                 pipe = client.pipeline(transaction=False)
-                for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for target, args, scripted in calls:
+                    if scripted:
+                        pipe.evalsha(script.sha, len(target), *target, *args)
+                    else:
+                        pipe.execute_command("XADD", target, "*", *args)
                 try:
                     return list(await pipe.execute())
                 except NoScriptError:  # a restarted server forgot the script: load it again
@@ -387,11 +399,12 @@ class RedisBackend:
                     await client.script_load(_ENQUEUE)
             raise AssertionError("unreachable")
 
-        if not self._loaded.get(id(client)):
+        if not self._loaded.get(id(client)) and any(scripted for _, _, scripted in calls):
             await self._run(client.script_load(_ENQUEUE))
             self._loaded[id(client)] = True
         result = await self._run(pipelined())
-        return [_text(r) for r in result]
+        return [_text(r) if scripted else item["id"]
+                for r, (_, _, scripted), item in zip(result, calls, items, strict=True)]
 
     # -- receive ---------------------------------------------------------------------------------
 
