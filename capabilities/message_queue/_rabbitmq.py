@@ -298,7 +298,10 @@ class RabbitMQBackend:
                 target = await self._wait_queue(link, queue, wait_seconds(delay))
             sends.append(self._publish(link, target, self._message(item["payload"], item["id"],
                                                                     headers)))
-        await asyncio.gather(*sends)
+        if len(sends) == 1:
+            await sends[0]  # no task for a single publish
+        else:
+            await asyncio.gather(*sends)
         return [item["id"] for item in items]
 
     # -- receive ---------------------------------------------------------------------------------
