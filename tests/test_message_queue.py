@@ -244,6 +244,22 @@ async def test_unacked_message_is_visible_again_after_the_visibility_timeout(
     await second.ack()
 
 
+async def test_visibility_timeouts_lapse_each_on_its_own_deadline(backend: Backend) -> None:
+    # a later delivery with a shorter timeout lapses first (RabbitMQ: one timer re-armed
+    # for the earliest deadline), the earlier one stays held
+    mq = backend.node().message_queue
+    a = await mq.enqueue("q", "a")
+    b = await mq.enqueue("q", "b")
+    [first] = await mq.receive("q", visibility_timeout=30, wait=10)
+    [second] = await mq.receive("q", visibility_timeout=0.5, wait=10)
+    assert (first.id, second.id) == (a, b)
+    [again] = await mq.receive("q", wait=15)
+    assert again.id == b and again.delivery_count == 2
+    assert await mq.receive("q", wait=0.5) == []
+    await first.ack()
+    await again.ack()
+
+
 async def test_extend_keeps_a_message_invisible(backend: Backend) -> None:
     mq = backend.node().message_queue
     await mq.enqueue("q", "v")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import math
 import os
 import time
@@ -104,12 +105,17 @@ def _scrub(text: str) -> str:
 
 
 class _Held:
-    __slots__ = ("handle", "message", "queue")
+    """A delivery taken with ``receive()``: visible again (requeued) at ``deadline`` (loop
+    time) unless settled or extended first."""
 
-    def __init__(self, message: Any, queue: str, handle: asyncio.TimerHandle | None) -> None:
+    __slots__ = ("deadline", "loop", "message", "queue")
+
+    def __init__(self, message: Any, queue: str, loop: asyncio.AbstractEventLoop,
+                 deadline: float) -> None:
         self.message = message
         self.queue = queue
-        self.handle = handle
+        self.loop = loop
+        self.deadline = deadline
 
 
 class _Link:
@@ -134,6 +140,12 @@ class RabbitMQBackend:
         self._links: dict[asyncio.AbstractEventLoop, _Link] = {}
         self._locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._held: dict[str, _Held] = {}
+        # visibility: one heap of (deadline, token) and one timer at its earliest deadline,
+        # rather than a timer per delivery; settled or extended entries are skipped lazily
+        self._deadlines: list[tuple[float, str]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.declared: set[str] = set()
 
@@ -222,8 +234,6 @@ class RabbitMQBackend:
             channel = _channel_of(held.message)
             if link is None or channel is None or channel is link.channel:
                 self._held.pop(token, None)
-                if held.handle is not None:
-                    held.handle.cancel()
         if link is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.connection.close(), 2)
@@ -274,12 +284,12 @@ class RabbitMQBackend:
     async def _enqueue(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
         link = await self._link()
         await self._queue(link, queue)
-        now = self.clock()
+        enq = repr(self.clock())
         sends = []
         for item in items:
+            # the delivery count header is left out (absent = 0) until a nack carries it
             headers: dict[str, Any] = dict(item.get("headers") or {})
-            headers[_H_COUNT] = 0
-            headers[_H_ENQ] = repr(now)
+            headers[_H_ENQ] = enq
             if item.get("key") is not None:
                 headers[_H_KEY] = item["key"]
             delay = float(item.get("delay") or 0.0)
@@ -288,7 +298,10 @@ class RabbitMQBackend:
                 target = await self._wait_queue(link, queue, wait_seconds(delay))
             sends.append(self._publish(link, target, self._message(item["payload"], item["id"],
                                                                     headers)))
-        await asyncio.gather(*sends)
+        if len(sends) == 1:
+            await sends[0]  # no task for a single publish
+        else:
+            await asyncio.gather(*sends)
         return [item["id"] for item in items]
 
     # -- receive ---------------------------------------------------------------------------------
@@ -319,8 +332,8 @@ class RabbitMQBackend:
                 dead.append({})
                 continue
             token = uuid.uuid4().hex
-            handle = loop.call_later(visibility, self._expire, token)
-            self._held[token] = _Held(msg, queue, handle)
+            held = self._held[token] = _Held(msg, queue, loop, loop.time() + visibility)
+            self._watch(token, held)
             user = _user(headers)
             delivered.append({
                 "id": msg.message_id or token, "payload": bytes(msg.body),
@@ -329,13 +342,37 @@ class RabbitMQBackend:
                 "delivery_count": count, "receipt": token})
         return delivered, dead
 
-    def _expire(self, token: str) -> None:
-        held = self._held.pop(token, None)
-        if held is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._requeue(held.message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _watch(self, token: str, held: _Held) -> None:
+        """Track ``held.deadline``; (re)arm the timer when it is the earliest one."""
+        heapq.heappush(self._deadlines, (held.deadline, token))
+        loop = held.loop
+        if self._timer is None or self._timer_loop is not loop or held.deadline < self._timer_at:
+            self._arm(loop, held.deadline)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(at, self._sweep)
+        self._timer_at = at
+        self._timer_loop = loop
+
+    def _sweep(self) -> None:
+        """Requeue the deliveries whose visibility lapsed (neither settled nor extended)."""
+        loop = asyncio.get_running_loop()
+        self._timer = None
+        now = loop.time()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, token = heapq.heappop(heap)
+            held = self._held.get(token)
+            if held is None or held.deadline != deadline or held.loop is not loop:
+                continue  # settled, extended (a later entry stands), or another loop's
+            del self._held[token]
+            task = loop.create_task(self._requeue(held.message))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if heap:
+            self._arm(loop, heap[0][0])
 
     @staticmethod
     async def _requeue(message: Any) -> None:
@@ -361,8 +398,6 @@ class RabbitMQBackend:
                 f"cannot {what} message {mid} of queue {queue!r}: its receipt is stale (the "
                 "visibility timeout lapsed and it was requeued, its connection closed, or it "
                 "was already settled); it may have been processed twice")
-        if held.handle is not None:
-            held.handle.cancel()
         return held
 
     # -- settle ----------------------------------------------------------------------------------
@@ -401,9 +436,10 @@ class RabbitMQBackend:
         if held is None or _channel_of(held.message) is None:
             raise StaleReceiptError(
                 f"cannot extend message {mid} of queue {queue!r}: its receipt is stale")
-        if held.handle is not None:
-            held.handle.cancel()
-        held.handle = asyncio.get_running_loop().call_later(seconds, self._expire, receipt)
+        loop = asyncio.get_running_loop()
+        held.loop = loop
+        held.deadline = loop.time() + seconds
+        self._watch(receipt, held)
 
     async def dead_letter(self, queue: str, mid: str, receipt: str, reason: str,
                           last_error: str | None) -> None:
@@ -503,8 +539,6 @@ class RabbitMQBackend:
         for token, held in list(self._held.items()):
             if held.queue == queue:
                 self._held.pop(token, None)
-                if held.handle is not None:
-                    held.handle.cancel()
                 with contextlib.suppress(Exception):
                     await held.message.ack()
                 n += 1
@@ -546,10 +580,12 @@ class RabbitMQBackend:
 
     async def aclose(self) -> None:
         """Requeue the deliveries still held, close this loop's connection."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
         for token, held in list(self._held.items()):
             self._held.pop(token, None)
-            if held.handle is not None:
-                held.handle.cancel()
             with contextlib.suppress(Exception):
                 await held.message.nack(requeue=True)
         if self._tasks:

@@ -11,7 +11,8 @@ Keys, with ``P = <ns>:mq:<queue>``:
   the stream by the receive script;
 * ``P:dead`` (stream of dead letters), ``P:idem:<key>`` (``SET NX PX dedup_window``).
 
-Every step that must be atomic is one Lua script: a receive promotes due delayed messages,
+Every step that must be atomic is one Lua script (an enqueue without idempotency key or delay
+is a plain ``XADD``, which the script would only repeat): a receive promotes due delayed messages,
 (creating the consumer groups on the first receive of a queue, and again after a ``NOGROUP``
 error) reclaims deliveries whose visibility lapsed (``XCLAIM``: the delivery count is the entry's
 ``XPENDING`` times-delivered), dead-letters those over ``max_deliveries``, then reads new entries
@@ -88,7 +89,7 @@ for _, mid in ipairs(due) do
   end
   redis.call('ZREM', delayed, mid)
 end
-local out = {}
+local out = {0}
 local buried = 0
 local n = 0
 local function deliver(part, eid, fields, count)
@@ -97,7 +98,10 @@ local function deliver(part, eid, fields, count)
   local token = base .. ':' .. n
   redis.call('HSET', rcpt, member, token)
   redis.call('ZADD', inflight, now + vis, member)
-  out[#out + 1] = {tostring(part), eid, token, count, fields}
+  out[#out + 1] = member .. '|' .. token
+  out[#out + 1] = count
+  out[#out + 1] = #fields
+  for j = 1, #fields do out[#out + 1] = fields[j] end
 end
 local expired = redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, maxn + 100)
 for _, member in ipairs(expired) do
@@ -147,7 +151,8 @@ if n < maxn then
     end
   end
 end
-return {out, buried}
+out[1] = buried
+return out
 """
 
 _ENQUEUE = """
@@ -264,10 +269,6 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _fields(flat: Sequence[Any]) -> dict[str, Any]:
-    return {_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
-
-
 class RedisBackend:
     """Messages in Redis Streams (see the module docstring for the keys)."""
 
@@ -324,16 +325,19 @@ class RedisBackend:
         return int(zlib.crc32((key if key is not None else mid).encode()) % partitions)
 
     async def _run(self, coro: Any) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import RedisError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         try:
             return await coro
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise QueueUnavailableError(f"message_queue: Redis is unavailable ({exc})") from exc
-        except RedisError as exc:
-            raise QueueError(f"message_queue: Redis error: {exc}") from exc
+        except Exception as exc:  # the imports only on the error path
+            from redis.exceptions import ConnectionError as RedisConnectionError
+            from redis.exceptions import RedisError
+            from redis.exceptions import TimeoutError as RedisTimeoutError
+
+            if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+                raise QueueUnavailableError(
+                    f"message_queue: Redis is unavailable ({exc})") from exc
+            if isinstance(exc, RedisError):
+                raise QueueError(f"message_queue: Redis error: {exc}") from exc
+            raise
 
     def _stale(self, queue: str, mid: str, what: str) -> StaleReceiptError:
         return StaleReceiptError(
@@ -349,32 +353,44 @@ class RedisBackend:
         p = self._prefix(queue)
         streams = self._streams(queue)
         now = self.clock()
-        calls: list[tuple[list[str], list[Any]]] = []
+        # (stream, fields) for a plain XADD: no idempotency key and no delay, where the script
+        # would only run the same XADD; else (keys, args) for the script
+        calls: list[tuple[Any, list[Any], bool]] = []
         for item in items:
             part = self._part(item.get("key"), item["id"])
             fields: list[Any] = ["id", item["id"], "payload", item["payload"],
-                                 "headers", json.dumps(item.get("headers") or {}),
+                                 "headers", json.dumps(hdrs) if (hdrs := item.get("headers"))
+                                 else "{}",
                                  "enq", repr(now)]
             if item.get("key") is not None:
                 fields += ["key", item["key"]]
             delay = float(item.get("delay") or 0.0)
             ikey = item.get("idempotency_key")
+            if ikey is None and delay <= 0:
+                calls.append((streams[part], fields, False))
+                continue
             keys = [f"{p}:idem:{ikey}" if ikey is not None else f"{p}:idem:",
                     f"{p}:delayed" if delay > 0 else streams[part], f"{p}:d:{item['id']}"]
             args = [item["id"], int(self.config.dedup_window * 1000), "1" if delay > 0 else "0",
                     int((now + delay) * 1000), part, "1" if ikey is not None else "0", *fields]
-            calls.append((keys, args))
+            calls.append((keys, args, True))
         if len(calls) == 1:
-            keys, args = calls[0]
-            return [_text(await self._run(script(keys=keys, args=args)))]
+            target, args, scripted = calls[0]
+            if not scripted:
+                await self._run(client.execute_command("XADD", target, "*", *args))
+                return [items[0]["id"]]
+            return [_text(await self._run(script(keys=target, args=args)))]
 
         async def pipelined() -> list[Any]:
             from redis.exceptions import NoScriptError
 
             for attempt in (0, 1):
                 pipe = client.pipeline(transaction=False)
-                for keys, args in calls:
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                for target, args, scripted in calls:
+                    if scripted:
+                        pipe.evalsha(script.sha, len(target), *target, *args)
+                    else:
+                        pipe.execute_command("XADD", target, "*", *args)
                 try:
                     return list(await pipe.execute())
                 except NoScriptError:  # a restarted server forgot the script: load it again
@@ -383,11 +399,12 @@ class RedisBackend:
                     await client.script_load(_ENQUEUE)
             raise AssertionError("unreachable")
 
-        if not self._loaded.get(id(client)):
+        if not self._loaded.get(id(client)) and any(scripted for _, _, scripted in calls):
             await self._run(client.script_load(_ENQUEUE))
             self._loaded[id(client)] = True
         result = await self._run(pipelined())
-        return [_text(r) for r in result]
+        return [_text(r) if scripted else item["id"]
+                for r, (_, _, scripted), item in zip(result, calls, items, strict=True)]
 
     # -- receive ---------------------------------------------------------------------------------
 
@@ -405,24 +422,32 @@ class RedisBackend:
                 uuid.uuid4().hex, self._start, f"{p}:d:", repr(now)]
         ensured = self._groups.setdefault(id(client), set())
         try:
-            out, buried = await self._run(script(keys=keys, args=[
+            out = await self._run(script(keys=keys, args=[
                 *args, "0" if queue in ensured else "1"]))
         except QueueError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # the stream or its group is gone (a purge, a restarted server): create it again
-            out, buried = await self._run(script(keys=keys, args=[*args, "1"]))
+            out = await self._run(script(keys=keys, args=[*args, "1"]))
         ensured.add(queue)
+        # one flat reply (nested arrays cost redis-py a recursive parse per level):
+        # [buried, then per delivery: receipt, delivery count, number of fields, fields...]
         delivered = []
-        for part, eid, token, count, flat in out:
-            f = _fields(flat)
+        i, end = 1, len(out)
+        while i < end:
+            receipt, count, nf = out[i], out[i + 1], out[i + 2]
+            i += 3
+            f = {_text(out[j]): out[j + 1] for j in range(i, i + nf, 2)}
+            i += nf
+            hdrs = f.get("headers")
+            key = f.get("key")
             delivered.append({
                 "id": _text(f["id"]), "payload": bytes(f["payload"]),
-                "key": _text(f["key"]) if "key" in f else None,
-                "headers": json.loads(f["headers"]) if f.get("headers") else {},
+                "key": _text(key) if key is not None else None,
+                "headers": json.loads(hdrs) if hdrs and hdrs != b"{}" else {},
                 "enqueued_at": float(f["enq"]), "delivery_count": int(count),
-                "receipt": f"{_text(part)}|{_text(eid)}|{_text(token)}"})
-        return delivered, [{}] * int(buried)
+                "receipt": _text(receipt)})
+        return delivered, [{}] * int(out[0])
 
     def _parts(self, queue: str, receipt: str) -> tuple[str, str, str, str]:
         part, eid, token = receipt.split("|", 2)
